@@ -1,0 +1,45 @@
+// `full`: the fp16 reference cache. Every entry is kept as the trace stores it,
+// so its attention equals the exact attention and every error metric is 0.
+// Memory: 16 bits per K and V element, no metadata.
+#include "policies/policy.h"
+
+namespace kvsim {
+namespace {
+
+class FullStore final : public StoreStage {
+ public:
+  FullStore(const Params&, const ShardContext& ctx)
+      : head_dim_(ctx.meta->head_dim),
+        tokens_(ctx.slots.size(), std::vector<int64_t>(ctx.meta->num_kv_heads, 0)) {}
+
+  void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
+              const LayerData& raw) override {
+    for (int32_t pos : positions) cache.append(pos, raw.key(head, pos), raw.value(head, pos));
+    tokens_[layer][head] += static_cast<int64_t>(positions.size());
+  }
+  void removed(int layer, int head, HeadCache&, std::span<const int32_t> positions) override {
+    tokens_[layer][head] -= static_cast<int64_t>(positions.size());
+  }
+  MemoryBits memory(int layer, int head) const override {
+    return {2 * 16 * head_dim_ * tokens_[layer][head], 0};
+  }
+
+ private:
+  int64_t head_dim_;
+  std::vector<std::vector<int64_t>> tokens_;  // [layer][kv head] entries held
+};
+
+PolicyInfo full_info() {
+  PolicyInfo info;
+  info.name = "full";
+  info.kind = StageKind::kQuantize;
+  info.summary = "fp16 reference cache: keeps every entry as stored in the trace (zero error)";
+  info.create = [](const Params& p, const ShardContext& ctx) {
+    return std::make_unique<FullStore>(p, ctx);
+  };
+  return info;
+}
+
+}  // namespace
+KVSIM_REGISTER_POLICY(full_info());
+}  // namespace kvsim

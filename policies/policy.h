@@ -1,0 +1,211 @@
+// The policy framework. The replay engine (sim/engine.*) owns the loop:
+// prefill, then one decode step per token. A policy is a pipeline of stages,
+// each supplying small steps:
+//   evict stages  decide which entries leave the cache (StreamingLLM, H2O, ...);
+//   a store stage decides how the kept entries are represented: fp16 (`full`),
+//                 quantized (`uniform`, KIVI, ...), or merged across layers
+//                 (MiniCache), and counts their bits exactly.
+// Adding a policy is one .cc file with one KVSIM_REGISTER_POLICY line.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "policies/params.h"
+#include "trace/trace.h"
+
+namespace kvsim {
+
+enum class StageKind { kEvict, kMerge, kQuantize };
+std::string stage_kind_name(StageKind kind);
+
+// The cache the engine attends over for one (layer, kv head): the entries a
+// policy keeps, in the form attention sees them (dequantized / restored).
+// Rows are sorted by token position.
+struct HeadCache {
+  int head_dim = 0;
+  std::vector<int32_t> positions;  // [n]
+  std::vector<float> keys;         // [n, head_dim]
+  std::vector<float> values;       // [n, head_dim]
+
+  size_t size() const { return positions.size(); }
+  // Row of `position`, or -1 when absent (binary search).
+  int64_t find(int32_t position) const;
+  float* key_row(size_t row) { return keys.data() + row * head_dim; }
+  float* value_row(size_t row) { return values.data() + row * head_dim; }
+  const float* key_row(size_t row) const { return keys.data() + row * head_dim; }
+  const float* value_row(size_t row) const { return values.data() + row * head_dim; }
+  void append(int32_t position, const float* key, const float* value);
+  // Removes the rows of `sorted_positions` (ascending, all present).
+  void remove(std::span<const int32_t> sorted_positions);
+};
+
+// Exact bits a policy stores for one (layer, kv head), K and V together.
+struct MemoryBits {
+  int64_t data = 0;  // payload: codes, fp16 values
+  int64_t meta = 0;  // scales, zero points, indices, precision maps
+  int64_t total() const { return data + meta; }
+};
+
+// State prepared once per run before any shard (e.g. SKVQ's calibration).
+struct PolicyState {
+  virtual ~PolicyState() = default;
+};
+
+// What a stage knows about the shard it serves: one sequence and a group of
+// layers (one layer, or several for cross-layer policies).
+struct ShardContext {
+  const TraceMeta* meta = nullptr;
+  int sequence = 0;
+  std::vector<int> slots;                       // layer slots in the group, ascending
+  std::vector<const LayerData*> layers;         // raw data per slot in the group
+  int64_t prompt_len = 0;
+  int64_t num_tokens = 0;
+  uint64_t seed = 0;                            // per run, sequence and group
+  std::shared_ptr<const PolicyState> prepared;  // from PolicyInfo::prepare, may be null
+  int group_size() const { return meta->num_q_heads / meta->num_kv_heads; }
+  int original_layer(int local) const { return meta->layer_ids[slots[local]]; }
+};
+
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  // Rows of the exact prefill attention this stage needs, counted back from
+  // the end of the prompt: 0 = none, -1 = all prompt rows (costs O(P^2 d)).
+  virtual int64_t prefill_attention_rows() const { return 0; }
+  // True if the stage wants the attention of its own cache at every decode
+  // step (not only at measured steps).
+  virtual bool needs_decode_attention() const { return false; }
+
+  // At prefill, before select()/insert(), when prefill_attention_rows() != 0:
+  // for each query head of the kv head's group, the exact attention summed over
+  // the requested prompt rows. `attention` is [group, positions.size()].
+  virtual void observe_prefill(int /*local_layer*/, int /*kv_head*/,
+                               std::span<const int32_t> /*positions*/,
+                               std::span<const float> /*attention*/) {}
+  // At a decode step, after the policy's cache attended, when
+  // needs_decode_attention(): `probs` is [group, positions.size()], the
+  // attention of this kv head's query heads over the policy's own cache.
+  virtual void observe(int /*local_layer*/, int /*kv_head*/, int64_t /*step*/,
+                       std::span<const int32_t> /*positions*/, std::span<const float> /*probs*/) {}
+};
+
+// What an evict stage sees when entries arrive (the prompt at prefill, then
+// one token per decode step).
+struct ArrivalView {
+  int local_layer = 0;
+  int kv_head = 0;
+  int64_t step = 0;                      // position of the newest token
+  bool prefill = false;
+  std::span<const int32_t> candidates;   // present entries plus the new ones, ascending
+  const LayerData* raw = nullptr;        // raw Q/K/V (read only positions <= step)
+};
+
+class EvictStage : public Stage {
+ public:
+  // Appends to `evict` the positions (from view.candidates) to drop now.
+  virtual void select(const ArrivalView& view, std::vector<int32_t>& evict) = 0;
+};
+
+// Represents the kept entries and counts their bits. The engine calls, for one
+// event, insert() for every (layer, kv head) of the group in ascending layer
+// order, so that a cross-layer store can pair layers.
+class StoreStage : public Stage {
+ public:
+  // Appends rows for `positions` (ascending, after every present row) to
+  // `cache`; may also rewrite existing rows (e.g. a residual flush).
+  virtual void insert(int local_layer, int kv_head, HeadCache& cache,
+                      std::span<const int32_t> positions, const LayerData& raw) = 0;
+  // The engine removed these rows from `cache` (evicted or out of the window).
+  virtual void removed(int local_layer, int kv_head, HeadCache& cache,
+                       std::span<const int32_t> positions) = 0;
+  virtual MemoryBits memory(int local_layer, int kv_head) const = 0;
+};
+
+using StageFactory =
+    std::function<std::unique_ptr<Stage>(const Params&, const ShardContext&)>;
+
+struct PolicyInfo {
+  std::string name;
+  StageKind kind = StageKind::kEvict;
+  std::string summary;
+  std::vector<ParamSpec> params;
+  StageFactory create;
+  // Optional cross-parameter check (e.g. residual % group == 0); throws ConfigError.
+  std::function<void(const Params&)> check;
+  // Optional: trace-dependent check (e.g. group divides head_dim); throws ConfigError.
+  std::function<void(const Params&, const TraceMeta&)> check_trace;
+  // Optional: groups of original layer ids that must be replayed together.
+  std::function<std::vector<std::vector<int>>(const Params&, const TraceMeta&)> layer_groups;
+  // Optional: runs once per run before any shard (calibration and the like).
+  std::function<std::shared_ptr<const PolicyState>(const Params&, const TraceReader&)> prepare;
+};
+
+class PolicyRegistry {
+ public:
+  static PolicyRegistry& instance();
+  bool add(PolicyInfo info);  // throws InternalError on a duplicate name
+  const PolicyInfo* find(const std::string& name) const;
+  std::vector<const PolicyInfo*> all() const;  // sorted by name
+  std::string names() const;                   // "a, b, c"
+
+ private:
+  std::vector<std::unique_ptr<PolicyInfo>> infos_;
+};
+
+#define KVSIM_CONCAT_INNER(a, b) a##b
+#define KVSIM_CONCAT(a, b) KVSIM_CONCAT_INNER(a, b)
+// Registers a PolicyInfo at static-initialisation time. The policies library is
+// an OBJECT library, so the linker never drops a registration.
+#define KVSIM_REGISTER_POLICY(info_expr)                                   \
+  static const bool KVSIM_CONCAT(kvsim_registered_policy_, __LINE__) = \
+      ::kvsim::PolicyRegistry::instance().add(info_expr)
+
+// ---------------------------------------------------------------------------
+// A parsed, validated composition such as `h2o:heavy=0.1+kivi:bits=2`.
+struct StageSpec {
+  const PolicyInfo* info = nullptr;
+  Params params;
+  std::string canonical() const;  // name:key=val,... with every parameter
+};
+
+class PolicySpec {
+ public:
+  // Parses and validates; throws ConfigError listing valid names, keys or the
+  // reason a combination makes no sense.
+  static PolicySpec parse(const std::string& text);
+  const std::string& text() const { return text_; }
+  std::string canonical() const;
+  std::string stage_names() const;  // "h2o+kivi"
+  const std::vector<StageSpec>& stages() const { return stages_; }
+  // Checks trace-dependent constraints; throws ConfigError.
+  void check_against(const TraceMeta& meta) const;
+  // Groups of layer slots to replay together (singletons unless a stage needs more).
+  std::vector<std::vector<int>> layer_slot_groups(const TraceMeta& meta) const;
+
+ private:
+  std::string text_;
+  std::vector<StageSpec> stages_;
+};
+
+// One policy's stages instantiated for one shard. Evict stages run in spec
+// order; the store is the spec's merge/quantize stage, or fp16 (`full`).
+struct Pipeline {
+  std::vector<std::unique_ptr<EvictStage>> evicts;
+  std::unique_ptr<StoreStage> store;
+
+  static Pipeline create(const PolicySpec& spec, const ShardContext& base,
+                         const std::vector<std::shared_ptr<const PolicyState>>& prepared);
+  int64_t prefill_attention_rows() const;  // max over stages (-1 = all)
+  bool needs_decode_attention() const;
+};
+
+// Runs every stage's prepare hook once; the result is indexed like spec.stages().
+std::vector<std::shared_ptr<const PolicyState>> prepare_policy(const PolicySpec& spec,
+                                                               const TraceReader& trace);
+
+}  // namespace kvsim

@@ -1,0 +1,272 @@
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <numeric>
+
+#include "policies/policy.h"
+#include "sim/errors.h"
+
+namespace kvsim {
+
+std::string stage_kind_name(StageKind kind) {
+  switch (kind) {
+    case StageKind::kEvict: return "evict";
+    case StageKind::kMerge: return "merge";
+    case StageKind::kQuantize: return "quantize";
+  }
+  return "?";
+}
+
+int64_t HeadCache::find(int32_t position) const {
+  auto it = std::lower_bound(positions.begin(), positions.end(), position);
+  if (it == positions.end() || *it != position) return -1;
+  return it - positions.begin();
+}
+
+void HeadCache::append(int32_t position, const float* key, const float* value) {
+  KVSIM_CHECK(positions.empty() || positions.back() < position);
+  positions.push_back(position);
+  keys.insert(keys.end(), key, key + head_dim);
+  values.insert(values.end(), value, value + head_dim);
+}
+
+void HeadCache::remove(std::span<const int32_t> sorted_positions) {
+  if (sorted_positions.empty()) return;
+  size_t write = 0, drop = 0;
+  const size_t d = head_dim;
+  for (size_t read = 0; read < positions.size(); ++read) {
+    if (drop < sorted_positions.size() && positions[read] == sorted_positions[drop]) {
+      ++drop;
+      continue;
+    }
+    if (write != read) {
+      positions[write] = positions[read];
+      std::copy_n(keys.begin() + read * d, d, keys.begin() + write * d);
+      std::copy_n(values.begin() + read * d, d, values.begin() + write * d);
+    }
+    ++write;
+  }
+  KVSIM_CHECK_MSG(drop == sorted_positions.size(), "removing positions not in the cache");
+  positions.resize(write);
+  keys.resize(write * d);
+  values.resize(write * d);
+}
+
+PolicyRegistry& PolicyRegistry::instance() {
+  static PolicyRegistry registry;
+  return registry;
+}
+
+bool PolicyRegistry::add(PolicyInfo info) {
+  KVSIM_CHECK_MSG(find(info.name) == nullptr, "policy '" << info.name << "' registered twice");
+  KVSIM_CHECK_MSG(static_cast<bool>(info.create), "policy '" << info.name << "' has no factory");
+  infos_.push_back(std::make_unique<PolicyInfo>(std::move(info)));
+  return true;
+}
+
+const PolicyInfo* PolicyRegistry::find(const std::string& name) const {
+  for (const auto& info : infos_) {
+    if (info->name == name) return info.get();
+  }
+  return nullptr;
+}
+
+std::vector<const PolicyInfo*> PolicyRegistry::all() const {
+  std::vector<const PolicyInfo*> out;
+  for (const auto& info : infos_) out.push_back(info.get());
+  std::sort(out.begin(), out.end(), [](auto* a, auto* b) { return a->name < b->name; });
+  return out;
+}
+
+std::string PolicyRegistry::names() const {
+  std::string out;
+  for (const auto* info : all()) out += (out.empty() ? "" : ", ") + info->name;
+  return out;
+}
+
+std::string StageSpec::canonical() const {
+  const std::string params_text = params.canonical();
+  return params_text.empty() ? info->name : info->name + ":" + params_text;
+}
+
+namespace {
+
+bool is_name_start(char c) { return std::islower(static_cast<unsigned char>(c)) || c == '_'; }
+
+// Splits `a:x=1+b` into stages. A '+' separates stages only when a policy
+// name follows it, so values like 1e+3 survive.
+std::vector<std::string> split_stages(const std::string& text) {
+  std::vector<std::string> out;
+  std::string cur;
+  int depth = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '[') ++depth;
+    if (c == ']') --depth;
+    if (c == '+' && depth == 0 && (i + 1 == text.size() || is_name_start(text[i + 1]))) {
+      out.push_back(cur);
+      cur.clear();
+      continue;
+    }
+    cur.push_back(c);
+  }
+  out.push_back(cur);
+  return out;
+}
+
+}  // namespace
+
+PolicySpec PolicySpec::parse(const std::string& raw_text) {
+  PolicySpec spec;
+  std::string text;
+  for (char c : raw_text) {
+    if (!std::isspace(static_cast<unsigned char>(c))) text.push_back(c);
+  }
+  spec.text_ = text;
+  if (text.empty()) throw ConfigError("empty policy spec");
+  const auto& registry = PolicyRegistry::instance();
+  for (const auto& part : split_stages(text)) {
+    const auto colon = part.find(':');
+    const std::string name = part.substr(0, colon);
+    const std::string args = colon == std::string::npos ? "" : part.substr(colon + 1);
+    if (name.empty()) throw ConfigError("policy spec '" + text + "' has an empty stage");
+    const PolicyInfo* info = registry.find(name);
+    if (!info) {
+      throw ConfigError("unknown policy '" + name + "' in '" + text +
+                        "' (valid policies: " + registry.names() + ")");
+    }
+    StageSpec stage{info, Params::parse(name, info->params, args)};
+    if (info->check) info->check(stage.params);
+    spec.stages_.push_back(std::move(stage));
+  }
+
+  // Composition rules: evict stages, then at most one merge, then at most one
+  // quantize (the storage precision). Anything else has no clear meaning.
+  int merges = 0, quantizers = 0;
+  StageKind last = StageKind::kEvict;
+  for (const auto& stage : spec.stages_) {
+    const StageKind kind = stage.info->kind;
+    if (kind == StageKind::kMerge && ++merges > 1) {
+      throw ConfigError("policy '" + text + "': two merge stages; layers can be merged once");
+    }
+    if (kind == StageKind::kQuantize && ++quantizers > 1) {
+      throw ConfigError("policy '" + text +
+                        "': two quantize stages; a cache entry is stored at one precision "
+                        "(use one quantizer, e.g. 'h2o+kivi')");
+    }
+    if (static_cast<int>(kind) < static_cast<int>(last)) {
+      throw ConfigError("policy '" + text + "': stage '" + stage.info->name + "' (" +
+                        stage_kind_name(kind) + ") comes after a " + stage_kind_name(last) +
+                        " stage; write stages in the order evict, merge, quantize "
+                        "(e.g. 'h2o+kivi', 'minicache+kivi')");
+    }
+    last = kind;
+  }
+  return spec;
+}
+
+std::string PolicySpec::canonical() const {
+  std::string out;
+  for (const auto& s : stages_) out += (out.empty() ? "" : "+") + s.canonical();
+  return out;
+}
+
+std::string PolicySpec::stage_names() const {
+  std::string out;
+  for (const auto& s : stages_) out += (out.empty() ? "" : "+") + s.info->name;
+  return out;
+}
+
+void PolicySpec::check_against(const TraceMeta& meta) const {
+  for (const auto& s : stages_) {
+    if (s.info->check_trace) s.info->check_trace(s.params, meta);
+  }
+  (void)layer_slot_groups(meta);
+}
+
+std::vector<std::vector<int>> PolicySpec::layer_slot_groups(const TraceMeta& meta) const {
+  const int L = meta.num_layers();
+  // Union-find over slots: every stage's groups are merged into connected sets.
+  std::vector<int> parent(L);
+  std::iota(parent.begin(), parent.end(), 0);
+  auto root = [&](int x) {
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  for (const auto& s : stages_) {
+    if (!s.info->layer_groups) continue;
+    for (const auto& group : s.info->layer_groups(s.params, meta)) {
+      int first = -1;
+      for (int layer : group) {
+        const int slot = meta.slot_of_layer(layer);
+        if (slot < 0) {
+          throw ConfigError("policy '" + s.info->name + "' needs layer " + std::to_string(layer) +
+                            ", which the trace does not store");
+        }
+        if (first < 0) first = slot; else parent[root(slot)] = root(first);
+      }
+    }
+  }
+  std::map<int, std::vector<int>> groups;
+  for (int slot = 0; slot < L; ++slot) groups[root(slot)].push_back(slot);
+  std::vector<std::vector<int>> out;
+  for (auto& [r, slots] : groups) out.push_back(std::move(slots));
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Pipeline Pipeline::create(const PolicySpec& spec, const ShardContext& base,
+                          const std::vector<std::shared_ptr<const PolicyState>>& prepared) {
+  Pipeline pipeline;
+  for (size_t i = 0; i < spec.stages().size(); ++i) {
+    const auto& stage = spec.stages()[i];
+    ShardContext ctx = base;
+    ctx.prepared = i < prepared.size() ? prepared[i] : nullptr;
+    std::unique_ptr<Stage> made = stage.info->create(stage.params, ctx);
+    if (stage.info->kind == StageKind::kEvict) {
+      auto* evict = dynamic_cast<EvictStage*>(made.get());
+      KVSIM_CHECK_MSG(evict, stage.info->name << " is registered as evict but is not an EvictStage");
+      made.release();
+      pipeline.evicts.emplace_back(evict);
+    } else {
+      auto* store = dynamic_cast<StoreStage*>(made.get());
+      KVSIM_CHECK_MSG(store, stage.info->name << " is not a StoreStage");
+      made.release();
+      pipeline.store.reset(store);
+    }
+  }
+  if (!pipeline.store) {
+    const PolicyInfo* full = PolicyRegistry::instance().find("full");
+    KVSIM_CHECK(full);
+    std::unique_ptr<Stage> made = full->create(Params::parse("full", full->params, ""), base);
+    pipeline.store.reset(dynamic_cast<StoreStage*>(made.release()));
+    KVSIM_CHECK(pipeline.store);
+  }
+  return pipeline;
+}
+
+int64_t Pipeline::prefill_attention_rows() const {
+  int64_t rows = store->prefill_attention_rows();
+  for (const auto& e : evicts) {
+    const int64_t r = e->prefill_attention_rows();
+    if (r < 0 || rows < 0) rows = -1; else rows = std::max(rows, r);
+  }
+  return rows;
+}
+
+bool Pipeline::needs_decode_attention() const {
+  bool needs = store->needs_decode_attention();
+  for (const auto& e : evicts) needs = needs || e->needs_decode_attention();
+  return needs;
+}
+
+std::vector<std::shared_ptr<const PolicyState>> prepare_policy(const PolicySpec& spec,
+                                                               const TraceReader& trace) {
+  std::vector<std::shared_ptr<const PolicyState>> out;
+  for (const auto& s : spec.stages()) {
+    out.push_back(s.info->prepare ? s.info->prepare(s.params, trace) : nullptr);
+  }
+  return out;
+}
+
+}  // namespace kvsim

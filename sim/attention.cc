@@ -1,0 +1,112 @@
+#include "sim/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace kvsim {
+
+namespace {
+
+// Dot products of NQ queries with one key, sharing the key's loads.
+// `omp simd reduction` lets the compiler vectorise the sums without -ffast-math.
+template <int NQ>
+inline void dot_queries(const float* q, int d, const float* key, float* out) {
+  float acc[NQ] = {};
+#pragma omp simd reduction(+ : acc[:NQ])
+  for (int c = 0; c < d; ++c) {
+    for (int j = 0; j < NQ; ++j) acc[j] += q[j * d + c] * key[c];
+  }
+  for (int j = 0; j < NQ; ++j) out[j] = acc[j];
+}
+
+inline void dot4(const float* q, int num_queries, int d, const float* key, float* out) {
+  switch (num_queries) {
+    case 4: dot_queries<4>(q, d, key, out); break;
+    case 3: dot_queries<3>(q, d, key, out); break;
+    case 2: dot_queries<2>(q, d, key, out); break;
+    default: dot_queries<1>(q, d, key, out); break;
+  }
+}
+
+template <typename KeyAt>
+void score_impl(const float* q, int num_queries, size_t n, int d, float scale, float* scores,
+                KeyAt key_at) {
+  for (int j0 = 0; j0 < num_queries; j0 += 4) {
+    const int nq = std::min(4, num_queries - j0);
+    const float* qb = q + static_cast<size_t>(j0) * d;
+    float acc[4];
+    for (size_t i = 0; i < n; ++i) {
+      dot4(qb, nq, d, key_at(i), acc);
+      for (int j = 0; j < nq; ++j) scores[(j0 + j) * n + i] = acc[j] * scale;
+    }
+  }
+}
+
+}  // namespace
+
+void score_rows(const float* q, int num_queries, const float* keys, size_t n, int d, float scale,
+                float* scores) {
+  score_impl(q, num_queries, n, d, scale, scores,
+             [&](size_t i) { return keys + i * static_cast<size_t>(d); });
+}
+
+void score_gathered(const float* q, int num_queries, const float* keys_base,
+                    std::span<const int32_t> rows, int d, float scale, float* scores) {
+  score_impl(q, num_queries, rows.size(), d, scale, scores,
+             [&](size_t i) { return keys_base + static_cast<size_t>(rows[i]) * d; });
+}
+
+double softmax_inplace(float* s, size_t n) {
+  if (n == 0) return -std::numeric_limits<double>::infinity();
+  float mx = s[0];
+  for (size_t i = 1; i < n; ++i) mx = std::max(mx, s[i]);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - mx);
+    sum += s[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (size_t i = 0; i < n; ++i) s[i] *= inv;
+  return mx + std::log(sum);
+}
+
+void weighted_sum(const float* probs, int num_queries, const float* values, size_t n, int d,
+                  float* out) {
+  std::fill(out, out + static_cast<size_t>(num_queries) * d, 0.f);
+  for (int j = 0; j < num_queries; ++j) {
+    float* o = out + static_cast<size_t>(j) * d;
+    const float* p = probs + static_cast<size_t>(j) * n;
+    for (size_t i = 0; i < n; ++i) {
+      const float w = p[i];
+      const float* v = values + i * static_cast<size_t>(d);
+#pragma omp simd
+      for (int c = 0; c < d; ++c) o[c] += w * v[c];
+    }
+  }
+}
+
+namespace cpu_reference {
+double attend(const float* q, const float* keys, const float* values, size_t n, int d,
+              double scale, double* out) {
+  std::vector<double> s(n);
+  double mx = -std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < n; ++i) {
+    double dot = 0;
+    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * keys[i * d + c];
+    s[i] = dot * scale;
+    mx = std::max(mx, s[i]);
+  }
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += std::exp(s[i] - mx);
+  std::fill(out, out + d, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    const double p = std::exp(s[i] - mx) / sum;
+    for (int c = 0; c < d; ++c) out[c] += p * values[i * d + c];
+  }
+  return mx + std::log(sum);
+}
+}  // namespace cpu_reference
+
+}  // namespace kvsim

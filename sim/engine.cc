@@ -1,0 +1,530 @@
+#include "sim/engine.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <numeric>
+
+#include "sim/attention.h"
+#include "sim/errors.h"
+#include "sim/rng.h"
+
+namespace kvsim {
+
+// ---------------------------------------------------------------------------
+MeasureRule MeasureRule::parse(const std::string& text) {
+  MeasureRule rule;
+  auto number = [&](const std::string& s) {
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(s, &used);
+      if (used != s.size() || v < 1) throw std::invalid_argument("");
+      return static_cast<int64_t>(v);
+    } catch (const std::exception&) {
+      throw ConfigError("measured steps '" + text + "': '" + s + "' is not a positive integer");
+    }
+  };
+  if (text == "auto") return rule;
+  if (text == "all") {
+    rule.kind = Kind::kAll;
+  } else if (text.rfind("stride=", 0) == 0) {
+    rule.kind = Kind::kStride;
+    rule.n = number(text.substr(7));
+  } else if (text.rfind("last=", 0) == 0) {
+    rule.kind = Kind::kLast;
+    rule.n = number(text.substr(5));
+  } else {
+    throw ConfigError("unknown measured-steps rule '" + text +
+                      "' (valid: auto, all, stride=N, last=N)");
+  }
+  return rule;
+}
+
+std::string MeasureRule::describe() const {
+  switch (kind) {
+    case Kind::kAuto: return "auto";
+    case Kind::kAll: return "all";
+    case Kind::kStride: return "stride=" + std::to_string(n);
+    case Kind::kLast: return "last=" + std::to_string(n);
+  }
+  return "?";
+}
+
+std::vector<int64_t> MeasureRule::steps(int64_t prompt_len, int64_t num_tokens) const {
+  std::vector<int64_t> out;
+  const int64_t decode = num_tokens - prompt_len;
+  if (decode <= 0) return out;
+  int64_t stride = 1, first = prompt_len;
+  switch (kind) {
+    case Kind::kAll: break;
+    case Kind::kAuto: stride = std::max<int64_t>(1, (decode + 255) / 256); break;
+    case Kind::kStride: stride = n; break;
+    case Kind::kLast: first = std::max(prompt_len, num_tokens - n); break;
+  }
+  for (int64_t t = first; t < num_tokens; t += stride) out.push_back(t);
+  if (out.back() != num_tokens - 1) out.push_back(num_tokens - 1);
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+namespace {
+
+int64_t window_start(int window, int64_t t) {
+  return window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+}
+
+// Copies the `group` query vectors of kv head h at token t into qbuf[group, d].
+void gather_queries(const LayerData& layer, int kv_head, int group, int64_t t, float* qbuf) {
+  const int d = layer.head_dim;
+  for (int j = 0; j < group; ++j) {
+    const float* q = layer.query(kv_head * group + j, static_cast<int>(t));
+    std::copy_n(q, d, qbuf + static_cast<size_t>(j) * d);
+  }
+}
+
+double norm2(const float* x, int d) {
+  double s = 0;
+  for (int c = 0; c < d; ++c) s += static_cast<double>(x[c]) * x[c];
+  return s;
+}
+
+// Removes `drop` (sorted) from `sorted` in place.
+void subtract_sorted(std::vector<int32_t>& sorted, const std::vector<int32_t>& drop) {
+  if (drop.empty()) return;
+  std::vector<int32_t> out;
+  out.reserve(sorted.size());
+  std::set_difference(sorted.begin(), sorted.end(), drop.begin(), drop.end(),
+                      std::back_inserter(out));
+  sorted.swap(out);
+}
+
+void sort_unique(std::vector<int32_t>& v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+}
+
+// Exact causal attention of the requested prompt rows, summed per column:
+// colsum[j, i] for query head j of the group and candidate i.
+void prefill_column_sums(const TraceMeta& meta, const LayerData& layer, int window, int kv_head,
+                         int64_t prompt_len, int64_t rows, std::span<const int32_t> candidates,
+                         std::vector<float>& colsum) {
+  const int group = meta.group_size(), d = meta.head_dim;
+  const int64_t first_row = rows < 0 ? 0 : std::max<int64_t>(0, prompt_len - rows);
+  colsum.assign(static_cast<size_t>(group) * candidates.size(), 0.f);
+  if (candidates.empty()) return;
+  const int32_t first_candidate = candidates.front();
+  std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
+  for (int64_t r = first_row; r < prompt_len; ++r) {
+    const int64_t lo = window_start(window, r);
+    const size_t n = static_cast<size_t>(r - lo + 1);
+    scores.resize(group * n);
+    gather_queries(layer, kv_head, group, r, qbuf.data());
+    score_rows(qbuf.data(), group, layer.key(kv_head, static_cast<int>(lo)), n, d,
+               static_cast<float>(meta.attn_scale), scores.data());
+    for (int j = 0; j < group; ++j) {
+      float* p = scores.data() + j * n;
+      softmax_inplace(p, n);
+      // Candidates are contiguous positions [first_candidate, prompt_len) at prefill.
+      for (size_t i = 0; i < n; ++i) {
+        const int64_t pos = lo + static_cast<int64_t>(i);
+        if (pos >= first_candidate) colsum[j * candidates.size() + (pos - first_candidate)] += p[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
+                         const std::vector<int64_t>& measured) {
+  const int Hq = meta.num_q_heads, Hkv = meta.num_kv_heads, group = meta.group_size();
+  const int d = meta.head_dim, window = meta.sliding_window[layer.slot];
+  ExactLayer ex;
+  ex.slot = layer.slot;
+  ex.out.assign(measured.size() * Hq * d, 0.f);
+  ex.lse.assign(measured.size() * Hq, 0.0);
+  std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
+  for (size_t m = 0; m < measured.size(); ++m) {
+    const int64_t t = measured[m];
+    const int64_t lo = window_start(window, t);
+    const size_t n = static_cast<size_t>(t - lo + 1);
+    scores.resize(group * n);
+    for (int h = 0; h < Hkv; ++h) {
+      gather_queries(layer, h, group, t, qbuf.data());
+      const float* keys = layer.key(h, static_cast<int>(lo));
+      score_rows(qbuf.data(), group, keys, n, d, static_cast<float>(meta.attn_scale),
+                 scores.data());
+      for (int j = 0; j < group; ++j) {
+        ex.lse[m * Hq + h * group + j] = softmax_inplace(scores.data() + j * n, n);
+      }
+      weighted_sum(scores.data(), group, layer.value(h, static_cast<int>(lo)), n, d,
+                   ex.out.data() + (m * Hq + h * group) * d);
+    }
+  }
+  return ex;
+}
+
+RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
+                       const std::vector<int>& slots, const std::vector<const LayerData*>& layers,
+                       const std::vector<const ExactLayer*>& exact, const PolicySpec& policy,
+                       const std::vector<std::shared_ptr<const PolicyState>>& prepared,
+                       const std::vector<int64_t>& measured, uint64_t seed) {
+  KVSIM_CHECK(slots.size() == layers.size() && slots.size() == exact.size());
+  const int L = static_cast<int>(slots.size()), Hkv = meta.num_kv_heads;
+  const int group = meta.group_size(), d = meta.head_dim, Hq = meta.num_q_heads;
+  const int64_t T = layers[0]->num_tokens, P = prompt_len;
+  const float scale = static_cast<float>(meta.attn_scale);
+
+  ShardContext ctx;
+  ctx.meta = &meta;
+  ctx.sequence = sequence;
+  ctx.slots = slots;
+  ctx.layers = layers;
+  ctx.prompt_len = P;
+  ctx.num_tokens = T;
+  ctx.seed = derive_seed(seed, static_cast<uint64_t>(sequence), static_cast<uint64_t>(slots[0]));
+  Pipeline pipe = Pipeline::create(policy, ctx, prepared);
+  const int64_t prefill_rows = pipe.prefill_attention_rows();
+  const bool decode_attention = pipe.needs_decode_attention();
+
+  RunResult result;
+  std::vector<HeadCache> caches(static_cast<size_t>(L) * Hkv);
+  for (auto& c : caches) c.head_dim = d;
+  auto cache_of = [&](int local, int h) -> HeadCache& { return caches[local * Hkv + h]; };
+
+  std::vector<int32_t> candidates, evict, removed;
+  std::vector<float> colsum, kept_colsum;
+  std::vector<Stage*> observers;  // stages that get attention feedback, pipeline order
+  for (auto& e : pipe.evicts) observers.push_back(e.get());
+  observers.push_back(pipe.store.get());
+
+  // Runs the evict stages in order over `candidates`; returns what they dropped.
+  // At prefill, `colsum` (aligned with candidates) is handed to each stage that
+  // asked for it, filtered to the entries the earlier stages left.
+  auto run_evicts = [&](ArrivalView& view, bool with_prefill_attention) {
+    std::vector<int32_t> dropped;
+    for (auto& stage : pipe.evicts) {
+      if (with_prefill_attention && stage->prefill_attention_rows() != 0) {
+        stage->observe_prefill(view.local_layer, view.kv_head, candidates, colsum);
+      }
+      evict.clear();
+      view.candidates = candidates;
+      stage->select(view, evict);
+      sort_unique(evict);
+      if (evict.empty()) continue;
+      if (with_prefill_attention) {
+        const size_t n = candidates.size();
+        kept_colsum.clear();
+        for (int j = 0; j < group; ++j) {
+          for (size_t i = 0; i < n; ++i) {
+            if (!std::binary_search(evict.begin(), evict.end(), candidates[i])) {
+              kept_colsum.push_back(colsum[j * n + i]);
+            }
+          }
+        }
+        colsum.swap(kept_colsum);
+      }
+      subtract_sorted(candidates, evict);
+      dropped.insert(dropped.end(), evict.begin(), evict.end());
+    }
+    sort_unique(dropped);
+    return dropped;
+  };
+
+  // --- prefill: the prompt arrives at once -----------------------------------
+  for (int local = 0; local < L; ++local) {
+    const LayerData& raw = *layers[local];
+    const int window = meta.sliding_window[slots[local]];
+    for (int h = 0; h < Hkv; ++h) {
+      const int64_t lo = window_start(window, P - 1);
+      candidates.resize(P - lo);
+      std::iota(candidates.begin(), candidates.end(), static_cast<int32_t>(lo));
+      const bool with_attention = prefill_rows != 0;
+      if (with_attention) {
+        prefill_column_sums(meta, raw, window, h, P, prefill_rows, candidates, colsum);
+      }
+      ArrivalView view;
+      view.local_layer = local;
+      view.kv_head = h;
+      view.step = P - 1;
+      view.prefill = true;
+      view.raw = &raw;
+      run_evicts(view, with_attention);
+      if (with_attention && pipe.store->prefill_attention_rows() != 0) {
+        pipe.store->observe_prefill(local, h, candidates, colsum);
+      }
+      pipe.store->insert(local, h, cache_of(local, h), candidates, raw);
+    }
+  }
+
+  // --- decode: one token per step ------------------------------------------
+  std::vector<float> qbuf(static_cast<size_t>(group) * d), scores, probs, raw_scores;
+  std::vector<float> out_hat(static_cast<size_t>(group) * d);
+  std::vector<double> lse_hat(group);
+  size_t next_measured = 0;
+  for (int64_t t = P; t < T; ++t) {
+    for (int local = 0; local < L; ++local) {
+      const LayerData& raw = *layers[local];
+      const int window = meta.sliding_window[slots[local]];
+      for (int h = 0; h < Hkv; ++h) {
+        HeadCache& cache = cache_of(local, h);
+        removed.clear();
+        if (window > 0 && t - window >= 0 && cache.find(static_cast<int32_t>(t - window)) >= 0) {
+          removed.push_back(static_cast<int32_t>(t - window));  // left the model's own window
+        }
+        candidates.assign(cache.positions.begin(), cache.positions.end());
+        subtract_sorted(candidates, removed);
+        candidates.push_back(static_cast<int32_t>(t));
+        bool keep_new = true;
+        if (!pipe.evicts.empty()) {
+          ArrivalView view;
+          view.local_layer = local;
+          view.kv_head = h;
+          view.step = t;
+          view.raw = &raw;
+          for (int32_t pos : run_evicts(view, false)) {
+            if (pos == t) keep_new = false; else removed.push_back(pos);
+          }
+          sort_unique(removed);
+        }
+        if (!removed.empty()) {
+          cache.remove(removed);
+          pipe.store->removed(local, h, cache, removed);
+        }
+        if (keep_new) {
+          const int32_t pos = static_cast<int32_t>(t);
+          pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, 1), raw);
+        }
+      }
+    }
+
+    const bool is_measured = next_measured < measured.size() && measured[next_measured] == t;
+    if (!is_measured && !decode_attention) continue;
+    for (int local = 0; local < L; ++local) {
+      const LayerData& raw = *layers[local];
+      const int window = meta.sliding_window[slots[local]];
+      for (int h = 0; h < Hkv; ++h) {
+        HeadCache& cache = cache_of(local, h);
+        const size_t n = cache.size();
+        gather_queries(raw, h, group, t, qbuf.data());
+        scores.resize(group * n);
+        probs.resize(group * n);
+        score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, scores.data());
+        std::copy(scores.begin(), scores.end(), probs.begin());
+        for (int j = 0; j < group; ++j) lse_hat[j] = softmax_inplace(probs.data() + j * n, n);
+        if (decode_attention) {
+          for (Stage* stage : observers) {
+            if (stage->needs_decode_attention()) stage->observe(local, h, t, cache.positions, probs);
+          }
+        }
+        if (!is_measured) continue;
+
+        weighted_sum(probs.data(), group, cache.values.data(), n, d, out_hat.data());
+        raw_scores.resize(group * n);
+        score_gathered(qbuf.data(), group, raw.key(h, 0), cache.positions, d, scale,
+                       raw_scores.data());
+        const ExactLayer& ex = *exact[local];
+        for (int j = 0; j < group; ++j) {
+          const int qh = h * group + j;
+          const float* o = ex.out.data() + (next_measured * Hq + qh) * d;
+          const double lse = ex.lse[next_measured * Hq + qh];
+          const float* oh = out_hat.data() + j * d;
+          double diff = 0, on = 0, ohn = 0, dot = 0;
+          for (int c = 0; c < d; ++c) {
+            diff += (static_cast<double>(oh[c]) - o[c]) * (static_cast<double>(oh[c]) - o[c]);
+            on += static_cast<double>(o[c]) * o[c];
+            ohn += static_cast<double>(oh[c]) * oh[c];
+            dot += static_cast<double>(oh[c]) * o[c];
+          }
+          double mass = 0;
+          for (size_t i = 0; i < n; ++i) mass += std::exp(raw_scores[j * n + i] - lse);
+          double kl = 0;
+          if (mass > 0) {
+            const double log_mass = std::log(mass);
+            for (size_t i = 0; i < n; ++i) {
+              const double log_p = raw_scores[j * n + i] - lse - log_mass;  // exact, renormalised
+              const double log_q = scores[j * n + i] - lse_hat[j];          // compressed
+              kl += std::exp(log_p) * (log_p - log_q);
+            }
+          }
+          StepRecord rec;
+          rec.sequence = sequence;
+          rec.layer = meta.layer_ids[slots[local]];
+          rec.q_head = qh;
+          rec.kv_head = h;
+          rec.step = static_cast<int32_t>(t);
+          rec.rel_err = static_cast<float>(on > 0 ? std::sqrt(diff / on) : std::sqrt(diff));
+          rec.cosine = static_cast<float>(on > 0 && ohn > 0 ? dot / std::sqrt(on * ohn) : 0.0);
+          rec.mass_retained = static_cast<float>(std::min(mass, 1.0));
+          rec.kl = static_cast<float>(std::max(kl, 0.0));
+          result.steps.push_back(rec);
+        }
+        double kdiff = 0, knorm = 0, vdiff = 0, vnorm = 0;
+        for (size_t i = 0; i < n; ++i) {
+          const float* k = raw.key(h, cache.positions[i]);
+          const float* v = raw.value(h, cache.positions[i]);
+          const float* kh = cache.key_row(i);
+          const float* vh = cache.value_row(i);
+          for (int c = 0; c < d; ++c) {
+            kdiff += (static_cast<double>(kh[c]) - k[c]) * (static_cast<double>(kh[c]) - k[c]);
+            vdiff += (static_cast<double>(vh[c]) - v[c]) * (static_cast<double>(vh[c]) - v[c]);
+          }
+          knorm += norm2(k, d);
+          vnorm += norm2(v, d);
+        }
+        const MemoryBits bits = pipe.store->memory(local, h);
+        KvRecord kv;
+        kv.sequence = sequence;
+        kv.layer = meta.layer_ids[slots[local]];
+        kv.kv_head = h;
+        kv.step = static_cast<int32_t>(t);
+        kv.kept_tokens = static_cast<int32_t>(n);
+        kv.data_bits = bits.data;
+        kv.meta_bits = bits.meta;
+        kv.fp16_bits = int64_t{2} * 16 * d * (t - window_start(window, t) + 1);
+        kv.key_err = static_cast<float>(knorm > 0 ? std::sqrt(kdiff / knorm) : 0.0);
+        kv.value_err = static_cast<float>(vnorm > 0 ? std::sqrt(vdiff / vnorm) : 0.0);
+        result.kv.push_back(kv);
+      }
+    }
+    if (is_measured) ++next_measured;
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------
+std::vector<RunResult> replay(const TraceReader& trace, const std::vector<PolicySpec>& policies,
+                              const ReplayOptions& options) {
+  const TraceMeta& meta = trace.meta();
+  const int L = meta.num_layers();
+  if (policies.empty()) throw ConfigError("no policy given");
+  for (const auto& p : policies) p.check_against(meta);
+
+  std::vector<int> sequences = options.sequences;
+  if (sequences.empty()) {
+    sequences.resize(trace.num_sequences());
+    std::iota(sequences.begin(), sequences.end(), 0);
+  }
+  for (int s : sequences) {
+    if (s < 0 || s >= trace.num_sequences()) {
+      throw ConfigError("sequence " + std::to_string(s) + " out of range (trace has " +
+                        std::to_string(trace.num_sequences()) + ")");
+    }
+    const auto& info = trace.sequence(s);
+    if (info.num_tokens <= info.prompt_len) {
+      throw FormatError("trace sequence " + std::to_string(s) +
+                        " has no decode steps (prompt_len == num_tokens): nothing to measure");
+    }
+  }
+
+  // Units: a sequence x a set of layers that every policy can replay from.
+  std::vector<int> parent(L);
+  std::iota(parent.begin(), parent.end(), 0);
+  auto root = [&](int x) {
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  std::vector<std::vector<std::vector<int>>> policy_groups;
+  for (const auto& p : policies) {
+    policy_groups.push_back(p.layer_slot_groups(meta));
+    for (const auto& g : policy_groups.back()) {
+      for (int s : g) parent[root(s)] = root(g[0]);
+    }
+  }
+  std::map<int, std::vector<int>> by_root;
+  for (int s = 0; s < L; ++s) by_root[root(s)].push_back(s);
+  std::vector<std::vector<int>> super_groups;
+  for (auto& [r, g] : by_root) super_groups.push_back(g);
+  struct Unit {
+    int sequence;
+    int super_group;
+  };
+  std::vector<Unit> units;
+  for (int s : sequences) {
+    for (int g = 0; g < static_cast<int>(super_groups.size()); ++g) units.push_back({s, g});
+  }
+
+  std::vector<std::vector<std::shared_ptr<const PolicyState>>> prepared;
+  for (const auto& p : policies) prepared.push_back(prepare_policy(p, trace));
+
+  // results[unit][policy], concatenated in unit order afterwards: deterministic.
+  std::vector<std::vector<RunResult>> partial(units.size());
+  std::vector<double> policy_seconds(policies.size(), 0.0);
+  std::mutex io_mutex, progress_mutex;
+  std::exception_ptr failure;
+  std::atomic<size_t> done{0};
+  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (size_t u = 0; u < units.size(); ++u) {
+    {
+      std::lock_guard lock(progress_mutex);
+      if (failure) continue;
+    }
+    try {
+      const Unit unit = units[u];
+      const auto& slots = super_groups[unit.super_group];
+      std::vector<LayerData> data;
+      {
+        std::lock_guard lock(io_mutex);  // HDF5 is not thread-safe
+        for (int slot : slots) data.push_back(trace.read_layer(unit.sequence, slot));
+      }
+      const auto& info = trace.sequence(unit.sequence);
+      const auto measured = options.measure.steps(info.prompt_len, info.num_tokens);
+      std::vector<ExactLayer> exact;
+      for (const auto& layer : data) exact.push_back(compute_exact(meta, layer, measured));
+      for (size_t p = 0; p < policies.size(); ++p) {
+        const auto start = std::chrono::steady_clock::now();
+        RunResult merged;
+        for (const auto& g : policy_groups[p]) {
+          if (std::find(slots.begin(), slots.end(), g[0]) == slots.end()) continue;
+          std::vector<const LayerData*> layer_ptrs;
+          std::vector<const ExactLayer*> exact_ptrs;
+          for (int slot : g) {
+            const size_t i = std::find(slots.begin(), slots.end(), slot) - slots.begin();
+            layer_ptrs.push_back(&data[i]);
+            exact_ptrs.push_back(&exact[i]);
+          }
+          RunResult r = replay_shard(meta, unit.sequence, info.prompt_len, g, layer_ptrs,
+                                     exact_ptrs, policies[p], prepared[p], measured, options.seed);
+          merged.steps.insert(merged.steps.end(), r.steps.begin(), r.steps.end());
+          merged.kv.insert(merged.kv.end(), r.kv.begin(), r.kv.end());
+        }
+        merged.seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        partial[u].push_back(std::move(merged));
+      }
+      std::lock_guard lock(progress_mutex);
+      ++done;
+      if (options.progress) options.progress(done.load(), units.size());
+    } catch (...) {
+      std::lock_guard lock(progress_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+
+  std::vector<RunResult> results(policies.size());
+  for (size_t p = 0; p < policies.size(); ++p) {
+    RunResult& r = results[p];
+    r.spec = policies[p].text();
+    r.resolved = policies[p].canonical();
+    r.stages = policies[p].stage_names();
+    r.seed = options.seed;
+    for (size_t u = 0; u < units.size(); ++u) {
+      const RunResult& part = partial[u][p];
+      r.steps.insert(r.steps.end(), part.steps.begin(), part.steps.end());
+      r.kv.insert(r.kv.end(), part.kv.begin(), part.kv.end());
+      r.seconds += part.seconds;
+    }
+  }
+  return results;
+}
+
+}  // namespace kvsim

@@ -1,0 +1,85 @@
+// The CPU replay engine. It owns the loop: for each shard (a sequence and the
+// group of layers its policies need) it streams the prompt, then one token per
+// decode step, through each policy's pipeline, and at measured steps compares
+// attention over the policy's cache with exact attention. See docs/replay.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "policies/policy.h"
+#include "trace/trace.h"
+
+namespace kvsim {
+
+// Which decode steps are measured.
+struct MeasureRule {
+  enum class Kind { kAuto, kAll, kStride, kLast };
+  Kind kind = Kind::kAuto;
+  int64_t n = 0;
+  // "auto", "all", "stride=N", "last=N"; throws ConfigError.
+  static MeasureRule parse(const std::string& text);
+  std::string describe() const;
+  // Measured token positions in [prompt_len, num_tokens), ascending. `auto`
+  // measures every decode step up to 256 of them, else a uniform stride that
+  // gives about 256 steps; the last decode step is always included.
+  std::vector<int64_t> steps(int64_t prompt_len, int64_t num_tokens) const;
+};
+
+// Fidelity at one (sequence, layer, query head, measured step).
+struct StepRecord {
+  int32_t sequence, layer, q_head, kv_head, step;
+  float rel_err, cosine, mass_retained, kl;
+};
+
+// Memory and reconstruction at one (sequence, layer, kv head, measured step).
+struct KvRecord {
+  int32_t sequence, layer, kv_head, step, kept_tokens;
+  int64_t data_bits, meta_bits, fp16_bits;
+  float key_err, value_err;
+};
+
+struct RunResult {
+  std::string spec;      // as given
+  std::string resolved;  // canonical, every parameter
+  std::string stages;    // stage names
+  uint64_t seed = 0;
+  std::vector<StepRecord> steps;
+  std::vector<KvRecord> kv;
+  double seconds = 0;
+};
+
+struct ReplayOptions {
+  MeasureRule measure;
+  uint64_t seed = 0;
+  int threads = 0;             // 0 = all available cores
+  std::vector<int> sequences;  // empty = every sequence
+  // Called after each finished unit with (done, total), from one thread at a time.
+  std::function<void(size_t, size_t)> progress;
+};
+
+// Replays every policy over the trace. Results are identical for any thread
+// count. Throws kvsim errors on bad input.
+std::vector<RunResult> replay(const TraceReader& trace, const std::vector<PolicySpec>& policies,
+                              const ReplayOptions& options);
+
+// Exact attention of one layer at the measured steps, shared by every policy.
+struct ExactLayer {
+  int slot = 0;
+  std::vector<float> out;   // [measured, num_q_heads, head_dim]
+  std::vector<double> lse;  // [measured, num_q_heads]
+};
+ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
+                         const std::vector<int64_t>& measured);
+
+// The loop for one shard and one policy, exposed for tests and benchmarks.
+// `layers` and `exact` are aligned with `slots` (one sequence).
+RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
+                       const std::vector<int>& slots, const std::vector<const LayerData*>& layers,
+                       const std::vector<const ExactLayer*>& exact, const PolicySpec& policy,
+                       const std::vector<std::shared_ptr<const PolicyState>>& prepared,
+                       const std::vector<int64_t>& measured, uint64_t seed);
+
+}  // namespace kvsim

@@ -1,0 +1,134 @@
+#include "sim/inspect.h"
+
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+
+#include "sim/attention.h"
+#include "sim/errors.h"
+
+namespace kvsim {
+
+std::vector<HeadStats> inspect_trace(const TraceReader& trace, const InspectOptions& options) {
+  const TraceMeta& meta = trace.meta();
+  if (options.sequence < 0 || options.sequence >= trace.num_sequences()) {
+    throw ConfigError("sequence " + std::to_string(options.sequence) + " out of range");
+  }
+  const auto& info = trace.sequence(options.sequence);
+  const int d = meta.head_dim, group = meta.group_size();
+  const int T = static_cast<int>(info.num_tokens);
+  std::vector<HeadStats> out;
+  LayerData previous;
+  bool have_previous = false;
+  // Sample up to 32 query positions among the decode steps (or the prompt's end).
+  std::vector<int> query_positions;
+  const int first = info.prompt_len < T ? static_cast<int>(info.prompt_len) : T - 1;
+  const int stride = std::max(1, (T - first) / 32);
+  for (int t = first; t < T; t += stride) query_positions.push_back(t);
+
+  for (int slot = 0; slot < meta.num_layers(); ++slot) {
+    LayerData layer = trace.read_layer(options.sequence, slot);
+    const int window = meta.sliding_window[slot];
+    for (int h = 0; h < meta.num_kv_heads; ++h) {
+      HeadStats s;
+      s.layer = meta.layer_ids[slot];
+      s.kv_head = h;
+      std::vector<double> channel_max(d, 0.0);
+      for (int t = 0; t < T; ++t) {
+        const float* k = layer.key(h, t);
+        double n2 = 0;
+        for (int c = 0; c < d; ++c) {
+          n2 += static_cast<double>(k[c]) * k[c];
+          channel_max[c] = std::max(channel_max[c], std::fabs(static_cast<double>(k[c])));
+        }
+        s.key_norm_mean += std::sqrt(n2) / T;
+        s.key_norm_max = std::max(s.key_norm_max, std::sqrt(n2));
+      }
+      std::vector<double> sorted = channel_max;
+      std::nth_element(sorted.begin(), sorted.begin() + d / 2, sorted.end());
+      const double median = sorted[d / 2];
+      for (double m : channel_max) s.outlier_channels += m > options.outlier_factor * median;
+
+      double sink_total = 0;
+      int sink_count = 0;
+      std::vector<float> scores;
+      for (int t : query_positions) {
+        const int lo = window > 0 ? std::max(0, t - window + 1) : 0;
+        if (lo > 0) continue;  // sinks are outside this layer's window
+        const size_t n = static_cast<size_t>(t + 1);
+        scores.resize(n);
+        for (int j = 0; j < group; ++j) {
+          score_rows(layer.query(h * group + j, t), 1, layer.key(h, 0), n, d,
+                     static_cast<float>(meta.attn_scale), scores.data());
+          softmax_inplace(scores.data(), n);
+          double mass = 0;
+          for (int i = 0; i < std::min<int>(options.sinks, static_cast<int>(n)); ++i) mass += scores[i];
+          sink_total += mass;
+          ++sink_count;
+        }
+      }
+      s.sink_mass = sink_count > 0 ? sink_total / sink_count : std::nan("");
+
+      if (have_previous) {
+        double cos_sum = 0;
+        for (int t = 0; t < T; ++t) {
+          const float* a = layer.key(h, t);
+          const float* b = previous.key(h, t);
+          double dot = 0, na = 0, nb = 0;
+          for (int c = 0; c < d; ++c) {
+            dot += static_cast<double>(a[c]) * b[c];
+            na += static_cast<double>(a[c]) * a[c];
+            nb += static_cast<double>(b[c]) * b[c];
+          }
+          cos_sum += (na > 0 && nb > 0) ? dot / std::sqrt(na * nb) : 0;
+        }
+        s.adjacent_cosine = cos_sum / T;
+      }
+      out.push_back(s);
+    }
+    previous = std::move(layer);
+    have_previous = true;
+  }
+  return out;
+}
+
+void print_inspection(const TraceReader& trace, const InspectOptions& options, std::ostream& out) {
+  const TraceMeta& m = trace.meta();
+  out << "trace:        " << trace.path() << "\n"
+      << "format:       kvsim-trace v" << kTraceFormatVersion << ", dtype " << dtype_name(m.dtype)
+      << ", id " << m.trace_id << "\n"
+      << "model:        " << m.model_name << " (" << m.model_source << ")\n"
+      << "layers:       " << m.num_layers() << " stored of " << m.num_model_layers << " [";
+  for (int i = 0; i < m.num_layers(); ++i) out << (i ? "," : "") << m.layer_ids[i];
+  out << "]\n"
+      << "heads:        " << m.num_q_heads << " query, " << m.num_kv_heads << " kv (group "
+      << m.group_size() << "), head_dim " << m.head_dim << "\n"
+      << "attn scale:   " << m.attn_scale << ", rope theta " << m.rope_theta << "\n"
+      << "windows:      [";
+  for (int i = 0; i < m.num_layers(); ++i) {
+    out << (i ? "," : "") << (m.sliding_window[i] ? std::to_string(m.sliding_window[i]) : "-");
+  }
+  out << "]  (- = full attention)\n"
+      << "sequences:    " << trace.num_sequences() << "\n";
+  for (int s = 0; s < trace.num_sequences(); ++s) {
+    out << "  " << sequence_group_name(s) << ": " << trace.sequence(s).num_tokens
+        << " tokens, prompt " << trace.sequence(s).prompt_len << "\n";
+  }
+  out << "\nper layer and kv head (sequence " << options.sequence << "):\n";
+  out << std::setw(6) << "layer" << std::setw(5) << "kv" << std::setw(12) << "|k| mean"
+      << std::setw(11) << "|k| max" << std::setw(10) << "outliers" << std::setw(11) << "sink mass"
+      << std::setw(13) << "cos(prev L)" << "\n";
+  out << std::fixed;
+  for (const auto& h : inspect_trace(trace, options)) {
+    out << std::setw(6) << h.layer << std::setw(5) << h.kv_head << std::setw(12)
+        << std::setprecision(3) << h.key_norm_mean << std::setw(11) << h.key_norm_max
+        << std::setw(10) << h.outlier_channels << std::setw(11) << h.sink_mass << std::setw(13);
+    if (h.adjacent_cosine < -1.5) out << "-"; else out << h.adjacent_cosine;
+    out << "\n";
+  }
+  out << "\noutliers: channels whose max |k| exceeds " << options.outlier_factor
+      << "x the median channel's; sink mass: attention on the first " << options.sinks
+      << " tokens, averaged over query heads and sampled decode steps.\n";
+}
+
+}  // namespace kvsim

@@ -1,0 +1,298 @@
+// The `kvsim` command line: replay, synth, inspect, policies.
+#include <boost/program_options.hpp>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "gpu/device.h"
+#include "policies/policy.h"
+#include "sim/engine.h"
+#include "sim/errors.h"
+#include "sim/inspect.h"
+#include "sim/progress.h"
+#include "sim/results.h"
+#include "trace/synth.h"
+
+namespace po = boost::program_options;
+
+namespace kvsim {
+namespace {
+
+constexpr const char* kVersion = "0.1.0";
+
+const char* kUsage = R"(kvsim: replay KV-cache compression policies over recorded attention traces.
+
+usage: kvsim <command> [options]     (kvsim <command> --help for its options)
+
+commands:
+  replay    replay one trace through one or more policy specs, write results.h5
+  synth     generate a deterministic synthetic trace
+  inspect   print a trace's metadata and per-layer statistics
+  policies  list every policy with its parameters and defaults
+  version   print the version
+)";
+
+// Parses the command's options from argv and, if given, a --config file
+// (`key = value` lines; the command line wins).
+po::variables_map parse(const std::string& command, po::options_description& desc, int argc,
+                        char** argv, const po::positional_options_description* positional,
+                        bool& help) {
+  desc.add_options()("help,h", "show this help")(
+      "config", po::value<std::string>(), "read options from a file of `key = value` lines");
+  po::variables_map vm;
+  po::command_line_parser parser(argc, argv);
+  parser.options(desc);
+  if (positional) parser.positional(*positional);
+  try {
+    po::store(parser.run(), vm);
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) throw IoError("cannot open config file '" + path + "'");
+      po::store(po::parse_config_file(in, desc), vm);
+    }
+    help = vm.count("help") > 0;
+    if (!help) po::notify(vm);
+  } catch (const po::error& e) {
+    throw ConfigError("kvsim " + command + ": " + e.what() + " (see kvsim " + command + " --help)");
+  }
+  return vm;
+}
+
+std::string fmt(double x, int precision = 4) {
+  std::ostringstream os;
+  os << std::setprecision(precision) << x;
+  return os.str();
+}
+
+int cmd_replay(int argc, char** argv) {
+  po::options_description desc("kvsim replay options");
+  desc.add_options()
+      ("trace,t", po::value<std::string>()->required(), "trace file (HDF5, format v1)")
+      ("policy,p", po::value<std::vector<std::string>>()->required()->composing(),
+       "policy spec, repeatable: name:key=val,...[+name2:...]")
+      ("out,o", po::value<std::string>()->required(), "results file to write (HDF5)")
+      ("measure", po::value<std::string>()->default_value("auto"),
+       "measured decode steps: auto | all | stride=N | last=N")
+      ("sequences", po::value<std::vector<int>>()->multitoken(), "sequence indices (default all)")
+      ("seed", po::value<uint64_t>()->default_value(0), "seed for randomised policies")
+      ("threads", po::value<int>()->default_value(0), "worker threads (0 = all cores)")
+      ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda")
+      ("quiet,q", "no progress bar and no summary table");
+  bool help = false;
+  auto vm = parse("replay", desc, argc, argv, nullptr, help);
+  if (help) {
+    std::cout << desc << "\nexample:\n  kvsim replay -t trace.h5 -p full -p uniform:bits=2 "
+                         "-p streamingllm:window=124 -o results.h5\n";
+    return 0;
+  }
+  const std::string device = vm["device"].as<std::string>();
+  if (device == "cuda") {
+    gpu::require_cuda();
+    throw BackendUnavailable(
+        "--device cuda: the CUDA replay path is not part of this build yet; use --device cpu");
+  }
+  if (device != "cpu") throw ConfigError("unknown --device '" + device + "' (valid: cpu, cuda)");
+
+  std::vector<PolicySpec> specs;
+  for (const auto& text : vm["policy"].as<std::vector<std::string>>()) {
+    specs.push_back(PolicySpec::parse(text));
+  }
+  ReplayOptions options;
+  options.measure = MeasureRule::parse(vm["measure"].as<std::string>());
+  options.seed = vm["seed"].as<uint64_t>();
+  options.threads = vm["threads"].as<int>();
+  if (options.threads < 0) throw ConfigError("--threads must be >= 0");
+  if (vm.count("sequences")) options.sequences = vm["sequences"].as<std::vector<int>>();
+  const bool quiet = vm.count("quiet") > 0;
+
+  const std::string trace_path = vm["trace"].as<std::string>();
+  TraceReader trace(trace_path);
+  for (const auto& s : specs) s.check_against(trace.meta());  // before any work
+  trace.validate_all_values();
+
+  ProgressBar bar("replay", !quiet && stderr_is_terminal());
+  options.progress = [&](size_t done, size_t total) { bar.update(done, total); };
+  const auto runs = replay(trace, specs, options);
+  bar.finish();
+
+  const std::string out = vm["out"].as<std::string>();
+  write_results(out, trace.meta(), {trace_path, kVersion, options.measure.describe()}, runs);
+
+  if (!quiet) {
+    std::cout << "\nteacher-forced replay of " << trace_path << " (" << trace.meta().model_name
+              << "), measured steps: " << options.measure.describe() << "\n\n";
+    std::cout << "| policy | bits/elem | memory vs fp16 | rel err mean | rel err p95 | cosine | "
+                 "mass kept | KL |\n|---|---|---|---|---|---|---|---|\n";
+    for (const auto& r : runs) {
+      const RunSummary s = summarize(r);
+      std::cout << "| " << r.spec << " | " << fmt(s.bits_per_element()) << " | "
+                << fmt(s.memory_ratio()) << " | " << fmt(s.rel_err_mean) << " | "
+                << fmt(s.rel_err_p95) << " | " << fmt(s.cosine_mean, 6) << " | "
+                << fmt(s.mass_retained_mean) << " | " << fmt(s.kl_mean) << " |\n";
+    }
+    std::cout << "\nresults: " << out << "\n";
+  }
+  return 0;
+}
+
+std::vector<int> parse_int_list(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoi(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw ConfigError("not an integer list: '" + text + "'");
+    }
+  }
+  return out;
+}
+
+int cmd_synth(int argc, char** argv) {
+  po::options_description desc("kvsim synth options");
+  desc.add_options()
+      ("out,o", po::value<std::string>()->required(), "trace file to write")
+      ("preset", po::value<std::string>()->default_value("default"), "default | tiny | bench")
+      ("seed", po::value<uint64_t>(), "random seed")
+      ("sequences", po::value<int>(), "number of sequences")
+      ("layers", po::value<int>(), "model layers")
+      ("keep-layers", po::value<std::string>(), "store only these layers, e.g. 0,4,5,7")
+      ("q-heads", po::value<int>(), "query heads")
+      ("kv-heads", po::value<int>(), "kv heads")
+      ("head-dim", po::value<int>(), "head dimension")
+      ("tokens", po::value<int>(), "tokens per sequence (prompt + decode)")
+      ("prompt-len", po::value<int>(), "prompt tokens")
+      ("outliers", po::value<int>(), "outlier key channels per kv head")
+      ("sinks", po::value<int>(), "attention-sink tokens")
+      ("sliding-window", po::value<int>(), "window of local layers (0 = none)")
+      ("sliding-every", po::value<int>(), "layer l is global iff l % N == N-1 (0 = all local)")
+      ("dtype", po::value<std::string>(), "float16 | bfloat16 | float32")
+      ("gzip", po::value<int>(), "deflate level 0..9");
+  bool help = false;
+  auto vm = parse("synth", desc, argc, argv, nullptr, help);
+  if (help) {
+    std::cout << desc;
+    return 0;
+  }
+  SynthConfig c = synth_preset(vm["preset"].as<std::string>());
+  if (vm.count("seed")) c.seed = vm["seed"].as<uint64_t>();
+  auto set_int = [&](const char* key, int& field) {
+    if (vm.count(key)) field = vm[key].as<int>();
+  };
+  set_int("sequences", c.sequences);
+  set_int("layers", c.model_layers);
+  set_int("q-heads", c.q_heads);
+  set_int("kv-heads", c.kv_heads);
+  set_int("head-dim", c.head_dim);
+  set_int("tokens", c.tokens);
+  set_int("prompt-len", c.prompt_len);
+  set_int("outliers", c.outlier_channels);
+  set_int("sinks", c.sinks);
+  set_int("sliding-window", c.sliding_window);
+  set_int("sliding-every", c.sliding_every);
+  set_int("gzip", c.gzip_level);
+  if (vm.count("keep-layers")) c.keep_layers = parse_int_list(vm["keep-layers"].as<std::string>());
+  if (vm.count("dtype")) c.dtype = parse_dtype(vm["dtype"].as<std::string>());
+  c.validate();
+  const std::string out = vm["out"].as<std::string>();
+  write_synth_trace(out, c);
+  std::cout << "wrote " << out << ": " << c.sequences << " sequence(s), "
+            << synth_meta(c).num_layers() << " layers, " << c.q_heads << "/" << c.kv_heads
+            << " heads, d=" << c.head_dim << ", " << c.tokens << " tokens (prompt "
+            << c.prompt_len << ")\n";
+  return 0;
+}
+
+int cmd_inspect(int argc, char** argv) {
+  po::options_description desc("kvsim inspect options");
+  desc.add_options()
+      ("trace,t", po::value<std::string>()->required(), "trace file")
+      ("sequence", po::value<int>()->default_value(0), "sequence to compute statistics on")
+      ("sinks", po::value<int>()->default_value(4), "leading tokens counted as sinks")
+      ("check", "also read every value (NaN/Inf and truncation check)");
+  po::positional_options_description pos;
+  pos.add("trace", 1);
+  bool help = false;
+  auto vm = parse("inspect", desc, argc, argv, &pos, help);
+  if (help) {
+    std::cout << desc;
+    return 0;
+  }
+  TraceReader trace(vm["trace"].as<std::string>());
+  if (vm.count("check")) trace.validate_all_values();
+  InspectOptions options;
+  options.sequence = vm["sequence"].as<int>();
+  options.sinks = vm["sinks"].as<int>();
+  if (options.sinks < 0) throw ConfigError("--sinks must be >= 0");
+  print_inspection(trace, options, std::cout);
+  return 0;
+}
+
+int cmd_policies(int argc, char** argv) {
+  po::options_description desc("kvsim policies options");
+  bool help = false;
+  parse("policies", desc, argc, argv, nullptr, help);
+  if (help) {
+    std::cout << desc;
+    return 0;
+  }
+  std::cout << "Policies (compose with '+', in the order evict, merge, quantize):\n";
+  for (const PolicyInfo* info : PolicyRegistry::instance().all()) {
+    std::cout << "\n" << info->name << "  [" << stage_kind_name(info->kind) << "]  "
+              << info->summary << "\n";
+    if (info->params.empty()) std::cout << "    (no parameters)\n";
+    for (const auto& p : info->params) {
+      std::cout << "    " << std::left << std::setw(12) << p.name << " default "
+                << std::setw(8) << p.default_value << " " << p.describe_type() << ": " << p.help
+                << "\n";
+    }
+  }
+  return 0;
+}
+
+int run(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+      std::string(argv[1]) == "help") {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  // Subcommand options start after the command name.
+  int sub_argc = argc - 1;
+  char** sub_argv = argv + 1;
+  if (command == "replay") return cmd_replay(sub_argc, sub_argv);
+  if (command == "synth") return cmd_synth(sub_argc, sub_argv);
+  if (command == "inspect") return cmd_inspect(sub_argc, sub_argv);
+  if (command == "policies") return cmd_policies(sub_argc, sub_argv);
+  if (command == "version" || command == "--version") {
+    std::cout << "kvsim " << kVersion << " (CUDA kernels " << (gpu::cuda_compiled() ? "built" : "not built")
+              << ")\n";
+    return 0;
+  }
+  throw ConfigError("unknown command '" + command +
+                    "' (valid: replay, synth, inspect, policies, version)");
+}
+
+}  // namespace
+}  // namespace kvsim
+
+int main(int argc, char** argv) {
+  try {
+    return kvsim::run(argc, argv);
+  } catch (const kvsim::ConfigError& e) {
+    std::cerr << "kvsim: error: " << e.what() << "\n";
+    return 2;
+  } catch (const kvsim::Error& e) {
+    std::cerr << "kvsim: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "kvsim: unexpected error: " << e.what() << "\n";
+    return 3;
+  }
+}

@@ -1,0 +1,132 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "sim/attention.h"
+#include "test_util.h"
+
+namespace kvsim {
+namespace {
+
+using testing::TempDir;
+
+TEST(MeasureRule, Steps) {
+  using V = std::vector<int64_t>;
+  EXPECT_EQ(MeasureRule::parse("all").steps(5, 9), (V{5, 6, 7, 8}));
+  EXPECT_EQ(MeasureRule::parse("stride=3").steps(5, 12), (V{5, 8, 11}));
+  EXPECT_EQ(MeasureRule::parse("stride=3").steps(5, 11), (V{5, 8, 10}));  // last always included
+  EXPECT_EQ(MeasureRule::parse("last=2").steps(5, 12), (V{10, 11}));
+  EXPECT_EQ(MeasureRule::parse("last=100").steps(5, 8), (V{5, 6, 7}));
+  EXPECT_EQ(MeasureRule::parse("auto").steps(10, 110).size(), 100u);  // <= 256: all
+  const auto many = MeasureRule::parse("auto").steps(0, 10000);
+  EXPECT_GE(many.size(), 200u);
+  EXPECT_LE(many.size(), 258u);
+  EXPECT_EQ(many.back(), 9999);
+  EXPECT_THROW(MeasureRule::parse("every"), ConfigError);
+  EXPECT_THROW(MeasureRule::parse("stride=0"), ConfigError);
+  EXPECT_THROW(MeasureRule::parse("last=x"), ConfigError);
+}
+
+// Exact attention follows the GQA mapping, the trace's scale and each layer's window.
+TEST(Engine, ExactAttentionUsesGqaScaleAndWindow) {
+  SynthConfig c = synth_preset("tiny");
+  c.sliding_window = 20;
+  c.sliding_every = 2;  // layer 0 local, layer 1 global, ...
+  const TraceMeta meta = synth_meta(c);
+  const auto layers = synth_sequence(c, 0);
+  const std::vector<int64_t> measured = {c.prompt_len, c.tokens - 1};
+  for (int slot : {0, 1}) {
+    const ExactLayer ex = compute_exact(meta, layers[slot], measured);
+    const int window = meta.sliding_window[slot];
+    EXPECT_EQ(window, slot == 0 ? 20 : 0);
+    for (size_t m = 0; m < measured.size(); ++m) {
+      const int t = static_cast<int>(measured[m]);
+      const int lo = window ? std::max(0, t - window + 1) : 0;
+      for (int qh = 0; qh < meta.num_q_heads; ++qh) {
+        const int kvh = qh / meta.group_size();
+        std::vector<double> ref(meta.head_dim);
+        const double lse = cpu_reference::attend(
+            layers[slot].query(qh, t), layers[slot].key(kvh, lo), layers[slot].value(kvh, lo),
+            t - lo + 1, meta.head_dim, meta.attn_scale, ref.data());
+        EXPECT_NEAR(ex.lse[m * meta.num_q_heads + qh], lse, 1e-4);
+        for (int ch = 0; ch < meta.head_dim; ++ch) {
+          EXPECT_NEAR(ex.out[(m * meta.num_q_heads + qh) * meta.head_dim + ch], ref[ch], 1e-4);
+        }
+      }
+    }
+  }
+}
+
+TEST(Engine, SlidingWindowLayersHoldOnlyTheWindow) {
+  TempDir dir;
+  SynthConfig c = synth_preset("tiny");
+  c.sliding_window = 24;
+  c.sliding_every = 2;
+  ReplayOptions all;
+  all.measure = MeasureRule::parse("all");
+  const auto runs = testing::replay_synth(c, {"full", "uniform:bits=2"}, dir, all);
+  for (const auto& k : runs[0].kv) {
+    const bool local = k.layer % 2 == 0;
+    const int64_t n = local ? std::min(24, k.step + 1) : k.step + 1;
+    EXPECT_EQ(k.kept_tokens, n);
+    EXPECT_EQ(k.fp16_bits, 2 * 16 * c.head_dim * n);
+    EXPECT_EQ(k.data_bits, k.fp16_bits);
+  }
+  for (const auto& s : runs[0].steps) EXPECT_EQ(s.rel_err, 0.f);  // window honoured on both sides
+  for (const auto& k : runs[1].kv) {
+    const bool local = k.layer % 2 == 0;
+    EXPECT_EQ(k.kept_tokens, local ? std::min(24, k.step + 1) : k.step + 1);
+  }
+}
+
+TEST(Engine, ResultsIdenticalForAnyThreadCount) {
+  TempDir dir;
+  SynthConfig c = synth_preset("tiny");
+  c.sequences = 2;
+  ReplayOptions one, two;
+  one.threads = 1;
+  two.threads = 2;
+  const std::vector<std::string> specs = {"uniform:bits=2,k_axis=channel", "streamingllm:window=20"};
+  const auto a = testing::replay_synth(c, specs, dir, one);
+  const auto b = testing::replay_synth(c, specs, dir, two);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t p = 0; p < a.size(); ++p) {
+    ASSERT_EQ(a[p].steps.size(), b[p].steps.size());
+    ASSERT_EQ(a[p].kv.size(), b[p].kv.size());
+    for (size_t i = 0; i < a[p].steps.size(); ++i) {
+      EXPECT_EQ(a[p].steps[i].rel_err, b[p].steps[i].rel_err);
+      EXPECT_EQ(a[p].steps[i].kl, b[p].steps[i].kl);
+      EXPECT_EQ(a[p].steps[i].layer, b[p].steps[i].layer);
+      EXPECT_EQ(a[p].steps[i].sequence, b[p].steps[i].sequence);
+    }
+    for (size_t i = 0; i < a[p].kv.size(); ++i) EXPECT_EQ(a[p].kv[i].data_bits, b[p].kv[i].data_bits);
+  }
+}
+
+TEST(Engine, RecordsCoverEveryLayerHeadAndStep) {
+  TempDir dir;
+  SynthConfig c = synth_preset("tiny");
+  ReplayOptions opt;
+  opt.measure = MeasureRule::parse("stride=8");
+  const auto runs = testing::replay_synth(c, {"full"}, dir, opt);
+  const size_t steps = opt.measure.steps(c.prompt_len, c.tokens).size();
+  EXPECT_EQ(runs[0].steps.size(), steps * c.model_layers * c.q_heads);
+  EXPECT_EQ(runs[0].kv.size(), steps * c.model_layers * c.kv_heads);
+  for (const auto& s : runs[0].steps) EXPECT_EQ(s.kv_head, s.q_head / (c.q_heads / c.kv_heads));
+}
+
+TEST(Engine, RefusesTraceWithoutDecodeAndBadSequence) {
+  TempDir dir;
+  SynthConfig c = synth_preset("tiny");
+  const std::string path = dir.file("t.h5");
+  write_synth_trace(path, c);
+  TraceReader reader(path);
+  ReplayOptions opt;
+  opt.sequences = {3};
+  EXPECT_THROW(replay(reader, {PolicySpec::parse("full")}, opt), ConfigError);
+  EXPECT_THROW(replay(reader, {}, {}), ConfigError);
+  EXPECT_THROW(replay(reader, {PolicySpec::parse("uniform:group=48")}, {}), ConfigError);
+}
+
+}  // namespace
+}  // namespace kvsim

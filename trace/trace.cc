@@ -1,0 +1,374 @@
+#include "trace/trace.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <sstream>
+
+#include "trace/fp16.h"
+
+namespace kvsim {
+
+std::string dtype_name(StoredDType dtype) {
+  switch (dtype) {
+    case StoredDType::kFloat16: return "float16";
+    case StoredDType::kBFloat16: return "bfloat16";
+    case StoredDType::kFloat32: return "float32";
+  }
+  return "?";
+}
+
+StoredDType parse_dtype(const std::string& name) {
+  if (name == "float16" || name == "fp16") return StoredDType::kFloat16;
+  if (name == "bfloat16" || name == "bf16") return StoredDType::kBFloat16;
+  if (name == "float32" || name == "fp32") return StoredDType::kFloat32;
+  throw ConfigError("unknown dtype '" + name + "' (valid: float16, bfloat16, float32)");
+}
+
+int TraceMeta::slot_of_layer(int original_layer) const {
+  auto it = std::find(layer_ids.begin(), layer_ids.end(), original_layer);
+  return it == layer_ids.end() ? -1 : static_cast<int>(it - layer_ids.begin());
+}
+
+void TraceMeta::validate(const std::string& context) const {
+  auto fail = [&](const std::string& msg) { throw FormatError(context + ": " + msg); };
+  if (layer_ids.empty()) fail("no layers stored");
+  if (num_q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0) {
+    fail("num_q_heads, num_kv_heads and head_dim must be positive");
+  }
+  if (num_q_heads % num_kv_heads != 0) {
+    fail("num_q_heads (" + std::to_string(num_q_heads) + ") is not a multiple of num_kv_heads (" +
+         std::to_string(num_kv_heads) + ")");
+  }
+  if (head_dim % 2 != 0) fail("head_dim must be even (RoPE pairs channels)");
+  if (sliding_window.size() != layer_ids.size()) {
+    fail("sliding_window has " + std::to_string(sliding_window.size()) + " entries for " +
+         std::to_string(layer_ids.size()) + " layers");
+  }
+  for (size_t i = 0; i < layer_ids.size(); ++i) {
+    if (layer_ids[i] < 0 || layer_ids[i] >= num_model_layers) {
+      fail("layer id " + std::to_string(layer_ids[i]) + " outside the model's " +
+           std::to_string(num_model_layers) + " layers");
+    }
+    if (i > 0 && layer_ids[i] <= layer_ids[i - 1]) fail("layer ids must be strictly ascending");
+    if (sliding_window[i] < 0) fail("sliding_window must be >= 0 (0 = none)");
+  }
+  if (!(attn_scale > 0) || !std::isfinite(attn_scale)) fail("attn_scale must be positive");
+  if (!(rope_theta >= 0) || !std::isfinite(rope_theta)) fail("rope_theta must be >= 0");
+}
+
+std::string sequence_group_name(int index) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%06d", index);
+  return buf;
+}
+
+namespace {
+
+constexpr const char* kDtypeAttr = "dtype";
+
+// Reads a dataset slab [slot, :, :, :] into float32, converting the stored type.
+std::vector<float> read_slab(hid_t dataset, int slot, hsize_t heads, hsize_t tokens, hsize_t dim,
+                             StoredDType dtype, const std::string& context) {
+  const size_t count = heads * tokens * dim;
+  std::vector<float> out(count);
+  h5::Handle file_space = h5::checked<FormatError>(H5Dget_space(dataset), "H5Dget_space");
+  const hsize_t start[4] = {static_cast<hsize_t>(slot), 0, 0, 0};
+  const hsize_t extent[4] = {1, heads, tokens, dim};
+  h5::check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, extent, nullptr),
+            "H5Sselect_hyperslab");
+  const hsize_t mem_dims[1] = {count};
+  h5::Handle mem_space = h5::checked(H5Screate_simple(1, mem_dims, nullptr), "H5Screate_simple");
+  auto read_into = [&](hid_t mem_type, void* buffer) {
+    if (H5Dread(dataset, mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, buffer) < 0) {
+      throw FormatError(context + ": cannot read data (truncated or corrupt file)");
+    }
+  };
+  if (dtype == StoredDType::kFloat32) {
+    read_into(H5T_NATIVE_FLOAT, out.data());
+  } else {
+    std::vector<uint16_t> raw(count);
+    if (dtype == StoredDType::kFloat16) {
+      h5::Handle half = h5::float16_type();
+      read_into(half.get(), raw.data());
+      for (size_t i = 0; i < count; ++i) out[i] = half_bits_to_float(raw[i]);
+    } else {
+      read_into(H5T_NATIVE_UINT16, raw.data());
+      for (size_t i = 0; i < count; ++i) out[i] = bf16_bits_to_float(raw[i]);
+    }
+  }
+  for (size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(out[i])) {
+      const size_t per_head = tokens * dim;
+      std::ostringstream os;
+      os << context << ": non-finite value (" << out[i] << ") at head " << i / per_head
+         << ", token " << (i % per_head) / dim << ", channel " << i % dim;
+      throw FormatError(os.str());
+    }
+  }
+  return out;
+}
+
+void check_dataset_type(hid_t dataset, StoredDType dtype, const std::string& context) {
+  h5::Handle type = h5::checked<FormatError>(H5Dget_type(dataset), "H5Dget_type");
+  const H5T_class_t cls = H5Tget_class(type.get());
+  const size_t size = H5Tget_size(type.get());
+  bool ok = false;
+  switch (dtype) {
+    case StoredDType::kFloat16: ok = cls == H5T_FLOAT && size == 2; break;
+    case StoredDType::kFloat32: ok = cls == H5T_FLOAT && size == 4; break;
+    case StoredDType::kBFloat16: ok = cls == H5T_INTEGER && size == 2; break;
+  }
+  if (!ok) {
+    throw FormatError(context + ": stored type does not match the file's dtype '" +
+                      dtype_name(dtype) + "'");
+  }
+}
+
+std::string make_trace_id(const TraceMeta& meta) {
+  std::random_device rd;
+  const auto now = std::chrono::system_clock::now().time_since_epoch().count();
+  uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(now) ^ (uint64_t{rd()} << 32);
+  for (char c : meta.model_name) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace
+
+TraceReader::TraceReader(const std::string& path) : path_(path) {
+  const std::string ctx = "trace '" + path + "'";
+  file_ = h5::open_file_readonly(path);
+  const hid_t root = file_.get();
+  const std::string format = h5::read_attr_string(root, "format", ctx);
+  if (format != kTraceFormatName) {
+    throw FormatError(ctx + ": format is '" + format + "', expected '" + kTraceFormatName + "'");
+  }
+  const int64_t version = h5::read_attr_int(root, "version", ctx);
+  if (version != kTraceFormatVersion) {
+    throw FormatError(ctx + ": unsupported trace format version " + std::to_string(version) +
+                      " (this kvsim reads version " + std::to_string(kTraceFormatVersion) + ")");
+  }
+  meta_.model_name = h5::read_attr_string(root, "model_name", ctx);
+  meta_.model_source = h5::read_attr_string(root, "model_source", ctx);
+  meta_.trace_id = h5::read_attr_string(root, "trace_id", ctx);
+  meta_.num_model_layers = static_cast<int>(h5::read_attr_int(root, "num_model_layers", ctx));
+  meta_.num_q_heads = static_cast<int>(h5::read_attr_int(root, "num_q_heads", ctx));
+  meta_.num_kv_heads = static_cast<int>(h5::read_attr_int(root, "num_kv_heads", ctx));
+  meta_.head_dim = static_cast<int>(h5::read_attr_int(root, "head_dim", ctx));
+  meta_.attn_scale = h5::read_attr_double(root, "attn_scale", ctx);
+  meta_.rope_theta = h5::read_attr_double(root, "rope_theta", ctx);
+  try {
+    meta_.dtype = parse_dtype(h5::read_attr_string(root, kDtypeAttr, ctx));
+  } catch (const ConfigError& e) {
+    throw FormatError(ctx + ": " + e.what());
+  }
+  const auto layer_ids = h5::read_int32_vector(root, "layer_ids", ctx);
+  const auto windows = h5::read_int32_vector(root, "sliding_window", ctx);
+  meta_.layer_ids.assign(layer_ids.begin(), layer_ids.end());
+  meta_.sliding_window.assign(windows.begin(), windows.end());
+  meta_.validate(ctx);
+
+  const int64_t num_sequences = h5::read_attr_int(root, "num_sequences", ctx);
+  h5::Handle seqs = h5::open_group(root, "sequences", ctx);
+  const hsize_t L = meta_.num_layers();
+  for (int64_t s = 0; s < num_sequences; ++s) {
+    const std::string name = sequence_group_name(static_cast<int>(s));
+    const std::string sctx = ctx + " sequence " + name;
+    h5::Handle group = h5::open_group(seqs.get(), name, ctx);
+    SequenceInfo info;
+    info.prompt_len = h5::read_attr_int(group.get(), "prompt_len", sctx);
+    const auto tokens = h5::read_int32_vector(group.get(), "token_ids", sctx);
+    info.num_tokens = static_cast<int64_t>(tokens.size());
+    if (info.num_tokens == 0) throw FormatError(sctx + ": no tokens");
+    if (info.prompt_len < 1 || info.prompt_len > info.num_tokens) {
+      throw FormatError(sctx + ": prompt_len " + std::to_string(info.prompt_len) +
+                        " outside [1, num_tokens=" + std::to_string(info.num_tokens) + "]");
+    }
+    const hsize_t T = info.num_tokens, D = meta_.head_dim;
+    const std::pair<const char*, hsize_t> expected[] = {
+        {"q", static_cast<hsize_t>(meta_.num_q_heads)},
+        {"k", static_cast<hsize_t>(meta_.num_kv_heads)},
+        {"v", static_cast<hsize_t>(meta_.num_kv_heads)}};
+    for (const auto& [dname, heads] : expected) {
+      h5::Handle dset = h5::open_dataset(group.get(), dname, sctx);
+      const auto dims = h5::dataset_shape(dset.get());
+      const std::vector<hsize_t> want = {L, heads, T, D};
+      if (dims != want) {
+        std::ostringstream os;
+        os << sctx << ": dataset '" << dname << "' has shape [";
+        for (size_t i = 0; i < dims.size(); ++i) os << (i ? ", " : "") << dims[i];
+        os << "], expected [" << L << ", " << heads << ", " << T << ", " << D
+           << "] = [layers, heads, tokens, head_dim]";
+        throw FormatError(os.str());
+      }
+      check_dataset_type(dset.get(), meta_.dtype, sctx + " dataset '" + dname + "'");
+    }
+    sequences_.push_back(info);
+  }
+  if (sequences_.empty()) throw FormatError(ctx + ": holds no sequences");
+}
+
+LayerData TraceReader::read_layer(int sequence, int slot) const {
+  KVSIM_CHECK(sequence >= 0 && sequence < num_sequences());
+  KVSIM_CHECK(slot >= 0 && slot < meta_.num_layers());
+  const std::string name = sequence_group_name(sequence);
+  const std::string ctx = "trace '" + path_ + "' sequence " + name + " layer " +
+                          std::to_string(meta_.layer_ids[slot]);
+  h5::Handle group = h5::open_group(file_.get(), "sequences/" + name, ctx);
+  LayerData out;
+  out.slot = slot;
+  out.num_tokens = static_cast<int>(sequences_[sequence].num_tokens);
+  out.head_dim = meta_.head_dim;
+  const hsize_t T = out.num_tokens, D = meta_.head_dim;
+  auto read = [&](const char* dname, int heads) {
+    h5::Handle dset = h5::open_dataset(group.get(), dname, ctx);
+    return read_slab(dset.get(), slot, heads, T, D, meta_.dtype,
+                     ctx + " dataset '" + std::string(dname) + "'");
+  };
+  out.q = read("q", meta_.num_q_heads);
+  out.k = read("k", meta_.num_kv_heads);
+  out.v = read("v", meta_.num_kv_heads);
+  return out;
+}
+
+std::vector<int32_t> TraceReader::read_token_ids(int sequence) const {
+  const std::string name = sequence_group_name(sequence);
+  h5::Handle group = h5::open_group(file_.get(), "sequences/" + name, "trace '" + path_ + "'");
+  return h5::read_int32_vector(group.get(), "token_ids", "trace '" + path_ + "' sequence " + name);
+}
+
+void TraceReader::validate_all_values() const {
+  for (int s = 0; s < num_sequences(); ++s) {
+    for (int l = 0; l < meta_.num_layers(); ++l) (void)read_layer(s, l);
+  }
+}
+
+// ----------------------------------------------------------------------------
+
+TraceWriter::TraceWriter(const std::string& path, TraceMeta meta, TraceWriteOptions options)
+    : path_(path), meta_(std::move(meta)), options_(options) {
+  meta_.dtype = options_.dtype;
+  if (meta_.trace_id.empty()) meta_.trace_id = make_trace_id(meta_);
+  meta_.validate("trace metadata for '" + path + "'");
+  if (options_.gzip_level < 0 || options_.gzip_level > 9) {
+    throw ConfigError("gzip level must be in 0..9, got " + std::to_string(options_.gzip_level));
+  }
+  tmp_path_ = path + ".tmp." + std::to_string(::getpid());
+  file_ = h5::create_file(tmp_path_);
+  const hid_t root = file_.get();
+  h5::write_attr(root, "format", std::string(kTraceFormatName));
+  h5::write_attr(root, "version", kTraceFormatVersion);
+  h5::write_attr(root, "model_name", meta_.model_name);
+  h5::write_attr(root, "model_source", meta_.model_source);
+  h5::write_attr(root, "trace_id", meta_.trace_id);
+  h5::write_attr(root, "num_model_layers", int64_t{meta_.num_model_layers});
+  h5::write_attr(root, "num_q_heads", int64_t{meta_.num_q_heads});
+  h5::write_attr(root, "num_kv_heads", int64_t{meta_.num_kv_heads});
+  h5::write_attr(root, "head_dim", int64_t{meta_.head_dim});
+  h5::write_attr(root, "attn_scale", meta_.attn_scale);
+  h5::write_attr(root, "rope_theta", meta_.rope_theta);
+  h5::write_attr(root, kDtypeAttr, dtype_name(meta_.dtype));
+  h5::write_vector(root, "layer_ids", std::vector<int32_t>(meta_.layer_ids.begin(),
+                                                           meta_.layer_ids.end()));
+  h5::write_vector(root, "sliding_window", std::vector<int32_t>(meta_.sliding_window.begin(),
+                                                                meta_.sliding_window.end()));
+  h5::create_group(root, "sequences");
+}
+
+TraceWriter::~TraceWriter() {
+  if (!finished_) {
+    file_.reset();
+    std::remove(tmp_path_.c_str());
+  }
+}
+
+void TraceWriter::add_sequence(const std::vector<int32_t>& token_ids, int64_t prompt_len,
+                               const std::vector<float>& q, const std::vector<float>& k,
+                               const std::vector<float>& v) {
+  KVSIM_CHECK(!finished_);
+  const hsize_t L = meta_.num_layers(), T = token_ids.size(), D = meta_.head_dim;
+  const hsize_t Hq = meta_.num_q_heads, Hkv = meta_.num_kv_heads;
+  if (T == 0) throw ConfigError("a sequence needs at least one token");
+  if (prompt_len < 1 || prompt_len > static_cast<int64_t>(T)) {
+    throw ConfigError("prompt_len must be in [1, num_tokens]");
+  }
+  if (q.size() != L * Hq * T * D || k.size() != L * Hkv * T * D || v.size() != L * Hkv * T * D) {
+    throw ConfigError("q/k/v sizes do not match [layers, heads, tokens, head_dim]");
+  }
+  const std::string name = sequence_group_name(num_sequences_);
+  h5::Handle group = h5::create_group(file_.get(), "sequences/" + name);
+  h5::write_attr(group.get(), "prompt_len", prompt_len);
+  h5::write_attr(group.get(), "num_tokens", static_cast<int64_t>(T));
+  h5::write_vector(group.get(), "token_ids", token_ids);
+
+  auto write = [&](const char* dname, const std::vector<float>& data, hsize_t heads) {
+    const hsize_t dims[4] = {L, heads, T, D};
+    // One chunk per (layer, head): a layer x head is one contiguous read.
+    const hsize_t chunk[4] = {1, 1, T, D};
+    h5::Handle space = h5::checked(H5Screate_simple(4, dims, nullptr), "H5Screate_simple");
+    h5::Handle plist = h5::checked(H5Pcreate(H5P_DATASET_CREATE), "H5Pcreate");
+    h5::check(H5Pset_chunk(plist.get(), 4, chunk), "H5Pset_chunk");
+    if (options_.gzip_level > 0) {
+      h5::check(H5Pset_shuffle(plist.get()), "H5Pset_shuffle");
+      h5::check(H5Pset_deflate(plist.get(), options_.gzip_level), "H5Pset_deflate");
+    }
+    for (float x : data) {
+      if (!std::isfinite(x)) throw ConfigError(std::string("non-finite value in ") + dname);
+    }
+    h5::Handle file_type;
+    hid_t mem_type = H5T_NATIVE_FLOAT;
+    std::vector<uint16_t> packed;
+    const void* buffer = data.data();
+    switch (options_.dtype) {
+      case StoredDType::kFloat32:
+        file_type = h5::checked(H5Tcopy(H5T_IEEE_F32LE), "H5Tcopy");
+        mem_type = H5T_NATIVE_FLOAT;
+        break;
+      case StoredDType::kFloat16:
+        file_type = h5::float16_type();
+        mem_type = file_type.get();
+        packed.resize(data.size());
+        for (size_t i = 0; i < data.size(); ++i) packed[i] = float_to_half_bits(data[i]);
+        buffer = packed.data();
+        break;
+      case StoredDType::kBFloat16:
+        file_type = h5::checked(H5Tcopy(H5T_STD_U16LE), "H5Tcopy");
+        mem_type = H5T_NATIVE_UINT16;
+        packed.resize(data.size());
+        for (size_t i = 0; i < data.size(); ++i) packed[i] = float_to_bf16_bits(data[i]);
+        buffer = packed.data();
+        break;
+    }
+    h5::Handle dset = h5::checked(H5Dcreate2(group.get(), dname, file_type.get(), space.get(),
+                                             H5P_DEFAULT, plist.get(), H5P_DEFAULT),
+                                  std::string("cannot create dataset ") + dname);
+    h5::write_attr(dset.get(), "dtype", dtype_name(options_.dtype));
+    h5::check(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer),
+              std::string("cannot write dataset ") + dname);
+  };
+  write("q", q, Hq);
+  write("k", k, Hkv);
+  write("v", v, Hkv);
+  ++num_sequences_;
+}
+
+void TraceWriter::finish() {
+  KVSIM_CHECK(!finished_);
+  if (num_sequences_ == 0) throw ConfigError("a trace needs at least one sequence");
+  h5::write_attr(file_.get(), "num_sequences", int64_t{num_sequences_});
+  h5::check(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL), "H5Fflush");
+  file_.reset();
+  if (std::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
+    throw IoError("cannot rename '" + tmp_path_ + "' to '" + path_ + "': " + std::strerror(errno));
+  }
+  finished_ = true;
+}
+
+}  // namespace kvsim

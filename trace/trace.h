@@ -1,0 +1,125 @@
+// Trace format v1: post-RoPE Q, K, V of a model run, stored in HDF5.
+// The schema is documented in docs/trace-format.md; this is its only reader
+// and writer on the C++ side.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trace/h5.h"
+
+namespace kvsim {
+
+inline constexpr const char* kTraceFormatName = "kvsim-trace";
+inline constexpr int64_t kTraceFormatVersion = 1;
+
+enum class StoredDType { kFloat16, kBFloat16, kFloat32 };
+std::string dtype_name(StoredDType dtype);
+StoredDType parse_dtype(const std::string& name);  // throws ConfigError
+
+// File-level metadata.
+struct TraceMeta {
+  std::string model_name;
+  std::string model_source;
+  std::string trace_id;            // identity of this trace's content
+  int num_model_layers = 0;        // layers the model has
+  std::vector<int> layer_ids;      // [L] original indices of the stored layers, ascending
+  std::vector<int> sliding_window; // [L] window in tokens, 0 = full attention
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  double attn_scale = 0.0;         // softmax scale, usually 1/sqrt(head_dim)
+  double rope_theta = 0.0;
+  StoredDType dtype = StoredDType::kFloat16;
+
+  int num_layers() const { return static_cast<int>(layer_ids.size()); }
+  int group_size() const { return num_q_heads / num_kv_heads; }
+  // Slot (index into layer_ids) of an original layer index, or -1.
+  int slot_of_layer(int original_layer) const;
+  // Throws FormatError naming the problem.
+  void validate(const std::string& context) const;
+};
+
+struct SequenceInfo {
+  int64_t num_tokens = 0;
+  int64_t prompt_len = 0;
+};
+
+// One stored layer of one sequence, in float32.
+struct LayerData {
+  int slot = 0;
+  int num_tokens = 0;
+  int head_dim = 0;
+  std::vector<float> q;  // [num_q_heads, num_tokens, head_dim]
+  std::vector<float> k;  // [num_kv_heads, num_tokens, head_dim]
+  std::vector<float> v;  // [num_kv_heads, num_tokens, head_dim]
+
+  const float* query(int q_head, int token) const {
+    return q.data() + (static_cast<size_t>(q_head) * num_tokens + token) * head_dim;
+  }
+  const float* key(int kv_head, int token) const {
+    return k.data() + (static_cast<size_t>(kv_head) * num_tokens + token) * head_dim;
+  }
+  const float* value(int kv_head, int token) const {
+    return v.data() + (static_cast<size_t>(kv_head) * num_tokens + token) * head_dim;
+  }
+};
+
+// Reads and validates a trace. Construction checks the whole schema (every
+// attribute, every dataset's presence and shape); read_layer() checks values.
+// Not thread-safe: callers serialise access.
+class TraceReader {
+ public:
+  explicit TraceReader(const std::string& path);
+  const TraceMeta& meta() const { return meta_; }
+  const std::string& path() const { return path_; }
+  int num_sequences() const { return static_cast<int>(sequences_.size()); }
+  const SequenceInfo& sequence(int index) const { return sequences_.at(index); }
+  // Throws FormatError on NaN/Inf or unreadable (truncated) data.
+  LayerData read_layer(int sequence, int slot) const;
+  std::vector<int32_t> read_token_ids(int sequence) const;
+  // Reads every layer of every sequence once, so that bad values fail before work starts.
+  void validate_all_values() const;
+
+ private:
+  std::string path_;
+  h5::Handle file_;
+  TraceMeta meta_;
+  std::vector<SequenceInfo> sequences_;
+};
+
+struct TraceWriteOptions {
+  StoredDType dtype = StoredDType::kFloat16;
+  int gzip_level = 0;  // 0 = uncompressed, 1..9 = deflate with shuffle
+};
+
+// Writes a trace to `<path>.tmp.<pid>` and renames it to `path` on finish().
+// A writer destroyed without finish() removes its temporary file.
+class TraceWriter {
+ public:
+  TraceWriter(const std::string& path, TraceMeta meta, TraceWriteOptions options);
+  ~TraceWriter();
+  TraceWriter(const TraceWriter&) = delete;
+  TraceWriter& operator=(const TraceWriter&) = delete;
+
+  // q: [L, Hq, T, d], k and v: [L, Hkv, T, d] (float32, converted to the stored dtype).
+  void add_sequence(const std::vector<int32_t>& token_ids, int64_t prompt_len,
+                    const std::vector<float>& q, const std::vector<float>& k,
+                    const std::vector<float>& v);
+  void finish();
+
+ private:
+  std::string path_;
+  std::string tmp_path_;
+  TraceMeta meta_;
+  TraceWriteOptions options_;
+  h5::Handle file_;
+  int num_sequences_ = 0;
+  bool finished_ = false;
+};
+
+std::string sequence_group_name(int index);  // "000000"
+
+}  // namespace kvsim
