@@ -41,6 +41,9 @@ std::string no_device_reason() {
   if (p.error != cudaSuccess) {
     os << "cudaGetDeviceCount failed with " << cudaGetErrorName(p.error) << " ("
        << cudaGetErrorString(p.error) << ")";
+    if (p.error == cudaErrorInsufficientDriver) {
+      os << " -- no NVIDIA driver is loaded, or it is older than this CUDA runtime";
+    }
   } else {
     os << "cudaGetDeviceCount reports 0 devices";
   }
@@ -80,9 +83,7 @@ void require_cuda() {
   if (cuda_device_available()) return;
   throw kvsim::BackendUnavailable(
       "the CUDA backend is built in, but no GPU device is visible to this process: " +
-      no_device_reason() +
-      ". Check that the NVIDIA driver is loaded (nvidia-smi) and that CUDA_VISIBLE_DEVICES "
-      "does not hide the device, or use a CPU backend.");
+      no_device_reason() + ". Check nvidia-smi and CUDA_VISIBLE_DEVICES, or use a CPU backend.");
 }
 
 namespace detail {
