@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "gpu/cpu_reference.h"
 #include "policies/quantizer.h"
 #include "sim/rng.h"
 #include "trace/fp16.h"
@@ -112,6 +113,30 @@ TEST(Quantizer, SidesCountBitsExactly) {
   side.removed(gone);
   EXPECT_EQ(side.memory().data, 3 * 4 * 2);
   EXPECT_EQ(side.memory().meta, 1 * 4 * 32);
+}
+
+// The replay's quantizer and the GPU kernels' CPU reference implement the same
+// rule; they must agree bit for bit on random groups.
+TEST(Quantizer, AgreesWithGpuCpuReference) {
+  Rng rng(21);
+  for (int bits : {1, 2, 3, 4, 8}) {
+    const int groups = 50, size = 32;
+    std::vector<float> x(groups * size);
+    for (auto& v : x) v = static_cast<float>(rng.normal() * (1 + bits));
+    std::vector<uint8_t> ref_codes(x.size());
+    std::vector<uint16_t> ref_scale(groups), ref_min(groups);
+    gpu::cpu_reference::quantize_groups(x.data(), groups, size, bits, ref_codes.data(),
+                                        ref_scale.data(), ref_min.data());
+    for (int g = 0; g < groups; ++g) {
+      std::vector<uint8_t> codes(size);
+      std::vector<float> hat(size);
+      const QuantGroup q = quantize_group(x.data() + g * size, size, 1, bits, hat.data(), 1,
+                                          codes.data());
+      EXPECT_EQ(q.scale, half_bits_to_float(ref_scale[g])) << bits << " " << g;
+      EXPECT_EQ(q.min, half_bits_to_float(ref_min[g])) << bits << " " << g;
+      for (int i = 0; i < size; ++i) ASSERT_EQ(codes[i], ref_codes[g * size + i]) << bits;
+    }
+  }
 }
 
 }  // namespace

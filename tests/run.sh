@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs, builds and runs every test that can run here.
+#   bash tests/run.sh            release build (CUDA code compiled when nvcc exists)
+#                                + AddressSanitizer/UBSan build, C++ and Python tests
+#   bash tests/run.sh --quick    release build and tests only
+# GPU tests skip cleanly when no GPU is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+
+bash .ci/setup.sh build
+echo "== C++ tests (release) =="
+(cd build && ctest --output-on-failure -j 2)
+
+echo "== Python tests =="
+python3 -m pytest -q tests/python
+
+if [ "$QUICK" -eq 0 ]; then
+  echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
+  bash .ci/setup.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSIM_SANITIZE=address,undefined \
+    -DKVSIM_ENABLE_CUDA=OFF
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 2)
+fi
+echo "tests: all passed"
