@@ -207,8 +207,12 @@ std::string format_param_value(const ParamValue& value) {
     std::string operator()(const std::string& v) const { return v; }
     std::string operator()(const std::vector<int64_t>& v) const {
       std::string out = "[";
-      for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
-      return out + "]";
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (i) out += ',';
+        out += std::to_string(v[i]);
+      }
+      out += ']';
+      return out;
     }
   };
   return std::visit(Visitor{}, value);

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -46,9 +47,13 @@ struct HeadCache {
 
 // Exact bits a policy stores for one (layer, kv head), K and V together.
 struct MemoryBits {
-  int64_t data = 0;  // payload: codes, fp16 values
+  int64_t data = 0;  // payload as really packed: codes, fp16 values
   int64_t meta = 0;  // scales, zero points, indices, precision maps
+  // Payload at its information-theoretic rate where that differs from the
+  // packing (ternary codes: log2(3) bits instead of 2); < 0 means "= data".
+  double ideal_data = -1;
   int64_t total() const { return data + meta; }
+  double ideal_total() const { return (ideal_data < 0 ? static_cast<double>(data) : ideal_data) + meta; }
 };
 
 // State prepared once per run before any shard (e.g. SKVQ's calibration).
@@ -92,6 +97,10 @@ class Stage {
   // attention of this kv head's query heads over the policy's own cache.
   virtual void observe(int /*local_layer*/, int /*kv_head*/, int64_t /*step*/,
                        std::span<const int32_t> /*positions*/, std::span<const float> /*probs*/) {}
+  // Policy-specific counters, summed over every shard of a run and written to
+  // the results (e.g. MiniCache's tokens merged and retained). Called once at
+  // the end of the shard.
+  virtual void report(std::map<std::string, double>& /*counters*/) const {}
 };
 
 // What an evict stage sees when entries arrive (the prompt at prefill, then

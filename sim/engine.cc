@@ -387,6 +387,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         kv.kept_tokens = static_cast<int32_t>(n);
         kv.data_bits = bits.data;
         kv.meta_bits = bits.meta;
+        kv.ideal_bits = bits.ideal_total();
         kv.fp16_bits = int64_t{2} * 16 * d * (t - window_start(window, t) + 1);
         kv.key_err = static_cast<float>(knorm > 0 ? std::sqrt(kdiff / knorm) : 0.0);
         kv.value_err = static_cast<float>(vnorm > 0 ? std::sqrt(vdiff / vnorm) : 0.0);
@@ -395,6 +396,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
     }
     if (is_measured) ++next_measured;
   }
+  for (auto& e : pipe.evicts) e->report(result.counters);
+  pipe.store->report(result.counters);
   return result;
 }
 
@@ -495,6 +498,7 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
                                      exact_ptrs, policies[p], prepared[p], measured, options.seed);
           merged.steps.insert(merged.steps.end(), r.steps.begin(), r.steps.end());
           merged.kv.insert(merged.kv.end(), r.kv.begin(), r.kv.end());
+          for (const auto& [k, v] : r.counters) merged.counters[k] += v;
         }
         merged.seconds =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -521,6 +525,7 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
       const RunResult& part = partial[u][p];
       r.steps.insert(r.steps.end(), part.steps.begin(), part.steps.end());
       r.kv.insert(r.kv.end(), part.kv.begin(), part.kv.end());
+      for (const auto& [k, v] : part.counters) r.counters[k] += v;
       r.seconds += part.seconds;
     }
   }

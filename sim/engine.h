@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,7 @@ struct StepRecord {
 struct KvRecord {
   int32_t sequence, layer, kv_head, step, kept_tokens;
   int64_t data_bits, meta_bits, fp16_bits;
+  double ideal_bits;  // data at its ideal rate + meta (== data + meta unless ternary etc.)
   float key_err, value_err;
 };
 
@@ -48,6 +50,7 @@ struct RunResult {
   uint64_t seed = 0;
   std::vector<StepRecord> steps;
   std::vector<KvRecord> kv;
+  std::map<std::string, double> counters;  // policy-specific, summed over shards
   double seconds = 0;
 };
 

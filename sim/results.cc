@@ -50,6 +50,7 @@ RunSummary summarize(const RunResult& run) {
     s.data_bits += static_cast<double>(k.data_bits);
     s.meta_bits += static_cast<double>(k.meta_bits);
     s.fp16_bits += static_cast<double>(k.fp16_bits);
+    s.ideal_bits += k.ideal_bits;
   }
   const double ns = std::max<size_t>(run.steps.size(), 1), nk = std::max<size_t>(run.kv.size(), 1);
   const Stats st = compute_stats(rel);
@@ -115,6 +116,14 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
   h5::write_attr(group.get(), "resolved", run.resolved);
   h5::write_attr(group.get(), "stages", run.stages);
   h5::write_attr(group.get(), "seed", static_cast<int64_t>(run.seed));
+  {
+    h5::Handle counters = h5::create_group(group.get(), "counters");
+    std::vector<std::string> names;
+    std::vector<double> values;
+    for (const auto& [k, v] : run.counters) names.push_back(k), values.push_back(v);
+    h5::write_vector(counters.get(), "name", names);
+    h5::write_vector(counters.get(), "value", values);
+  }
 
   {
     h5::Handle steps = h5::create_group(group.get(), "steps");
@@ -143,12 +152,14 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
     const size_t n = run.kv.size();
     std::vector<int32_t> seq(n), layer(n), kvh(n), step(n), kept(n);
     std::vector<int64_t> data(n), meta(n), fp16(n);
+    std::vector<double> ideal(n);
     std::vector<float> kerr(n), verr(n);
     for (size_t i = 0; i < n; ++i) {
       const auto& r = run.kv[i];
       seq[i] = r.sequence, layer[i] = r.layer, kvh[i] = r.kv_head, step[i] = r.step;
       kept[i] = r.kept_tokens, data[i] = r.data_bits, meta[i] = r.meta_bits;
       fp16[i] = r.fp16_bits, kerr[i] = r.key_err, verr[i] = r.value_err;
+      ideal[i] = r.ideal_bits;
     }
     const hid_t g = kvg.get();
     h5::write_vector(g, "sequence", seq);
@@ -159,6 +170,7 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
     h5::write_vector(g, "data_bits", data);
     h5::write_vector(g, "meta_bits", meta);
     h5::write_vector(g, "fp16_bits", fp16);
+    h5::write_vector(g, "ideal_bits", ideal);
     h5::write_vector(g, "key_err", kerr);
     h5::write_vector(g, "value_err", verr);
   }
@@ -226,6 +238,7 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
       columns["meta_bits"].push_back(s.meta_bits);
       columns["fp16_bits"].push_back(s.fp16_bits);
       columns["memory_ratio"].push_back(s.memory_ratio());
+      columns["memory_ratio_ideal"].push_back(s.memory_ratio_ideal());
       columns["bits_per_element"].push_back(s.bits_per_element());
       columns["seconds"].push_back(runs[i].seconds);
     }

@@ -24,8 +24,9 @@ Stats compute_stats(std::vector<double>& values);
 struct RunSummary {
   double rel_err_mean = 0, rel_err_p95 = 0, cosine_mean = 0, mass_retained_mean = 0;
   double kl_mean = 0, key_err_mean = 0, value_err_mean = 0;
-  double data_bits = 0, meta_bits = 0, fp16_bits = 0;
+  double data_bits = 0, meta_bits = 0, fp16_bits = 0, ideal_bits = 0;
   double memory_ratio() const { return fp16_bits > 0 ? (data_bits + meta_bits) / fp16_bits : 0; }
+  double memory_ratio_ideal() const { return fp16_bits > 0 ? ideal_bits / fp16_bits : 0; }
   double bits_per_element() const { return 16 * memory_ratio(); }
 };
 RunSummary summarize(const RunResult& run);
