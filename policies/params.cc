@@ -52,7 +52,7 @@ bool parse_double(const std::string& s, double& out) {
 
 std::string valid_keys(const std::vector<ParamSpec>& specs) {
   std::string out;
-  for (const auto& p : specs) out += (out.empty() ? "" : ", ") + p.name;
+  for (const auto& p : specs) append_joined(out, ", ", p.name);
   return out.empty() ? "(none: this policy takes no parameters)" : out;
 }
 
@@ -221,7 +221,7 @@ std::string format_param_value(const ParamValue& value) {
 std::string Params::canonical() const {
   std::string out;
   for (const auto& key : order_) {
-    out += (out.empty() ? "" : ",") + key + "=" + format_param_value(values_.at(key));
+    append_joined(out, ",", key + "=" + format_param_value(values_.at(key)));
   }
   return out;
 }

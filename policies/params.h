@@ -57,4 +57,10 @@ class Params {
 
 std::string format_param_value(const ParamValue& value);
 
+// Appends `item` to `out`, preceded by `separator` unless `out` is empty.
+inline void append_joined(std::string& out, const char* separator, const std::string& item) {
+  if (!out.empty()) out += separator;
+  out += item;
+}
+
 }  // namespace kvsim

@@ -135,6 +135,16 @@ class StoreStage : public Stage {
   virtual MemoryBits memory(int local_layer, int kv_head) const = 0;
 };
 
+// A store that shares entries across layers (MiniCache). It stores what it
+// keeps through an inner store: the spec's quantize stage, or fp16. The
+// pipeline creates the inner store with inner_context(), whose layer slots are
+// the merge stage's own streams, then hands it over with set_inner().
+class MergeStage : public StoreStage {
+ public:
+  virtual ShardContext inner_context(const ShardContext& base) const = 0;
+  virtual void set_inner(std::unique_ptr<StoreStage> inner) = 0;
+};
+
 using StageFactory =
     std::function<std::unique_ptr<Stage>(const Params&, const ShardContext&)>;
 

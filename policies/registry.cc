@@ -80,7 +80,7 @@ std::vector<const PolicyInfo*> PolicyRegistry::all() const {
 
 std::string PolicyRegistry::names() const {
   std::string out;
-  for (const auto* info : all()) out += (out.empty() ? "" : ", ") + info->name;
+  for (const auto* info : all()) append_joined(out, ", ", info->name);
   return out;
 }
 
@@ -167,13 +167,13 @@ PolicySpec PolicySpec::parse(const std::string& raw_text) {
 
 std::string PolicySpec::canonical() const {
   std::string out;
-  for (const auto& s : stages_) out += (out.empty() ? "" : "+") + s.canonical();
+  for (const auto& s : stages_) append_joined(out, "+", s.canonical());
   return out;
 }
 
 std::string PolicySpec::stage_names() const {
   std::string out;
-  for (const auto& s : stages_) out += (out.empty() ? "" : "+") + s.info->name;
+  for (const auto& s : stages_) append_joined(out, "+", s.info->name);
   return out;
 }
 
@@ -218,29 +218,46 @@ std::vector<std::vector<int>> PolicySpec::layer_slot_groups(const TraceMeta& met
 Pipeline Pipeline::create(const PolicySpec& spec, const ShardContext& base,
                           const std::vector<std::shared_ptr<const PolicyState>>& prepared) {
   Pipeline pipeline;
+  auto context_for = [&](size_t i, const ShardContext& ctx) {
+    ShardContext out = ctx;
+    out.prepared = i < prepared.size() ? prepared[i] : nullptr;
+    return out;
+  };
+  auto make_store = [](const PolicyInfo& info, const Params& params, const ShardContext& ctx) {
+    std::unique_ptr<Stage> made = info.create(params, ctx);
+    KVSIM_CHECK_MSG(dynamic_cast<StoreStage*>(made.get()), info.name << " is not a StoreStage");
+    return std::unique_ptr<StoreStage>(static_cast<StoreStage*>(made.release()));
+  };
+  MergeStage* merge = nullptr;
+  std::unique_ptr<StoreStage> quantizer;
   for (size_t i = 0; i < spec.stages().size(); ++i) {
     const auto& stage = spec.stages()[i];
-    ShardContext ctx = base;
-    ctx.prepared = i < prepared.size() ? prepared[i] : nullptr;
-    std::unique_ptr<Stage> made = stage.info->create(stage.params, ctx);
-    if (stage.info->kind == StageKind::kEvict) {
-      auto* evict = dynamic_cast<EvictStage*>(made.get());
-      KVSIM_CHECK_MSG(evict, stage.info->name << " is registered as evict but is not an EvictStage");
-      made.release();
-      pipeline.evicts.emplace_back(evict);
+    const PolicyInfo& info = *stage.info;
+    if (info.kind == StageKind::kEvict) {
+      std::unique_ptr<Stage> made = info.create(stage.params, context_for(i, base));
+      KVSIM_CHECK_MSG(dynamic_cast<EvictStage*>(made.get()),
+                      info.name << " is registered as evict but is not an EvictStage");
+      pipeline.evicts.emplace_back(static_cast<EvictStage*>(made.release()));
+    } else if (info.kind == StageKind::kMerge) {
+      pipeline.store = make_store(info, stage.params, context_for(i, base));
+      merge = dynamic_cast<MergeStage*>(pipeline.store.get());
+      KVSIM_CHECK_MSG(merge, info.name << " is registered as merge but is not a MergeStage");
     } else {
-      auto* store = dynamic_cast<StoreStage*>(made.get());
-      KVSIM_CHECK_MSG(store, stage.info->name << " is not a StoreStage");
-      made.release();
-      pipeline.store.reset(store);
+      // The quantizer stores what the merge stage keeps, in the merge stage's streams.
+      const ShardContext ctx = merge ? merge->inner_context(base) : base;
+      quantizer = make_store(info, stage.params, context_for(i, ctx));
     }
   }
-  if (!pipeline.store) {
+  if (!quantizer) {
     const PolicyInfo* full = PolicyRegistry::instance().find("full");
     KVSIM_CHECK(full);
-    std::unique_ptr<Stage> made = full->create(Params::parse("full", full->params, ""), base);
-    pipeline.store.reset(dynamic_cast<StoreStage*>(made.release()));
-    KVSIM_CHECK(pipeline.store);
+    quantizer = make_store(*full, Params::parse("full", full->params, ""),
+                           merge ? merge->inner_context(base) : base);
+  }
+  if (merge) {
+    merge->set_inner(std::move(quantizer));
+  } else {
+    pipeline.store = std::move(quantizer);
   }
   return pipeline;
 }
