@@ -126,7 +126,9 @@ class EvictStage : public Stage {
 class StoreStage : public Stage {
  public:
   // Appends rows for `positions` (ascending, after every present row) to
-  // `cache`; may also rewrite existing rows (e.g. a residual flush).
+  // `cache`; may also rewrite existing rows (e.g. a residual flush). Called
+  // once per event for every (layer, kv head), with an empty span when the
+  // new entry was evicted on arrival.
   virtual void insert(int local_layer, int kv_head, HeadCache& cache,
                       std::span<const int32_t> positions, const LayerData& raw) = 0;
   // The engine removed these rows from `cache` (evicted or out of the window).

@@ -297,10 +297,10 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           cache.remove(removed);
           pipe.store->removed(local, h, cache, removed);
         }
-        if (keep_new) {
-          const int32_t pos = static_cast<int32_t>(t);
-          pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, 1), raw);
-        }
+        // Called even when the new entry was evicted (empty span), so that a
+        // cross-layer store sees every layer of every event.
+        const int32_t pos = static_cast<int32_t>(t);
+        pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, keep_new ? 1 : 0), raw);
       }
     }
 

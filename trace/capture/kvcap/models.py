@@ -129,7 +129,7 @@ def set_offline() -> None:
 
 
 def load(ref: ModelRef, device: str = "cpu", dtype: str = "float32", cache_dir: str | None = None,
-         attn: str = "sdpa", log=print):
+         attn: str = "sdpa", log=print, quiet: bool = False):
     """Load (model, tokenizer). The tokenizer converted from a GGUF file is cached (it takes
     most of the load time); the model is dequantised on every load."""
     set_offline()
@@ -139,6 +139,10 @@ def load(ref: ModelRef, device: str = "cpu", dtype: str = "float32", cache_dir: 
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise CaptureError(f"cannot import torch/transformers ({e}); run trace/capture/install.sh") from e
+    if quiet:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     t0 = time.time()

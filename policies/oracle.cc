@@ -1,0 +1,158 @@
+// `oracle` — keep the tokens the RECORDED FUTURE queries attend to most. This is
+// the one policy that looks ahead: it reads the trace's queries of steps that
+// have not happened yet (ShardContext::layers[local]->query(qh, t') for any
+// t'). Only a trace replay can compute it; it bounds what any eviction policy
+// can retain at the same budget.
+//
+// Per (layer, kv head), the score of token i at the moment the cache is
+// compressed is
+//   S(i) = sum over future decode queries t' and the group's query heads j of
+//          p_{t',j}(i),
+// p_{t',j} the EXACT attention of query head j at step t' (softmax over every
+// token <= t' inside the layer's sliding window, the trace's attn_scale), i.e.
+// the attention mass token i will hold. "Future" means t' in [P, T) at
+// prefill and t' in [t, T) at decode step t (the engine evicts before the
+// step's query attends, so q_t is still in the future).
+//
+//   schedule=once  at prefill keep the `budget` prompt tokens of highest S;
+//                  decode tokens are appended and never evicted. With every
+//                  decode step measured this maximises, among all subsets of
+//                  that size, the total attention mass retained over the
+//                  group's query heads and the decode steps: a true upper
+//                  bound for once-policies (snapkv, l2norm once, random once).
+//   schedule=cap   at prefill as above; then at every decode step t, when the
+//                  cache holds more than `budget` entries, evict down to
+//                  `budget` keeping the highest S over [t, T). The arriving
+//                  token is never evicted at its own step (its query always
+//                  sees it, as in a real model; the same rule as random and
+//                  l2norm cap). Greedy per step, so it is the natural
+//                  fixed-budget reference for h2o/random/l2norm cap, not a
+//                  proven optimum over all eviction sequences.
+//
+// Cost and memory: S over [P, T) is computed once per (layer, kv head) at
+// prefill, one exact attention row per decode step: O((T-P) * T * d * group)
+// time, the cost of exact attention at every decode step. For cap, the suffix
+// sums S over [t, T) are kept by subtracting row t-1 at step t (recomputed,
+// not stored), doubling the time. Memory is O(T) doubles per (layer, kv head)
+// plus one row of scratch: no T x T matrix is ever held.
+// Interpretations: budget = `budget` tokens when > 0, else ceil(ratio * P), at
+// least 1; ties (equal S): the lower position is evicted first; scores are
+// accumulated in double.
+// Memory: what the store stage counts (fp16: 2*16*d bits per kept token):
+// once: min(P_w, budget) + (t + 1 - P) tokens at step t; cap: min(t+1, budget).
+#include "policies/evict_budget.h"
+#include "policies/policy.h"
+#include "sim/attention.h"
+
+namespace kvsim {
+namespace {
+
+class Oracle final : public EvictStage {
+ public:
+  Oracle(const Params& p, const ShardContext& ctx)
+      : meta_(ctx.meta),
+        slots_(ctx.slots),
+        layers_(ctx.layers),
+        num_kv_heads_(ctx.meta->num_kv_heads),
+        group_(ctx.group_size()),
+        prompt_len_(ctx.prompt_len),
+        num_tokens_(ctx.num_tokens),
+        schedule_(evict::parse_schedule(p.get_string("schedule"))),
+        budget_(evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len)),
+        heads_(ctx.slots.size() * num_kv_heads_) {}
+
+  void select(const ArrivalView& view, std::vector<int32_t>& evict) override {
+    Head& head = heads_[view.local_layer * num_kv_heads_ + view.kv_head];
+    if (view.prefill) {
+      // S over every future decode query [P, T).
+      head.future.assign(static_cast<size_t>(num_tokens_), 0.0);
+      for (int64_t t = prompt_len_; t < num_tokens_; ++t) {
+        add_row(view.local_layer, view.kv_head, t, 1.0, head.future);
+      }
+      head.first_row = prompt_len_;
+    } else {
+      if (schedule_ == evict::Schedule::kOnce) return;
+      // Drop the rows that are no longer in the future: S over [step, T).
+      for (; head.first_row < view.step; ++head.first_row) {
+        add_row(view.local_layer, view.kv_head, head.first_row, -1.0, head.future);
+      }
+    }
+    if (static_cast<int64_t>(view.candidates.size()) <= budget_) return;
+    std::vector<double> scores;
+    scores.reserve(view.candidates.size());
+    for (int32_t pos : view.candidates) scores.push_back(head.future[pos]);
+    const bool pin_newest = !view.prefill && view.candidates.back() == view.step;
+    const size_t keep = static_cast<size_t>(budget_) - (pin_newest ? 1 : 0);
+    const size_t last = view.candidates.size() - 1;
+    const size_t before = evict.size();
+    evict::evict_all_but_top(view.candidates, scores, keep, evict,
+                             [&](size_t i) { return pin_newest && i == last; });
+    evicted_ += static_cast<double>(evict.size() - before);
+  }
+
+  void report(std::map<std::string, double>& counters) const override {
+    counters["oracle.evicted_tokens"] += evicted_;
+  }
+
+ private:
+  struct Head {
+    std::vector<double> future;  // [T] S(i) over the query rows [first_row, T)
+    int64_t first_row = 0;
+  };
+
+  // future[i] += sign * sum_j p_{t,j}(i): the exact attention of step t's
+  // query heads of the group, over the keys <= t in the layer's window.
+  void add_row(int local, int kv_head, int64_t t, double sign, std::vector<double>& future) {
+    const LayerData& layer = *layers_[local];
+    const int d = meta_->head_dim;
+    const int window = meta_->sliding_window[slots_[local]];
+    const int64_t lo = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+    const size_t n = static_cast<size_t>(t - lo + 1);
+    qbuf_.resize(static_cast<size_t>(group_) * d);
+    for (int j = 0; j < group_; ++j) {
+      const float* q = layer.query(kv_head * group_ + j, static_cast<int>(t));
+      std::copy_n(q, d, qbuf_.data() + static_cast<size_t>(j) * d);
+    }
+    scratch_.resize(group_ * n);
+    score_rows(qbuf_.data(), group_, layer.key(kv_head, static_cast<int>(lo)), n, d,
+               static_cast<float>(meta_->attn_scale), scratch_.data());
+    for (int j = 0; j < group_; ++j) {
+      float* p = scratch_.data() + j * n;
+      softmax_inplace(p, n);
+      for (size_t i = 0; i < n; ++i) future[lo + i] += sign * p[i];
+    }
+  }
+
+  const TraceMeta* meta_;
+  std::vector<int> slots_;
+  std::vector<const LayerData*> layers_;
+  int num_kv_heads_, group_;
+  int64_t prompt_len_, num_tokens_;
+  evict::Schedule schedule_;
+  int64_t budget_;
+  std::vector<Head> heads_;  // [layer * kv head]
+  std::vector<float> qbuf_, scratch_;
+  double evicted_ = 0;
+};
+
+PolicyInfo oracle_info() {
+  PolicyInfo info;
+  info.name = "oracle";
+  info.kind = StageKind::kEvict;
+  info.summary =
+      "LOOKS AHEAD: keep the tokens the recorded future queries attend to most (upper bound of "
+      "eviction at a budget)";
+  info.params = evict::budget_params(0.2);
+  info.params.push_back(evict::schedule_param(
+      "once: select once after prefill by all future decode queries, decode tokens appended; "
+      "cap: at every step evict down to the budget by the queries from that step on"));
+  info.check = [](const Params& p) { evict::check_budget("oracle", p); };
+  info.create = [](const Params& p, const ShardContext& ctx) {
+    return std::make_unique<Oracle>(p, ctx);
+  };
+  return info;
+}
+
+}  // namespace
+KVSIM_REGISTER_POLICY(oracle_info());
+}  // namespace kvsim
