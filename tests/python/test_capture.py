@@ -116,7 +116,7 @@ class FakeTok:
 @pytest.mark.parametrize("kind", mp.KINDS)
 def test_prompts_sized_and_deterministic(kind):
     tok = FakeTok()
-    for target in (64, 300, 1000):
+    for target in (300, 800, 2000):
         p = mp.make_prompt(kind, tok, target, seed=3)
         assert p.num_tokens <= target
         assert p.num_tokens >= target - 40, (kind, target, p.num_tokens)  # one filler unit from the target

@@ -1,0 +1,81 @@
+#include "policies/clipped_quantizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "sim/errors.h"
+#include "trace/fp16.h"
+
+namespace kvsim {
+
+MetaFormat parse_meta_format(const std::string& name) {
+  if (name == "fp16") return MetaFormat::kFp16;
+  if (name == "fp8") return MetaFormat::kFp8;
+  throw ConfigError("unknown metadata format '" + name + "' (valid: fp16, fp8)");
+}
+
+int meta_format_bits(MetaFormat format) { return format == MetaFormat::kFp16 ? 16 : 8; }
+
+float round_to_e4m3(float x) {
+  if (std::isnan(x)) return x;
+  const float a = std::fabs(x);
+  if (a == 0.f) return x;
+  constexpr float kMax = 448.f;  // 1.75 * 2^8
+  if (a >= kMax) return std::copysign(kMax, x);
+  int exp = 0;
+  std::frexp(a, &exp);                // a = m * 2^exp, m in [0.5, 1): binade 2^(exp-1)
+  const int e = std::max(exp - 1, -6);  // below 2^-6 the spacing stays 2^-9 (subnormals)
+  const float quantum = std::ldexp(1.f, e - 3);  // 3 mantissa bits
+  // a / quantum is exact (power of two); nearbyint rounds ties to even.
+  float r = std::nearbyint(a / quantum) * quantum;
+  if (r > kMax) r = kMax;  // [448, 464) rounds down already; 464.. would give 480
+  return std::copysign(r, x);
+}
+
+float round_meta(float x, MetaFormat format) {
+  return format == MetaFormat::kFp16 ? round_to_half(x) : round_to_e4m3(x);
+}
+
+BitWidth BitWidth::parse(double bits, const std::string& what) {
+  BitWidth w;
+  w.bits = bits;
+  if (bits == 1.5) {
+    w.max_int = 2;
+    w.packed_bits = 2;
+    w.ideal_bits = std::log2(3.0);
+    return w;
+  }
+  if (bits >= 1 && bits <= 8 && bits == std::floor(bits)) {
+    const int b = static_cast<int>(bits);
+    w.max_int = (1 << b) - 1;
+    w.packed_bits = b;
+    w.ideal_bits = b;
+    return w;
+  }
+  throw ConfigError(what + "=" + std::to_string(bits) +
+                    " is not a supported bit width (valid: 1.5 = ternary, or an integer 1..8)");
+}
+
+ClippedGroup clipped_quantize(const float* x, size_t n, int max_int, float clip, MetaFormat meta,
+                              float* out, uint8_t* codes) {
+  KVSIM_CHECK(n > 0 && max_int >= 1 && max_int <= 255);
+  float lo = x[0], hi = x[0];
+  for (size_t i = 1; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  const float gmin = clip * lo, gmax = clip * hi;
+  const float top = static_cast<float>(max_int);
+  ClippedGroup g;
+  g.scale = round_meta(std::max((gmax - gmin) / top, 1e-5f), meta);
+  g.zp = round_meta(gmin, meta);
+  for (size_t i = 0; i < n; ++i) {
+    float code = 0.f;
+    if (g.scale > 0.f) code = std::nearbyint(std::clamp((x[i] - g.zp) / g.scale, 0.f, top));
+    if (codes) codes[i] = static_cast<uint8_t>(code);
+    out[i] = code * g.scale + g.zp;
+  }
+  return g;
+}
+
+}  // namespace kvsim

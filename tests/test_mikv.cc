@@ -1,0 +1,148 @@
+// MiKV: hand-worked precision split and memory, balancer and paper properties.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "policies/quantizer.h"
+#include "sim/results.h"
+#include "test_util.h"
+
+namespace kvsim {
+namespace {
+
+using testing::mean_rel_err;
+using testing::TempDir;
+
+// One layer, one KV head, one query head, d = 4, a 10-token prompt.
+struct HandCase {
+  TraceMeta meta;
+  LayerData layer;
+  ShardContext ctx;
+  HandCase() {
+    meta.model_name = "hand";
+    meta.num_model_layers = 1;
+    meta.layer_ids = {0};
+    meta.sliding_window = {0};
+    meta.num_q_heads = meta.num_kv_heads = 1;
+    meta.head_dim = 4;
+    meta.attn_scale = 0.5;
+    layer.num_tokens = 10;
+    layer.head_dim = 4;
+    for (int t = 0; t < 10; ++t) {
+      for (int c = 0; c < 4; ++c) {
+        layer.q.push_back(1.f);
+        layer.k.push_back(static_cast<float>(t + c) * 0.25f - 1.f);
+        layer.v.push_back(static_cast<float>((t * 3 + c) % 7) * 0.5f);
+      }
+    }
+    ctx.meta = &meta;
+    ctx.slots = {0};
+    ctx.layers = {&layer};
+    ctx.prompt_len = 10;
+    ctx.num_tokens = 10;
+  }
+};
+
+TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
+  HandCase hc;
+  // heavy = recent = 0.2 of P = 10 -> 2 heavy hitters + 2 recent at fp16.
+  Pipeline pipe = Pipeline::create(
+      PolicySpec::parse("mikv:heavy=0.2,recent=0.2,lo_bits=2,balance=false"), hc.ctx, {});
+  std::vector<int32_t> positions(10);
+  for (int i = 0; i < 10; ++i) positions[i] = i;
+  // Prefill attention column sums: tokens 3 and 5 are the heavy hitters.
+  std::vector<float> attention = {0.1f, 0.2f, 0.1f, 3.0f, 0.1f, 2.0f, 0.3f, 0.2f, 9.f, 9.f};
+  pipe.store->observe_prefill(0, 0, positions, attention);
+  HeadCache cache;
+  cache.head_dim = 4;
+  pipe.store->insert(0, 0, cache, positions, hc.layer);
+  ASSERT_EQ(cache.size(), 10u);  // nothing evicted
+  for (int t = 0; t < 10; ++t) {
+    const bool high = t == 3 || t == 5 || t == 8 || t == 9;
+    std::vector<float> want_k(hc.layer.key(0, t), hc.layer.key(0, t) + 4);
+    std::vector<float> want_v(hc.layer.value(0, t), hc.layer.value(0, t) + 4);
+    if (!high) {  // per-token 2-bit, one group of 4 channels
+      quantize_group(want_k.data(), 4, 1, 2, want_k.data(), 1);
+      quantize_group(want_v.data(), 4, 1, 2, want_v.data(), 1);
+    }
+    for (int c = 0; c < 4; ++c) {
+      EXPECT_EQ(cache.key_row(t)[c], want_k[c]) << "token " << t;
+      EXPECT_EQ(cache.value_row(t)[c], want_v[c]) << "token " << t;
+    }
+  }
+  // 4 tokens fp16: 2*16*4 each; 6 tokens 2-bit: 2*2*4 data + 2*32 meta each;
+  // precision map: 10 bits.
+  const MemoryBits m = pipe.store->memory(0, 0);
+  EXPECT_EQ(m.data, 4 * 2 * 16 * 4 + 6 * 2 * 2 * 4);
+  EXPECT_EQ(m.meta, 6 * 2 * 32 + 10);
+}
+
+TEST(MiKV, BalancerScalesAreSqrtOfQueryOverKeyRange) {
+  HandCase hc;
+  // Channel 0 of every key is 8x larger; queries are 1: s_0 = sqrt(1/max|k_0|).
+  for (int t = 0; t < 10; ++t) hc.layer.k[t * 4] *= 8;
+  Pipeline with = Pipeline::create(PolicySpec::parse("mikv:heavy=0,recent=0.1,lo_bits=2"),
+                                   hc.ctx, {});
+  Pipeline without = Pipeline::create(
+      PolicySpec::parse("mikv:heavy=0,recent=0.1,lo_bits=2,balance=false"), hc.ctx, {});
+  std::vector<int32_t> positions(10);
+  for (int i = 0; i < 10; ++i) positions[i] = i;
+  HeadCache a, b;
+  a.head_dim = b.head_dim = 4;
+  with.store->insert(0, 0, a, positions, hc.layer);
+  without.store->insert(0, 0, b, positions, hc.layer);
+  // q.k error of the low-precision tokens is smaller with the balancer.
+  double err_with = 0, err_without = 0;
+  for (int t = 0; t < 9; ++t) {
+    double exact = 0, qa = 0, qb = 0;
+    for (int c = 0; c < 4; ++c) {
+      exact += hc.layer.key(0, t)[c];
+      qa += a.key_row(t)[c];
+      qb += b.key_row(t)[c];
+    }
+    err_with += std::fabs(qa - exact);
+    err_without += std::fabs(qb - exact);
+  }
+  EXPECT_LT(err_with, err_without);
+  // Memory: the balancer adds 16 bits per channel.
+  EXPECT_EQ(with.store->memory(0, 0).meta, without.store->memory(0, 0).meta + 16 * 4);
+}
+
+SynthConfig small() {
+  SynthConfig c = synth_preset("default");
+  c.model_layers = 4;
+  c.tokens = 320;
+  c.prompt_len = 256;
+  return c;
+}
+
+TEST(MiKV, NoTokenEvictedAndErrorFallsWithLowBits) {
+  TempDir dir;
+  const auto runs =
+      testing::replay_synth(small(), {"mikv:lo_bits=2", "mikv:lo_bits=3", "mikv:lo_bits=4"}, dir);
+  for (const auto& r : runs) {
+    for (const auto& k : r.kv) EXPECT_EQ(k.kept_tokens, k.step + 1);
+    for (const auto& s : r.steps) EXPECT_FLOAT_EQ(s.mass_retained, 1.f);
+  }
+  EXPECT_GT(mean_rel_err(runs[0]), mean_rel_err(runs[1]));
+  EXPECT_GT(mean_rel_err(runs[1]), mean_rel_err(runs[2]));
+}
+
+TEST(MiKV, MemoryMatchesFormulaToTheBit) {
+  TempDir dir;
+  SynthConfig c = small();
+  ReplayOptions all;
+  all.measure = MeasureRule::parse("all");
+  const auto runs = testing::replay_synth(c, {"mikv:heavy=0.1,recent=0.1,lo_bits=3,group=32"},
+                                          dir, all);
+  const int64_t d = c.head_dim, P = c.prompt_len;
+  const int64_t high = static_cast<int64_t>(std::ceil(0.1 * P)) * 2;
+  for (const auto& k : runs[0].kv) {
+    const int64_t n = k.step + 1, low = n - high;
+    EXPECT_EQ(k.data_bits, 2 * (high * 16 * d + low * 3 * d)) << k.step;
+    EXPECT_EQ(k.meta_bits, 2 * low * 32 * (d / 32) + n + 16 * d) << k.step;
+  }
+}
+
+}  // namespace
+}  // namespace kvsim
