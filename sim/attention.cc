@@ -61,15 +61,18 @@ void score_gathered(const float* q, int num_queries, const float* keys_base,
 double softmax_inplace(float* s, size_t n) {
   if (n == 0) return -std::numeric_limits<double>::infinity();
   float mx = s[0];
+#pragma omp simd reduction(max : mx)
   for (size_t i = 1; i < n; ++i) mx = std::max(mx, s[i]);
-  double sum = 0;
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
   for (size_t i = 0; i < n; ++i) {
-    s[i] = std::exp(s[i] - mx);
+    s[i] = fast_expf(s[i] - mx);
     sum += s[i];
   }
-  const float inv = static_cast<float>(1.0 / sum);
+  const float inv = 1.f / sum;
+#pragma omp simd
   for (size_t i = 0; i < n; ++i) s[i] *= inv;
-  return mx + std::log(sum);
+  return mx + std::log(static_cast<double>(sum));
 }
 
 void weighted_sum(const float* probs, int num_queries, const float* values, size_t n, int d,

@@ -88,12 +88,6 @@ void gather_queries(const LayerData& layer, int kv_head, int group, int64_t t, f
   }
 }
 
-double norm2(const float* x, int d) {
-  double s = 0;
-  for (int c = 0; c < d; ++c) s += static_cast<double>(x[c]) * x[c];
-  return s;
-}
-
 // Removes `drop` (sorted) from `sorted` in place.
 void subtract_sorted(std::vector<int32_t>& sorted, const std::vector<int32_t>& drop) {
   if (drop.empty()) return;
@@ -342,17 +336,24 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
             ohn += static_cast<double>(oh[c]) * oh[c];
             dot += static_cast<double>(oh[c]) * o[c];
           }
-          double mass = 0;
-          for (size_t i = 0; i < n; ++i) mass += std::exp(raw_scores[j * n + i] - lse);
-          double kl = 0;
-          if (mass > 0) {
-            const double log_mass = std::log(mass);
-            for (size_t i = 0; i < n; ++i) {
-              const double log_p = raw_scores[j * n + i] - lse - log_mass;  // exact, renormalised
-              const double log_q = scores[j * n + i] - lse_hat[j];          // compressed
-              kl += std::exp(log_p) * (log_p - log_q);
-            }
+          // p_i = exp(raw_i - lse) is the exact probability of kept token i.
+          // KL(p~ || p^) with p~ = p/mass on the kept tokens and
+          // log p^_i = s_i - lse_hat simplifies to
+          //   (1/mass) sum_i p_i (raw_i - s_i) + lse_hat - lse - log(mass),
+          // so one exp per entry serves both sums.
+          const float* rs = raw_scores.data() + j * n;
+          const float* cs = scores.data() + j * n;
+          const float lse_f = static_cast<float>(lse);
+          float mass_f = 0.f, cross_f = 0.f;
+#pragma omp simd reduction(+ : mass_f, cross_f)
+          for (size_t i = 0; i < n; ++i) {
+            const float p = fast_expf(rs[i] - lse_f);
+            mass_f += p;
+            cross_f += p * (rs[i] - cs[i]);
           }
+          const double mass = mass_f;
+          double kl = 0;
+          if (mass > 0) kl = cross_f / mass + lse_hat[j] - lse - std::log(mass);
           StepRecord rec;
           rec.sequence = sequence;
           rec.layer = meta.layer_ids[slots[local]];
@@ -371,12 +372,15 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           const float* v = raw.value(h, cache.positions[i]);
           const float* kh = cache.key_row(i);
           const float* vh = cache.value_row(i);
+          float kd = 0, kn = 0, vd = 0, vn = 0;  // per row in float lanes, rows summed in double
+#pragma omp simd reduction(+ : kd, kn, vd, vn)
           for (int c = 0; c < d; ++c) {
-            kdiff += (static_cast<double>(kh[c]) - k[c]) * (static_cast<double>(kh[c]) - k[c]);
-            vdiff += (static_cast<double>(vh[c]) - v[c]) * (static_cast<double>(vh[c]) - v[c]);
+            kd += (kh[c] - k[c]) * (kh[c] - k[c]);
+            vd += (vh[c] - v[c]) * (vh[c] - v[c]);
+            kn += k[c] * k[c];
+            vn += v[c] * v[c];
           }
-          knorm += norm2(k, d);
-          vnorm += norm2(v, d);
+          kdiff += kd, knorm += kn, vdiff += vd, vnorm += vn;
         }
         const MemoryBits bits = pipe.store->memory(local, h);
         KvRecord kv;

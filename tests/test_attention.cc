@@ -79,3 +79,17 @@ TEST(AttentionKernels, SoftmaxIsStableForLargeScores) {
 
 }  // namespace
 }  // namespace kvsim
+
+namespace kvsim {
+namespace {
+TEST(AttentionKernels, FastExpMatchesStdExp) {
+  for (float x = -87.f; x <= 88.f; x += 0.01234f) {
+    const double want = std::exp(static_cast<double>(x));
+    EXPECT_NEAR(fast_expf(x), want, 3e-7 * want) << x;
+  }
+  EXPECT_EQ(fast_expf(0.f), 1.f);
+  EXPECT_GT(fast_expf(-1000.f), 0.f);  // clamped, never NaN
+  EXPECT_TRUE(std::isfinite(fast_expf(1000.f)));
+}
+}  // namespace
+}  // namespace kvsim
