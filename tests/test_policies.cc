@@ -28,8 +28,9 @@ TEST(Full, ZeroErrorEverywhere) {
   for (const auto& s : runs[0].steps) {
     EXPECT_EQ(s.rel_err, 0.f);
     EXPECT_FLOAT_EQ(s.cosine, 1.f);
-    EXPECT_FLOAT_EQ(s.mass_retained, 1.f);
-    EXPECT_NEAR(s.kl, 0.f, 1e-6);
+    // Mass and KL are sums of float exponentials: exact up to float rounding.
+    EXPECT_NEAR(s.mass_retained, 1.f, 2e-6);
+    EXPECT_NEAR(s.kl, 0.f, 2e-6);
   }
   for (const auto& k : runs[0].kv) {
     EXPECT_EQ(k.key_err, 0.f);
