@@ -78,12 +78,13 @@ double softmax_inplace(float* s, size_t n) {
 void weighted_sum(const float* probs, int num_queries, const float* values, size_t n, int d,
                   float* out) {
   std::fill(out, out + static_cast<size_t>(num_queries) * d, 0.f);
-  for (int j = 0; j < num_queries; ++j) {
-    float* o = out + static_cast<size_t>(j) * d;
-    const float* p = probs + static_cast<size_t>(j) * n;
-    for (size_t i = 0; i < n; ++i) {
-      const float w = p[i];
-      const float* v = values + i * static_cast<size_t>(d);
+  // Rows outer, queries inner: each value row is read once for the whole GQA
+  // group while the group's outputs stay in L1.
+  for (size_t i = 0; i < n; ++i) {
+    const float* v = values + i * static_cast<size_t>(d);
+    for (int j = 0; j < num_queries; ++j) {
+      const float w = probs[static_cast<size_t>(j) * n + i];
+      float* o = out + static_cast<size_t>(j) * d;
 #pragma omp simd
       for (int c = 0; c < d; ++c) o[c] += w * v[c];
     }

@@ -48,10 +48,14 @@ MeasureRule MeasureRule::parse(const std::string& text) {
 
 std::string MeasureRule::describe() const {
   switch (kind) {
-    case Kind::kAuto: return "auto";
-    case Kind::kAll: return "all";
-    case Kind::kStride: return "stride=" + std::to_string(n);
-    case Kind::kLast: return "last=" + std::to_string(n);
+    case Kind::kAuto:
+      return "auto";
+    case Kind::kAll:
+      return "all";
+    case Kind::kStride:
+      return "stride=" + std::to_string(n);
+    case Kind::kLast:
+      return "last=" + std::to_string(n);
   }
   return "?";
 }
@@ -62,10 +66,17 @@ std::vector<int64_t> MeasureRule::steps(int64_t prompt_len, int64_t num_tokens) 
   if (decode <= 0) return out;
   int64_t stride = 1, first = prompt_len;
   switch (kind) {
-    case Kind::kAll: break;
-    case Kind::kAuto: stride = std::max<int64_t>(1, (decode + 255) / 256); break;
-    case Kind::kStride: stride = n; break;
-    case Kind::kLast: first = std::max(prompt_len, num_tokens - n); break;
+    case Kind::kAll:
+      break;
+    case Kind::kAuto:
+      stride = std::max<int64_t>(1, (decode + 255) / 256);
+      break;
+    case Kind::kStride:
+      stride = n;
+      break;
+    case Kind::kLast:
+      first = std::max(prompt_len, num_tokens - n);
+      break;
   }
   for (int64_t t = first; t < num_tokens; t += stride) out.push_back(t);
   if (out.back() != num_tokens - 1) out.push_back(num_tokens - 1);
@@ -283,7 +294,10 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           view.step = t;
           view.raw = &raw;
           for (int32_t pos : run_evicts(view, false)) {
-            if (pos == t) keep_new = false; else removed.push_back(pos);
+            if (pos == t)
+              keep_new = false;
+            else
+              removed.push_back(pos);
           }
           sort_unique(removed);
         }
@@ -314,7 +328,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         for (int j = 0; j < group; ++j) lse_hat[j] = softmax_inplace(probs.data() + j * n, n);
         if (decode_attention) {
           for (Stage* stage : observers) {
-            if (stage->needs_decode_attention()) stage->observe(local, h, t, cache.positions, probs);
+            if (stage->needs_decode_attention())
+              stage->observe(local, h, t, cache.positions, probs);
           }
         }
         if (!is_measured) continue;
@@ -406,18 +421,66 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
 }
 
 // ---------------------------------------------------------------------------
-std::vector<RunResult> replay(const TraceReader& trace, const std::vector<PolicySpec>& policies,
-                              const ReplayOptions& options) {
-  const TraceMeta& meta = trace.meta();
+std::vector<std::vector<int>> unit_layer_groups(const std::vector<PolicySpec>& policies,
+                                                const TraceMeta& meta) {
   const int L = meta.num_layers();
-  if (policies.empty()) throw ConfigError("no policy given");
-  for (const auto& p : policies) p.check_against(meta);
-
-  std::vector<int> sequences = options.sequences;
-  if (sequences.empty()) {
-    sequences.resize(trace.num_sequences());
-    std::iota(sequences.begin(), sequences.end(), 0);
+  std::vector<int> parent(L);
+  std::iota(parent.begin(), parent.end(), 0);
+  auto root = [&](int x) {
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+  };
+  for (const auto& p : policies) {
+    for (const auto& g : p.layer_slot_groups(meta)) {
+      for (int s : g) parent[root(s)] = root(g[0]);
+    }
   }
+  std::map<int, std::vector<int>> by_root;
+  for (int s = 0; s < L; ++s) by_root[root(s)].push_back(s);
+  std::vector<std::vector<int>> groups;
+  for (auto& [r, g] : by_root) groups.push_back(g);
+  return groups;
+}
+
+std::vector<RunResult> replay_unit(
+    const TraceMeta& meta, int sequence, const SequenceInfo& info, const std::vector<int>& slots,
+    const std::vector<LayerData>& data, const std::vector<PolicySpec>& policies,
+    const std::vector<std::vector<std::shared_ptr<const PolicyState>>>& prepared,
+    const MeasureRule& measure, uint64_t seed) {
+  KVSIM_CHECK(slots.size() == data.size());
+  const auto measured = measure.steps(info.prompt_len, info.num_tokens);
+  std::vector<ExactLayer> exact;
+  for (const auto& layer : data) exact.push_back(compute_exact(meta, layer, measured));
+  std::vector<RunResult> out;
+  for (size_t p = 0; p < policies.size(); ++p) {
+    const auto start = std::chrono::steady_clock::now();
+    RunResult merged;
+    for (const auto& g : policies[p].layer_slot_groups(meta)) {
+      if (std::find(slots.begin(), slots.end(), g[0]) == slots.end()) continue;
+      std::vector<const LayerData*> layer_ptrs;
+      std::vector<const ExactLayer*> exact_ptrs;
+      for (int slot : g) {
+        const auto it = std::find(slots.begin(), slots.end(), slot);
+        KVSIM_CHECK_MSG(it != slots.end(), "layer group not inside the unit");
+        layer_ptrs.push_back(&data[it - slots.begin()]);
+        exact_ptrs.push_back(&exact[it - slots.begin()]);
+      }
+      RunResult r = replay_shard(
+          meta, sequence, info.prompt_len, g, layer_ptrs, exact_ptrs, policies[p],
+          p < prepared.size() ? prepared[p] : std::vector<std::shared_ptr<const PolicyState>>{},
+          measured, seed);
+      merged.steps.insert(merged.steps.end(), r.steps.begin(), r.steps.end());
+      merged.kv.insert(merged.kv.end(), r.kv.begin(), r.kv.end());
+      for (const auto& [k, v] : r.counters) merged.counters[k] += v;
+    }
+    merged.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    out.push_back(std::move(merged));
+  }
+  return out;
+}
+
+void validate_sequences(const TraceReader& trace, const std::vector<int>& sequences) {
   for (int s : sequences) {
     if (s < 0 || s >= trace.num_sequences()) {
       throw ConfigError("sequence " + std::to_string(s) + " out of range (trace has " +
@@ -429,43 +492,44 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
                         " has no decode steps (prompt_len == num_tokens): nothing to measure");
     }
   }
+}
 
-  // Units: a sequence x a set of layers that every policy can replay from.
-  std::vector<int> parent(L);
-  std::iota(parent.begin(), parent.end(), 0);
-  auto root = [&](int x) {
-    while (parent[x] != x) x = parent[x] = parent[parent[x]];
-    return x;
-  };
-  std::vector<std::vector<std::vector<int>>> policy_groups;
-  for (const auto& p : policies) {
-    policy_groups.push_back(p.layer_slot_groups(meta));
-    for (const auto& g : policy_groups.back()) {
-      for (int s : g) parent[root(s)] = root(g[0]);
-    }
+void append_run(RunResult& into, const RunResult& part) {
+  into.steps.insert(into.steps.end(), part.steps.begin(), part.steps.end());
+  into.kv.insert(into.kv.end(), part.kv.begin(), part.kv.end());
+  for (const auto& [k, v] : part.counters) into.counters[k] += v;
+  into.seconds += part.seconds;
+}
+
+std::vector<RunResult> replay(const TraceReader& trace, const std::vector<PolicySpec>& policies,
+                              const ReplayOptions& options) {
+  const TraceMeta& meta = trace.meta();
+  if (policies.empty()) throw ConfigError("no policy given");
+  for (const auto& p : policies) p.check_against(meta);
+  std::vector<int> sequences = options.sequences;
+  if (sequences.empty()) {
+    sequences.resize(trace.num_sequences());
+    std::iota(sequences.begin(), sequences.end(), 0);
   }
-  std::map<int, std::vector<int>> by_root;
-  for (int s = 0; s < L; ++s) by_root[root(s)].push_back(s);
-  std::vector<std::vector<int>> super_groups;
-  for (auto& [r, g] : by_root) super_groups.push_back(g);
+  validate_sequences(trace, sequences);
+
+  const auto groups = unit_layer_groups(policies, meta);
   struct Unit {
     int sequence;
-    int super_group;
+    int group;
   };
   std::vector<Unit> units;
   for (int s : sequences) {
-    for (int g = 0; g < static_cast<int>(super_groups.size()); ++g) units.push_back({s, g});
+    for (int g = 0; g < static_cast<int>(groups.size()); ++g) units.push_back({s, g});
   }
-
   std::vector<std::vector<std::shared_ptr<const PolicyState>>> prepared;
   for (const auto& p : policies) prepared.push_back(prepare_policy(p, trace));
 
-  // results[unit][policy], concatenated in unit order afterwards: deterministic.
+  // partial[unit][policy], concatenated in unit order afterwards: deterministic.
   std::vector<std::vector<RunResult>> partial(units.size());
-  std::vector<double> policy_seconds(policies.size(), 0.0);
   std::mutex io_mutex, progress_mutex;
   std::exception_ptr failure;
-  std::atomic<size_t> done{0};
+  size_t done = 0;
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -476,41 +540,17 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
     }
     try {
       const Unit unit = units[u];
-      const auto& slots = super_groups[unit.super_group];
+      const auto& slots = groups[unit.group];
       std::vector<LayerData> data;
       {
         std::lock_guard lock(io_mutex);  // HDF5 is not thread-safe
         for (int slot : slots) data.push_back(trace.read_layer(unit.sequence, slot));
       }
-      const auto& info = trace.sequence(unit.sequence);
-      const auto measured = options.measure.steps(info.prompt_len, info.num_tokens);
-      std::vector<ExactLayer> exact;
-      for (const auto& layer : data) exact.push_back(compute_exact(meta, layer, measured));
-      for (size_t p = 0; p < policies.size(); ++p) {
-        const auto start = std::chrono::steady_clock::now();
-        RunResult merged;
-        for (const auto& g : policy_groups[p]) {
-          if (std::find(slots.begin(), slots.end(), g[0]) == slots.end()) continue;
-          std::vector<const LayerData*> layer_ptrs;
-          std::vector<const ExactLayer*> exact_ptrs;
-          for (int slot : g) {
-            const size_t i = std::find(slots.begin(), slots.end(), slot) - slots.begin();
-            layer_ptrs.push_back(&data[i]);
-            exact_ptrs.push_back(&exact[i]);
-          }
-          RunResult r = replay_shard(meta, unit.sequence, info.prompt_len, g, layer_ptrs,
-                                     exact_ptrs, policies[p], prepared[p], measured, options.seed);
-          merged.steps.insert(merged.steps.end(), r.steps.begin(), r.steps.end());
-          merged.kv.insert(merged.kv.end(), r.kv.begin(), r.kv.end());
-          for (const auto& [k, v] : r.counters) merged.counters[k] += v;
-        }
-        merged.seconds =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        partial[u].push_back(std::move(merged));
-      }
+      partial[u] = replay_unit(meta, unit.sequence, trace.sequence(unit.sequence), slots, data,
+                               policies, prepared, options.measure, options.seed);
       std::lock_guard lock(progress_mutex);
       ++done;
-      if (options.progress) options.progress(done.load(), units.size());
+      if (options.progress) options.progress(done, units.size());
     } catch (...) {
       std::lock_guard lock(progress_mutex);
       if (!failure) failure = std::current_exception();
@@ -525,13 +565,7 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
     r.resolved = policies[p].canonical();
     r.stages = policies[p].stage_names();
     r.seed = options.seed;
-    for (size_t u = 0; u < units.size(); ++u) {
-      const RunResult& part = partial[u][p];
-      r.steps.insert(r.steps.end(), part.steps.begin(), part.steps.end());
-      r.kv.insert(r.kv.end(), part.kv.begin(), part.kv.end());
-      for (const auto& [k, v] : part.counters) r.counters[k] += v;
-      r.seconds += part.seconds;
-    }
+    for (size_t u = 0; u < units.size(); ++u) append_run(r, partial[u][p]);
   }
   return results;
 }

@@ -85,4 +85,25 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
                        const std::vector<std::shared_ptr<const PolicyState>>& prepared,
                        const std::vector<int64_t>& measured, uint64_t seed);
 
+// Groups of layer slots that every policy can replay from independently: the
+// union of all policies' layer groups (singletons unless a policy pairs layers).
+std::vector<std::vector<int>> unit_layer_groups(const std::vector<PolicySpec>& policies,
+                                                const TraceMeta& meta);
+
+// Replays every policy over one unit: one sequence and the layers `slots`
+// (one of unit_layer_groups(), `data` aligned with it). Exact attention is
+// computed once and shared. Returns one partial RunResult per policy (records
+// and counters only; spec fields are left empty).
+std::vector<RunResult> replay_unit(
+    const TraceMeta& meta, int sequence, const SequenceInfo& info, const std::vector<int>& slots,
+    const std::vector<LayerData>& data, const std::vector<PolicySpec>& policies,
+    const std::vector<std::vector<std::shared_ptr<const PolicyState>>>& prepared,
+    const MeasureRule& measure, uint64_t seed);
+
+// Throws unless every sequence exists and has decode steps.
+void validate_sequences(const TraceReader& trace, const std::vector<int>& sequences);
+
+// Appends a unit's partial result to a run (records, counters, seconds).
+void append_run(RunResult& into, const RunResult& part);
+
 }  // namespace kvsim
