@@ -50,9 +50,8 @@ inline void check_budget(const std::string& policy, const Params& p,
                          const std::string& ratio_key = "ratio",
                          const std::string& budget_key = "budget") {
   if (p.get_float(ratio_key) <= 0 && p.get_int(budget_key) <= 0) {
-    throw ConfigError("policy '" + policy + "': " + ratio_key +
-                      "=0 leaves an empty cache; give " + ratio_key + " in (0, 1] or " +
-                      budget_key + " > 0");
+    throw ConfigError("policy '" + policy + "': " + ratio_key + "=0 leaves an empty cache; give " +
+                      ratio_key + " in (0, 1] or " + budget_key + " > 0");
   }
 }
 

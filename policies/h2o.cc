@@ -51,7 +51,7 @@ class H2o final : public EvictStage {
       : num_kv_heads_(ctx.meta->num_kv_heads), group_(ctx.group_size()) {
     const int64_t P = ctx.prompt_len;
     heavy_ = p.get_int("heavy_tokens") > 0 ? p.get_int("heavy_tokens")
-                                            : evict::fraction_tokens(p.get_float("heavy"), P);
+                                           : evict::fraction_tokens(p.get_float("heavy"), P);
     recent_ = p.get_int("recent_tokens") > 0
                   ? p.get_int("recent_tokens")
                   : std::max<int64_t>(1, evict::fraction_tokens(p.get_float("recent"), P));
@@ -116,7 +116,8 @@ PolicyInfo h2o_info() {
       "Heavy-Hitter Oracle: keep the tokens with the most accumulated attention plus a recent "
       "window (H2O)";
   info.params = {
-      ParamSpec::Float("heavy", 0.1, 0, 1, "heavy hitters kept, as a fraction of the prompt: ceil(heavy*P)"),
+      ParamSpec::Float("heavy", 0.1, 0, 1,
+                       "heavy hitters kept, as a fraction of the prompt: ceil(heavy*P)"),
       ParamSpec::Float("recent", 0.1, 0, 1,
                        "recent window, as a fraction of the prompt: max(1, ceil(recent*P))"),
       ParamSpec::Int("heavy_tokens", 0, 0, int64_t{1} << 30,

@@ -45,11 +45,11 @@ namespace {
 class L2Norm final : public EvictStage {
  public:
   L2Norm(const Params& p, const ShardContext& ctx)
-      : head_dim_(ctx.meta->head_dim),
-        schedule_(evict::parse_schedule(p.get_string("schedule"))) {
+      : head_dim_(ctx.meta->head_dim), schedule_(evict::parse_schedule(p.get_string("schedule"))) {
     const int64_t cap = p.get_int("cap");
-    keep_ = cap > 0 ? cap : std::max<int64_t>(1, evict::fraction_tokens(p.get_float("keep_ratio"),
-                                                                       ctx.prompt_len));
+    keep_ = cap > 0 ? cap
+                    : std::max<int64_t>(
+                          1, evict::fraction_tokens(p.get_float("keep_ratio"), ctx.prompt_len));
     const auto& skip = p.get_int_list("skip");
     for (size_t l = 0; l < ctx.slots.size(); ++l) {
       const int id = ctx.original_layer(static_cast<int>(l));

@@ -48,8 +48,8 @@ class MiKV final : public StoreStage {
         balance_(p.get_bool("balance")),
         by_attention_(p.get_string("importance") == "h2o"),
         heavy_(static_cast<int64_t>(std::ceil(p.get_float("heavy") * ctx.prompt_len))),
-        recent_(std::max<int64_t>(1, static_cast<int64_t>(
-                                         std::ceil(p.get_float("recent") * ctx.prompt_len)))),
+        recent_(std::max<int64_t>(
+            1, static_cast<int64_t>(std::ceil(p.get_float("recent") * ctx.prompt_len)))),
         state_(ctx.slots.size() * heads_) {
     for (auto& s : state_) {
       s.score.assign(ctx.num_tokens, 0.0);
@@ -132,10 +132,10 @@ class MiKV final : public StoreStage {
 
  private:
   struct HeadState {
-    std::vector<double> score;    // [T] importance (higher = more important)
-    std::vector<uint8_t> high;    // [T] 1 while at high precision
+    std::vector<double> score;       // [T] importance (higher = more important)
+    std::vector<uint8_t> high;       // [T] 1 while at high precision
     std::vector<int32_t> important;  // positions at high precision, ascending
-    std::vector<float> scale;     // [d] balancer s_c
+    std::vector<float> scale;        // [d] balancer s_c
     bool balancer_ready = false;
     int64_t num_high = 0, num_low = 0;
   };
@@ -223,10 +223,13 @@ PolicyInfo mikv_info() {
   PolicyInfo info;
   info.name = "mikv";
   info.kind = StageKind::kQuantize;
-  info.summary = "important tokens at high precision, the rest at low precision, none evicted (MiKV)";
+  info.summary =
+      "important tokens at high precision, the rest at low precision, none evicted (MiKV)";
   info.params = {
-      ParamSpec::Float("heavy", 0.1, 0.0, 1.0, "heavy hitters kept at high precision (fraction of P)"),
-      ParamSpec::Float("recent", 0.1, 0.0, 1.0, "recent tokens kept at high precision (fraction of P)"),
+      ParamSpec::Float("heavy", 0.1, 0.0, 1.0,
+                       "heavy hitters kept at high precision (fraction of P)"),
+      ParamSpec::Float("recent", 0.1, 0.0, 1.0,
+                       "recent tokens kept at high precision (fraction of P)"),
       ParamSpec::Int("hi_bits", 16, 4, 16, "high precision: 16 = fp16, or 4/8-bit per token"),
       ParamSpec::Int("lo_bits", 2, 1, 8, "low precision bits (the paper: 2, 3 or 4)"),
       ParamSpec::Int("group", 0, 0, 1 << 20, "channels per quantization group; 0 = head_dim"),
@@ -244,8 +247,8 @@ PolicyInfo mikv_info() {
   info.check_trace = [](const Params& p, const TraceMeta& meta) {
     const int64_t g = p.get_int("group");
     if (g != 0 && (g > meta.head_dim || meta.head_dim % g != 0)) {
-      throw ConfigError("mikv: group=" + std::to_string(g) + " must divide head_dim=" +
-                        std::to_string(meta.head_dim));
+      throw ConfigError("mikv: group=" + std::to_string(g) +
+                        " must divide head_dim=" + std::to_string(meta.head_dim));
     }
   };
   info.create = [](const Params& p, const ShardContext& ctx) {

@@ -156,8 +156,7 @@ class MiniCache final : public MergeStage {
     rebuild(s, 1, cache);
   }
 
-  void removed(int layer, int head, HeadCache& cache,
-               std::span<const int32_t> positions) override {
+  void removed(int layer, int head, HeadCache& cache, std::span<const int32_t> positions) override {
     if (!paired_) return inner_->removed(layer, head, cache, positions);
     HeadState& s = heads_state_[head];
     std::vector<int32_t> drop_retained, drop_direction;
@@ -206,11 +205,11 @@ class MiniCache final : public MergeStage {
   enum Status : uint8_t { kAbsent = 0, kMerged = 1, kRetained = 2 };
 
   struct HeadState {
-    std::vector<uint8_t> status[2];           // per layer of the pair, per position
-    std::vector<float> magnitude[2];          // [T * 2]: |k|, |v| per layer (fp16-rounded)
-    HeadCache direction_cache;                // inner store's view of the directions
-    HeadCache retained_cache[2];              // inner store's view of retained originals
-    std::vector<int32_t> pending_lower;       // lower layer's positions of this event
+    std::vector<uint8_t> status[2];      // per layer of the pair, per position
+    std::vector<float> magnitude[2];     // [T * 2]: |k|, |v| per layer (fp16-rounded)
+    HeadCache direction_cache;           // inner store's view of the directions
+    HeadCache retained_cache[2];         // inner store's view of retained originals
+    std::vector<int32_t> pending_lower;  // lower layer's positions of this event
     HeadCache* lower_cache = nullptr;
     int64_t merged_held[2] = {0, 0};
     int64_t retained_held[2] = {0, 0};
@@ -231,10 +230,10 @@ class MiniCache final : public MergeStage {
     std::vector<int32_t> both, lower_only, upper_only;
     std::set_intersection(s.pending_lower.begin(), s.pending_lower.end(), upper.begin(),
                           upper.end(), std::back_inserter(both));
-    std::set_difference(s.pending_lower.begin(), s.pending_lower.end(), upper.begin(),
-                        upper.end(), std::back_inserter(lower_only));
-    std::set_difference(upper.begin(), upper.end(), s.pending_lower.begin(),
-                        s.pending_lower.end(), std::back_inserter(upper_only));
+    std::set_difference(s.pending_lower.begin(), s.pending_lower.end(), upper.begin(), upper.end(),
+                        std::back_inserter(lower_only));
+    std::set_difference(upper.begin(), upper.end(), s.pending_lower.begin(), s.pending_lower.end(),
+                        std::back_inserter(upper_only));
 
     // Distances and directions of the candidates.
     std::vector<double> dist_k(both.size(), 0), dist_v(both.size(), 0);
@@ -351,17 +350,18 @@ PolicyInfo minicache_info() {
                      "first merged layer S (original index); -1 = num_model_layers / 2"),
       ParamSpec::Float("t", 0.6, 0.0, 1.0, "SLERP interpolation towards the upper layer"),
       ParamSpec::Float("gamma", 0.05, 0.0, 1.0, "retention threshold (see rule)"),
-      ParamSpec::Enum("rule", "top", {"paper", "top"},
-                      "retain d > dmin+(dmax-dmin)*gamma (paper) or d > dmax-(dmax-dmin)*gamma (top)"),
+      ParamSpec::Enum(
+          "rule", "top", {"paper", "top"},
+          "retain d > dmin+(dmax-dmin)*gamma (paper) or d > dmax-(dmax-dmin)*gamma (top)"),
   };
   info.layer_groups = minicache_pairs;
   info.check_trace = [](const Params& p, const TraceMeta& meta) {
     if (minicache_pairs(p, meta).empty()) {
-      throw ConfigError("minicache: the trace stores no adjacent layer pair (l, l+1) with equal "
-                        "windows from layer S = " +
-                        std::to_string(p.get_int("start") < 0 ? meta.num_model_layers / 2
-                                                              : p.get_int("start")) +
-                        " on; nothing would be merged");
+      throw ConfigError(
+          "minicache: the trace stores no adjacent layer pair (l, l+1) with equal "
+          "windows from layer S = " +
+          std::to_string(p.get_int("start") < 0 ? meta.num_model_layers / 2 : p.get_int("start")) +
+          " on; nothing would be merged");
     }
   };
   info.create = [](const Params& p, const ShardContext& ctx) {

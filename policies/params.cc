@@ -107,11 +107,11 @@ ParamValue convert(const std::string& policy, const ParamSpec& spec, const std::
 
 ParamSpec ParamSpec::Int(std::string name, int64_t def, int64_t min, int64_t max,
                          std::string help) {
-  return {std::move(name), ParamType::kInt, std::to_string(def), static_cast<double>(min),
-          static_cast<double>(max), {}, std::move(help)};
+  return {std::move(name),          ParamType::kInt,          std::to_string(def),
+          static_cast<double>(min), static_cast<double>(max), {},
+          std::move(help)};
 }
-ParamSpec ParamSpec::Float(std::string name, double def, double min, double max,
-                           std::string help) {
+ParamSpec ParamSpec::Float(std::string name, double def, double min, double max, std::string help) {
   return {std::move(name), ParamType::kFloat, format_double(def), min, max, {}, std::move(help)};
 }
 ParamSpec ParamSpec::Bool(std::string name, bool def, std::string help) {
@@ -122,13 +122,14 @@ ParamSpec ParamSpec::String(std::string name, std::string def, std::string help)
 }
 ParamSpec ParamSpec::Enum(std::string name, std::string def, std::vector<std::string> choices,
                           std::string help) {
-  return {std::move(name), ParamType::kEnum, std::move(def), 0, 0, std::move(choices),
-          std::move(help)};
+  return {std::move(name),    ParamType::kEnum, std::move(def), 0, 0,
+          std::move(choices), std::move(help)};
 }
 ParamSpec ParamSpec::IntList(std::string name, std::string def, int64_t min, int64_t max,
                              std::string help) {
-  return {std::move(name), ParamType::kIntList, std::move(def), static_cast<double>(min),
-          static_cast<double>(max), {}, std::move(help)};
+  return {std::move(name),          ParamType::kIntList,      std::move(def),
+          static_cast<double>(min), static_cast<double>(max), {},
+          std::move(help)};
 }
 
 std::string ParamSpec::describe_type() const {
@@ -137,8 +138,10 @@ std::string ParamSpec::describe_type() const {
       return "int in [" + format_double(min) + ", " + format_double(max) + "]";
     case ParamType::kFloat:
       return "number in [" + format_double(min) + ", " + format_double(max) + "]";
-    case ParamType::kBool: return "true or false";
-    case ParamType::kString: return "string";
+    case ParamType::kBool:
+      return "true or false";
+    case ParamType::kString:
+      return "string";
     case ParamType::kEnum: {
       std::string out = "one of ";
       for (size_t i = 0; i < choices.size(); ++i) out += (i ? "|" : "") + choices[i];

@@ -15,8 +15,8 @@ enum class ParamType { kInt, kFloat, kBool, kString, kEnum, kIntList };
 struct ParamSpec {
   std::string name;
   ParamType type = ParamType::kInt;
-  std::string default_value;     // in spec syntax, e.g. "32", "0.92", "token", "[0,1]"
-  double min = 0, max = 0;       // inclusive range for kInt/kFloat (and list items)
+  std::string default_value;         // in spec syntax, e.g. "32", "0.92", "token", "[0,1]"
+  double min = 0, max = 0;           // inclusive range for kInt/kFloat (and list items)
   std::vector<std::string> choices;  // for kEnum
   std::string help;
 

@@ -53,7 +53,9 @@ struct MemoryBits {
   // packing (ternary codes: log2(3) bits instead of 2); < 0 means "= data".
   double ideal_data = -1;
   int64_t total() const { return data + meta; }
-  double ideal_total() const { return (ideal_data < 0 ? static_cast<double>(data) : ideal_data) + meta; }
+  double ideal_total() const {
+    return (ideal_data < 0 ? static_cast<double>(data) : ideal_data) + meta;
+  }
 };
 
 // State prepared once per run before any shard (e.g. SKVQ's calibration).
@@ -66,8 +68,8 @@ struct PolicyState {
 struct ShardContext {
   const TraceMeta* meta = nullptr;
   int sequence = 0;
-  std::vector<int> slots;                       // layer slots in the group, ascending
-  std::vector<const LayerData*> layers;         // raw data per slot in the group
+  std::vector<int> slots;                // layer slots in the group, ascending
+  std::vector<const LayerData*> layers;  // raw data per slot in the group
   int64_t prompt_len = 0;
   int64_t num_tokens = 0;
   uint64_t seed = 0;                            // per run, sequence and group
@@ -108,10 +110,10 @@ class Stage {
 struct ArrivalView {
   int local_layer = 0;
   int kv_head = 0;
-  int64_t step = 0;                      // position of the newest token
+  int64_t step = 0;  // position of the newest token
   bool prefill = false;
-  std::span<const int32_t> candidates;   // present entries plus the new ones, ascending
-  const LayerData* raw = nullptr;        // raw Q/K/V (read only positions <= step)
+  std::span<const int32_t> candidates;  // present entries plus the new ones, ascending
+  const LayerData* raw = nullptr;       // raw Q/K/V (read only positions <= step)
 };
 
 class EvictStage : public Stage {
@@ -147,8 +149,7 @@ class MergeStage : public StoreStage {
   virtual void set_inner(std::unique_ptr<StoreStage> inner) = 0;
 };
 
-using StageFactory =
-    std::function<std::unique_ptr<Stage>(const Params&, const ShardContext&)>;
+using StageFactory = std::function<std::unique_ptr<Stage>(const Params&, const ShardContext&)>;
 
 struct PolicyInfo {
   std::string name;
@@ -182,7 +183,7 @@ class PolicyRegistry {
 #define KVSIM_CONCAT(a, b) KVSIM_CONCAT_INNER(a, b)
 // Registers a PolicyInfo at static-initialisation time. The policies library is
 // an OBJECT library, so the linker never drops a registration.
-#define KVSIM_REGISTER_POLICY(info_expr)                                   \
+#define KVSIM_REGISTER_POLICY(info_expr)                               \
   static const bool KVSIM_CONCAT(kvsim_registered_policy_, __LINE__) = \
       ::kvsim::PolicyRegistry::instance().add(info_expr)
 

@@ -10,9 +10,12 @@ namespace kvsim {
 
 std::string stage_kind_name(StageKind kind) {
   switch (kind) {
-    case StageKind::kEvict: return "evict";
-    case StageKind::kMerge: return "merge";
-    case StageKind::kQuantize: return "quantize";
+    case StageKind::kEvict:
+      return "evict";
+    case StageKind::kMerge:
+      return "merge";
+    case StageKind::kQuantize:
+      return "quantize";
   }
   return "?";
 }
@@ -203,7 +206,10 @@ std::vector<std::vector<int>> PolicySpec::layer_slot_groups(const TraceMeta& met
           throw ConfigError("policy '" + s.info->name + "' needs layer " + std::to_string(layer) +
                             ", which the trace does not store");
         }
-        if (first < 0) first = slot; else parent[root(slot)] = root(first);
+        if (first < 0)
+          first = slot;
+        else
+          parent[root(slot)] = root(first);
       }
     }
   }
@@ -266,7 +272,10 @@ int64_t Pipeline::prefill_attention_rows() const {
   int64_t rows = store->prefill_attention_rows();
   for (const auto& e : evicts) {
     const int64_t r = e->prefill_attention_rows();
-    if (r < 0 || rows < 0) rows = -1; else rows = std::max(rows, r);
+    if (r < 0 || rows < 0)
+      rows = -1;
+    else
+      rows = std::max(rows, r);
   }
   return rows;
 }

@@ -86,7 +86,10 @@ class SnapKv final : public EvictStage {
     std::vector<int32_t> prefix;
     int64_t in_window = 0;
     for (int32_t pos : view.candidates) {
-      if (pos < first_window) prefix.push_back(pos); else ++in_window;
+      if (pos < first_window)
+        prefix.push_back(pos);
+      else
+        ++in_window;
     }
     if (prefix.empty()) return;
     const int32_t lo = prefix.front();

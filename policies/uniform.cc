@@ -45,14 +45,22 @@ class UniformStore final : public StoreStage {
   void removed(int layer, int head, HeadCache&, std::span<const int32_t> positions) override {
     Head& s = at(layer, head);
     const auto n = static_cast<int64_t>(positions.size());
-    if (key_axis_ == QuantAxis::kToken) s.key_tokens.count(-n); else s.key_channels.removed(positions);
-    if (value_axis_ == QuantAxis::kToken) s.value_tokens.count(-n); else s.value_channels.removed(positions);
+    if (key_axis_ == QuantAxis::kToken)
+      s.key_tokens.count(-n);
+    else
+      s.key_channels.removed(positions);
+    if (value_axis_ == QuantAxis::kToken)
+      s.value_tokens.count(-n);
+    else
+      s.value_channels.removed(positions);
   }
 
   MemoryBits memory(int layer, int head) const override {
     const Head& s = heads_[layer * num_kv_heads_ + head];
-    const MemoryBits k = key_axis_ == QuantAxis::kToken ? s.key_tokens.memory() : s.key_channels.memory();
-    const MemoryBits v = value_axis_ == QuantAxis::kToken ? s.value_tokens.memory() : s.value_channels.memory();
+    const MemoryBits k =
+        key_axis_ == QuantAxis::kToken ? s.key_tokens.memory() : s.key_channels.memory();
+    const MemoryBits v =
+        value_axis_ == QuantAxis::kToken ? s.value_tokens.memory() : s.value_channels.memory();
     return {k.data + v.data, k.meta + v.meta};
   }
 
@@ -88,8 +96,9 @@ PolicyInfo uniform_info() {
   info.summary = "asymmetric min/max round-to-nearest, per token or per channel (RTN baseline)";
   info.params = {
       ParamSpec::Int("bits", 4, 1, 8, "bits per quantized element"),
-      ParamSpec::Int("group", 32, 1, 1 << 20,
-                     "group size: channels per group (token axis) or tokens per group (channel axis)"),
+      ParamSpec::Int(
+          "group", 32, 1, 1 << 20,
+          "group size: channels per group (token axis) or tokens per group (channel axis)"),
       ParamSpec::Enum("k_axis", "token", {"token", "channel"}, "grouping of keys"),
       ParamSpec::Enum("v_axis", "token", {"token", "channel"}, "grouping of values"),
   };

@@ -23,10 +23,18 @@ inline void dot_queries(const float* q, int d, const float* key, float* out) {
 
 inline void dot4(const float* q, int num_queries, int d, const float* key, float* out) {
   switch (num_queries) {
-    case 4: dot_queries<4>(q, d, key, out); break;
-    case 3: dot_queries<3>(q, d, key, out); break;
-    case 2: dot_queries<2>(q, d, key, out); break;
-    default: dot_queries<1>(q, d, key, out); break;
+    case 4:
+      dot_queries<4>(q, d, key, out);
+      break;
+    case 3:
+      dot_queries<3>(q, d, key, out);
+      break;
+    case 2:
+      dot_queries<2>(q, d, key, out);
+      break;
+    default:
+      dot_queries<1>(q, d, key, out);
+      break;
   }
 }
 
@@ -92,8 +100,8 @@ void weighted_sum(const float* probs, int num_queries, const float* values, size
 }
 
 namespace cpu_reference {
-double attend(const float* q, const float* keys, const float* values, size_t n, int d,
-              double scale, double* out) {
+double attend(const float* q, const float* keys, const float* values, size_t n, int d, double scale,
+              double* out) {
   std::vector<double> s(n);
   double mx = -std::numeric_limits<double>::infinity();
   for (size_t i = 0; i < n; ++i) {

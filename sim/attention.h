@@ -50,8 +50,8 @@ void weighted_sum(const float* probs, int num_queries, const float* values, size
 namespace cpu_reference {
 // Straightforward double-precision attention of one query over n keys:
 // returns the log-sum-exp and writes out[d].
-double attend(const float* q, const float* keys, const float* values, size_t n, int d,
-              double scale, double* out);
+double attend(const float* q, const float* keys, const float* values, size_t n, int d, double scale,
+              double* out);
 }  // namespace cpu_reference
 
 }  // namespace kvsim

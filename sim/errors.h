@@ -59,16 +59,16 @@ namespace detail {
 
 // Checks an internal invariant; throws InternalError (never aborts) so that
 // `main` can report it and MPI jobs can shut down cleanly.
-#define KVSIM_CHECK(cond)                                                    \
-  do {                                                                       \
+#define KVSIM_CHECK(cond)                                                      \
+  do {                                                                         \
     if (!(cond)) ::kvsim::detail::check_failed(#cond, __FILE__, __LINE__, ""); \
   } while (0)
 
-#define KVSIM_CHECK_MSG(cond, msg)                                             \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      std::ostringstream kvsim_check_os_;                                      \
-      kvsim_check_os_ << msg;                                                  \
+#define KVSIM_CHECK_MSG(cond, msg)                                                     \
+  do {                                                                                 \
+    if (!(cond)) {                                                                     \
+      std::ostringstream kvsim_check_os_;                                              \
+      kvsim_check_os_ << msg;                                                          \
       ::kvsim::detail::check_failed(#cond, __FILE__, __LINE__, kvsim_check_os_.str()); \
-    }                                                                          \
+    }                                                                                  \
   } while (0)

@@ -62,7 +62,8 @@ std::vector<HeadStats> inspect_trace(const TraceReader& trace, const InspectOpti
                      static_cast<float>(meta.attn_scale), scores.data());
           softmax_inplace(scores.data(), n);
           double mass = 0;
-          for (int i = 0; i < std::min<int>(options.sinks, static_cast<int>(n)); ++i) mass += scores[i];
+          for (int i = 0; i < std::min<int>(options.sinks, static_cast<int>(n)); ++i)
+            mass += scores[i];
           sink_total += mass;
           ++sink_count;
         }
@@ -117,13 +118,17 @@ void print_inspection(const TraceReader& trace, const InspectOptions& options, s
   out << "\nper layer and kv head (sequence " << options.sequence << "):\n";
   out << std::setw(6) << "layer" << std::setw(5) << "kv" << std::setw(12) << "|k| mean"
       << std::setw(11) << "|k| max" << std::setw(10) << "outliers" << std::setw(11) << "sink mass"
-      << std::setw(13) << "cos(prev L)" << "\n";
+      << std::setw(13) << "cos(prev L)"
+      << "\n";
   out << std::fixed;
   for (const auto& h : inspect_trace(trace, options)) {
     out << std::setw(6) << h.layer << std::setw(5) << h.kv_head << std::setw(12)
         << std::setprecision(3) << h.key_norm_mean << std::setw(11) << h.key_norm_max
         << std::setw(10) << h.outlier_channels << std::setw(11) << h.sink_mass << std::setw(13);
-    if (h.adjacent_cosine < -1.5) out << "-"; else out << h.adjacent_cosine;
+    if (h.adjacent_cosine < -1.5)
+      out << "-";
+    else
+      out << h.adjacent_cosine;
     out << "\n";
   }
   out << "\noutliers: channels whose max |k| exceeds " << options.outlier_factor

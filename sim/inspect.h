@@ -11,8 +11,8 @@ namespace kvsim {
 
 struct InspectOptions {
   int sequence = 0;
-  int sinks = 4;            // leading tokens counted as sinks
-  double outlier_factor = 4; // a channel is an outlier if its max |k| exceeds this x the median
+  int sinks = 4;              // leading tokens counted as sinks
+  double outlier_factor = 4;  // a channel is an outlier if its max |k| exceeds this x the median
 };
 
 struct HeadStats {

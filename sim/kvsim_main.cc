@@ -39,8 +39,8 @@ commands:
 po::variables_map parse(const std::string& command, po::options_description& desc, int argc,
                         char** argv, const po::positional_options_description* positional,
                         bool& help) {
-  desc.add_options()("help,h", "show this help")(
-      "config", po::value<std::string>(), "read options from a file of `key = value` lines");
+  desc.add_options()("help,h", "show this help")("config", po::value<std::string>(),
+                                                 "read options from a file of `key = value` lines");
   po::variables_map vm;
   po::command_line_parser parser(argc, argv);
   parser.options(desc);
@@ -69,23 +69,24 @@ std::string fmt(double x, int precision = 4) {
 
 int cmd_replay(int argc, char** argv) {
   po::options_description desc("kvsim replay options");
-  desc.add_options()
-      ("trace,t", po::value<std::string>()->required(), "trace file (HDF5, format v1)")
-      ("policy,p", po::value<std::vector<std::string>>()->required()->composing(),
-       "policy spec, repeatable: name:key=val,...[+name2:...]")
-      ("out,o", po::value<std::string>()->required(), "results file to write (HDF5)")
-      ("measure", po::value<std::string>()->default_value("auto"),
-       "measured decode steps: auto | all | stride=N | last=N")
-      ("sequences", po::value<std::vector<int>>()->multitoken(), "sequence indices (default all)")
-      ("seed", po::value<uint64_t>()->default_value(0), "seed for randomised policies")
-      ("threads", po::value<int>()->default_value(0), "worker threads (0 = all cores)")
-      ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda")
-      ("quiet,q", "no progress bar and no summary table");
+  desc.add_options()("trace,t", po::value<std::string>()->required(),
+                     "trace file (HDF5, format v1)")(
+      "policy,p", po::value<std::vector<std::string>>()->required()->composing(),
+      "policy spec, repeatable: name:key=val,...[+name2:...]")(
+      "out,o", po::value<std::string>()->required(), "results file to write (HDF5)")(
+      "measure", po::value<std::string>()->default_value("auto"),
+      "measured decode steps: auto | all | stride=N | last=N")(
+      "sequences", po::value<std::vector<int>>()->multitoken(), "sequence indices (default all)")(
+      "seed", po::value<uint64_t>()->default_value(0), "seed for randomised policies")(
+      "threads", po::value<int>()->default_value(0), "worker threads (0 = all cores)")(
+      "device", po::value<std::string>()->default_value("cpu"), "cpu | cuda")(
+      "quiet,q", "no progress bar and no summary table");
   bool help = false;
   auto vm = parse("replay", desc, argc, argv, nullptr, help);
   if (help) {
-    std::cout << desc << "\nexample:\n  kvsim replay -t trace.h5 -p full -p uniform:bits=2 "
-                         "-p streamingllm:window=124 -o results.h5\n";
+    std::cout << desc
+              << "\nexample:\n  kvsim replay -t trace.h5 -p full -p uniform:bits=2 "
+                 "-p streamingllm:window=124 -o results.h5\n";
     return 0;
   }
   const std::string device = vm["device"].as<std::string>();
@@ -156,24 +157,22 @@ std::vector<int> parse_int_list(const std::string& text) {
 
 int cmd_synth(int argc, char** argv) {
   po::options_description desc("kvsim synth options");
-  desc.add_options()
-      ("out,o", po::value<std::string>()->required(), "trace file to write")
-      ("preset", po::value<std::string>()->default_value("default"), "default | tiny | bench")
-      ("seed", po::value<uint64_t>(), "random seed")
-      ("sequences", po::value<int>(), "number of sequences")
-      ("layers", po::value<int>(), "model layers")
-      ("keep-layers", po::value<std::string>(), "store only these layers, e.g. 0,4,5,7")
-      ("q-heads", po::value<int>(), "query heads")
-      ("kv-heads", po::value<int>(), "kv heads")
-      ("head-dim", po::value<int>(), "head dimension")
-      ("tokens", po::value<int>(), "tokens per sequence (prompt + decode)")
-      ("prompt-len", po::value<int>(), "prompt tokens")
-      ("outliers", po::value<int>(), "outlier key channels per kv head")
-      ("sinks", po::value<int>(), "attention-sink tokens")
-      ("sliding-window", po::value<int>(), "window of local layers (0 = none)")
-      ("sliding-every", po::value<int>(), "layer l is global iff l % N == N-1 (0 = all local)")
-      ("dtype", po::value<std::string>(), "float16 | bfloat16 | float32")
-      ("gzip", po::value<int>(), "deflate level 0..9");
+  desc.add_options()("out,o", po::value<std::string>()->required(), "trace file to write")(
+      "preset", po::value<std::string>()->default_value("default"), "default | tiny | bench")(
+      "seed", po::value<uint64_t>(), "random seed")("sequences", po::value<int>(),
+                                                    "number of sequences")(
+      "layers", po::value<int>(), "model layers")("keep-layers", po::value<std::string>(),
+                                                  "store only these layers, e.g. 0,4,5,7")(
+      "q-heads", po::value<int>(), "query heads")("kv-heads", po::value<int>(), "kv heads")(
+      "head-dim", po::value<int>(), "head dimension")("tokens", po::value<int>(),
+                                                      "tokens per sequence (prompt + decode)")(
+      "prompt-len", po::value<int>(), "prompt tokens")("outliers", po::value<int>(),
+                                                       "outlier key channels per kv head")(
+      "sinks", po::value<int>(), "attention-sink tokens")("sliding-window", po::value<int>(),
+                                                          "window of local layers (0 = none)")(
+      "sliding-every", po::value<int>(), "layer l is global iff l % N == N-1 (0 = all local)")(
+      "dtype", po::value<std::string>(), "float16 | bfloat16 | float32")("gzip", po::value<int>(),
+                                                                         "deflate level 0..9");
   bool help = false;
   auto vm = parse("synth", desc, argc, argv, nullptr, help);
   if (help) {
@@ -204,18 +203,17 @@ int cmd_synth(int argc, char** argv) {
   write_synth_trace(out, c);
   std::cout << "wrote " << out << ": " << c.sequences << " sequence(s), "
             << synth_meta(c).num_layers() << " layers, " << c.q_heads << "/" << c.kv_heads
-            << " heads, d=" << c.head_dim << ", " << c.tokens << " tokens (prompt "
-            << c.prompt_len << ")\n";
+            << " heads, d=" << c.head_dim << ", " << c.tokens << " tokens (prompt " << c.prompt_len
+            << ")\n";
   return 0;
 }
 
 int cmd_inspect(int argc, char** argv) {
   po::options_description desc("kvsim inspect options");
-  desc.add_options()
-      ("trace,t", po::value<std::string>()->required(), "trace file")
-      ("sequence", po::value<int>()->default_value(0), "sequence to compute statistics on")
-      ("sinks", po::value<int>()->default_value(4), "leading tokens counted as sinks")
-      ("check", "also read every value (NaN/Inf and truncation check)");
+  desc.add_options()("trace,t", po::value<std::string>()->required(), "trace file")(
+      "sequence", po::value<int>()->default_value(0), "sequence to compute statistics on")(
+      "sinks", po::value<int>()->default_value(4), "leading tokens counted as sinks")(
+      "check", "also read every value (NaN/Inf and truncation check)");
   po::positional_options_description pos;
   pos.add("trace", 1);
   bool help = false;
@@ -244,13 +242,13 @@ int cmd_policies(int argc, char** argv) {
   }
   std::cout << "Policies (compose with '+', in the order evict, merge, quantize):\n";
   for (const PolicyInfo* info : PolicyRegistry::instance().all()) {
-    std::cout << "\n" << info->name << "  [" << stage_kind_name(info->kind) << "]  "
-              << info->summary << "\n";
+    std::cout << "\n"
+              << info->name << "  [" << stage_kind_name(info->kind) << "]  " << info->summary
+              << "\n";
     if (info->params.empty()) std::cout << "    (no parameters)\n";
     for (const auto& p : info->params) {
-      std::cout << "    " << std::left << std::setw(12) << p.name << " default "
-                << std::setw(8) << p.default_value << " " << p.describe_type() << ": " << p.help
-                << "\n";
+      std::cout << "    " << std::left << std::setw(12) << p.name << " default " << std::setw(8)
+                << p.default_value << " " << p.describe_type() << ": " << p.help << "\n";
     }
   }
   return 0;
@@ -271,8 +269,8 @@ int run(int argc, char** argv) {
   if (command == "inspect") return cmd_inspect(sub_argc, sub_argv);
   if (command == "policies") return cmd_policies(sub_argc, sub_argv);
   if (command == "version" || command == "--version") {
-    std::cout << "kvsim " << kVersion << " (CUDA kernels " << (gpu::cuda_compiled() ? "built" : "not built")
-              << ")\n";
+    std::cout << "kvsim " << kVersion << " (CUDA kernels "
+              << (gpu::cuda_compiled() ? "built" : "not built") << ")\n";
     return 0;
   }
   throw ConfigError("unknown command '" + command +

@@ -178,14 +178,18 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
     AggregateTable t;
     auto q_head = [](const StepRecord& r) { return static_cast<int>(r.q_head); };
     auto kv_head = [](const KvRecord& r) { return static_cast<int>(r.kv_head); };
-    aggregate_metric<StepRecord>(t, "rel_err", run.steps, [](auto& r) { return r.rel_err; }, q_head);
-    aggregate_metric<StepRecord>(t, "cosine", run.steps, [](auto& r) { return r.cosine; }, q_head);
-    aggregate_metric<StepRecord>(t, "mass_retained", run.steps,
-                                 [](auto& r) { return r.mass_retained; }, q_head);
-    aggregate_metric<StepRecord>(t, "kl", run.steps, [](auto& r) { return r.kl; }, q_head);
-    aggregate_metric<KvRecord>(t, "key_err", run.kv, [](auto& r) { return r.key_err; }, kv_head);
-    aggregate_metric<KvRecord>(t, "value_err", run.kv, [](auto& r) { return r.value_err; },
-                               kv_head);
+    aggregate_metric<StepRecord>(
+        t, "rel_err", run.steps, [](auto& r) { return r.rel_err; }, q_head);
+    aggregate_metric<StepRecord>(
+        t, "cosine", run.steps, [](auto& r) { return r.cosine; }, q_head);
+    aggregate_metric<StepRecord>(
+        t, "mass_retained", run.steps, [](auto& r) { return r.mass_retained; }, q_head);
+    aggregate_metric<StepRecord>(
+        t, "kl", run.steps, [](auto& r) { return r.kl; }, q_head);
+    aggregate_metric<KvRecord>(
+        t, "key_err", run.kv, [](auto& r) { return r.key_err; }, kv_head);
+    aggregate_metric<KvRecord>(
+        t, "value_err", run.kv, [](auto& r) { return r.value_err; }, kv_head);
     h5::Handle agg = h5::create_group(group.get(), "aggregates");
     const hid_t g = agg.get();
     h5::write_vector(g, "metric", t.metric);

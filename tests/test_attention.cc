@@ -34,8 +34,8 @@ TEST_P(AttentionKernels, MatchReference) {
   weighted_sum(scores.data(), group, v.data(), n, d, out.data());
   for (int j = 0; j < group; ++j) {
     std::vector<double> ref(d);
-    const double ref_lse = cpu_reference::attend(q.data() + j * d, k.data(), v.data(), n, d, scale,
-                                                 ref.data());
+    const double ref_lse =
+        cpu_reference::attend(q.data() + j * d, k.data(), v.data(), n, d, scale, ref.data());
     EXPECT_NEAR(lse[j], ref_lse, 1e-4 * std::max(1.0, std::fabs(ref_lse)));
     double diff = 0, norm = 0;
     for (int c = 0; c < d; ++c) {

@@ -86,7 +86,8 @@ TEST(Engine, ResultsIdenticalForAnyThreadCount) {
   ReplayOptions one, two;
   one.threads = 1;
   two.threads = 2;
-  const std::vector<std::string> specs = {"uniform:bits=2,k_axis=channel", "streamingllm:window=20"};
+  const std::vector<std::string> specs = {"uniform:bits=2,k_axis=channel",
+                                          "streamingllm:window=20"};
   const auto a = testing::replay_synth(c, specs, dir, one);
   const auto b = testing::replay_synth(c, specs, dir, two);
   ASSERT_EQ(a.size(), b.size());
@@ -99,7 +100,8 @@ TEST(Engine, ResultsIdenticalForAnyThreadCount) {
       EXPECT_EQ(a[p].steps[i].layer, b[p].steps[i].layer);
       EXPECT_EQ(a[p].steps[i].sequence, b[p].steps[i].sequence);
     }
-    for (size_t i = 0; i < a[p].kv.size(); ++i) EXPECT_EQ(a[p].kv[i].data_bits, b[p].kv[i].data_bits);
+    for (size_t i = 0; i < a[p].kv.size(); ++i)
+      EXPECT_EQ(a[p].kv[i].data_bits, b[p].kv[i].data_bits);
   }
 }
 

@@ -27,7 +27,7 @@ TEST(Fp16, RoundsToNearestEven) {
 }
 
 TEST(Fp16, SubnormalsOverflowAndNan) {
-  EXPECT_EQ(round_to_half(0x1p-24f), 0x1p-24f);         // smallest subnormal
+  EXPECT_EQ(round_to_half(0x1p-24f), 0x1p-24f);          // smallest subnormal
   EXPECT_EQ(round_to_half(0x1p-26f), 0.f);               // below half of it
   EXPECT_EQ(round_to_half(3 * 0x1p-25f), 2 * 0x1p-24f);  // tie -> even
   EXPECT_TRUE(std::isinf(round_to_half(65520.f)));

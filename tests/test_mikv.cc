@@ -81,8 +81,8 @@ TEST(MiKV, BalancerScalesAreSqrtOfQueryOverKeyRange) {
   HandCase hc;
   // Channel 0 of every key is 8x larger; queries are 1: s_0 = sqrt(1/max|k_0|).
   for (int t = 0; t < 10; ++t) hc.layer.k[t * 4] *= 8;
-  Pipeline with = Pipeline::create(PolicySpec::parse("mikv:heavy=0,recent=0.1,lo_bits=2"),
-                                   hc.ctx, {});
+  Pipeline with =
+      Pipeline::create(PolicySpec::parse("mikv:heavy=0,recent=0.1,lo_bits=2"), hc.ctx, {});
   Pipeline without = Pipeline::create(
       PolicySpec::parse("mikv:heavy=0,recent=0.1,lo_bits=2,balance=false"), hc.ctx, {});
   std::vector<int32_t> positions(10);
@@ -133,8 +133,8 @@ TEST(MiKV, MemoryMatchesFormulaToTheBit) {
   SynthConfig c = small();
   ReplayOptions all;
   all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(c, {"mikv:heavy=0.1,recent=0.1,lo_bits=3,group=32"},
-                                          dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"mikv:heavy=0.1,recent=0.1,lo_bits=3,group=32"}, dir, all);
   const int64_t d = c.head_dim, P = c.prompt_len;
   const int64_t high = static_cast<int64_t>(std::ceil(0.1 * P)) * 2;
   for (const auto& k : runs[0].kv) {

@@ -97,7 +97,13 @@ std::string write_pair_trace(const TempDir& dir, double noise, const std::string
   SynthConfig c = synth_preset("tiny");
   c.dtype = StoredDType::kFloat32;
   auto layers = synth_sequence(c, 0);
-  auto fresh = synth_sequence([&] { SynthConfig o = c; o.seed = 99; return o; }(), 0);
+  auto fresh = synth_sequence(
+      [&] {
+        SynthConfig o = c;
+        o.seed = 99;
+        return o;
+      }(),
+      0);
   for (size_t i = 0; i < layers[3].k.size(); ++i) {
     layers[3].k[i] = static_cast<float>((1 - noise) * layers[2].k[i] + noise * fresh[3].k[i]);
     layers[3].v[i] = static_cast<float>((1 - noise) * layers[2].v[i] + noise * fresh[3].v[i]);
@@ -147,9 +153,8 @@ TEST(MiniCache, ErrorGrowsWithLayerDissimilarity) {
   TempDir dir;
   double previous = -1;
   for (double noise : {0.0, 0.1, 0.3, 0.6}) {
-    const double err =
-        merged_layer_error(write_pair_trace(dir, noise, "n" + std::to_string(noise) + ".h5"),
-                           "minicache:gamma=0");
+    const double err = merged_layer_error(
+        write_pair_trace(dir, noise, "n" + std::to_string(noise) + ".h5"), "minicache:gamma=0");
     EXPECT_GT(err, previous) << "noise " << noise << " error " << err;
     previous = err;
   }
@@ -160,8 +165,8 @@ TEST(MiniCache, MemoryToTheBit) {
   SynthConfig c = synth_preset("tiny");
   ReplayOptions all;
   all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(c, {"minicache", "minicache+uniform:bits=4,group=16"},
-                                          dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"minicache", "minicache+uniform:bits=4,group=16"}, dir, all);
   const int64_t d = c.head_dim;
   for (const auto& k : runs[0].kv) {
     const int64_t n = k.kept_tokens;

@@ -22,7 +22,8 @@ TEST(PolicySpec, DefaultsAreResolved) {
 }
 
 TEST(PolicySpec, ParsesValuesAndComposition) {
-  const PolicySpec s = PolicySpec::parse("streamingllm:sinks=2,window=60+uniform:bits=2,k_axis=channel");
+  const PolicySpec s =
+      PolicySpec::parse("streamingllm:sinks=2,window=60+uniform:bits=2,k_axis=channel");
   ASSERT_EQ(s.stages().size(), 2u);
   EXPECT_EQ(s.stage_names(), "streamingllm+uniform");
   EXPECT_EQ(s.stages()[0].params.get_int("sinks"), 2);

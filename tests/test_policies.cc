@@ -42,8 +42,8 @@ TEST(Full, ZeroErrorEverywhere) {
 
 TEST(Uniform, EightBitsSmallTwoBitsLarge) {
   TempDir dir;
-  const auto runs = testing::replay_synth(small(), {"uniform:bits=8", "uniform:bits=4",
-                                                    "uniform:bits=2"}, dir);
+  const auto runs =
+      testing::replay_synth(small(), {"uniform:bits=8", "uniform:bits=4", "uniform:bits=2"}, dir);
   const double e8 = mean_rel_err(runs[0]), e4 = mean_rel_err(runs[1]), e2 = mean_rel_err(runs[2]);
   EXPECT_LT(e8, 0.01) << e8;
   EXPECT_GT(e2, 0.1) << e2;
@@ -68,8 +68,9 @@ TEST(Memory, MatchesClosedFormsToTheBit) {
   ReplayOptions all;
   all.measure = MeasureRule::parse("all");
   const auto runs = testing::replay_synth(
-      c, {"full", "uniform:bits=2,group=32", "uniform:bits=3,group=16,k_axis=channel",
-          "streamingllm:sinks=4,window=60", "streamingllm:sinks=4,window=60+uniform:bits=4,group=64"},
+      c,
+      {"full", "uniform:bits=2,group=32", "uniform:bits=3,group=16,k_axis=channel",
+       "streamingllm:sinks=4,window=60", "streamingllm:sinks=4,window=60+uniform:bits=4,group=64"},
       dir, all);
   for (const auto& k : runs[0].kv) {
     const int64_t n = k.step + 1;

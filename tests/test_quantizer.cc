@@ -16,8 +16,8 @@ namespace {
 //   t1   [  0.5,  1.0,  0.0 ]
 //   t2   [  1.5,  1.0,  2.0 ]
 //   t3   [  3.0,  1.0,  4.0 ]
-const float kX[4][3] = {{0.0f, 1.0f, -2.0f}, {0.5f, 1.0f, 0.0f}, {1.5f, 1.0f, 2.0f},
-                        {3.0f, 1.0f, 4.0f}};
+const float kX[4][3] = {
+    {0.0f, 1.0f, -2.0f}, {0.5f, 1.0f, 0.0f}, {1.5f, 1.0f, 2.0f}, {3.0f, 1.0f, 4.0f}};
 
 TEST(Quantizer, HandWorkedPerChannel) {
   // ch0: min 0, scale (3-0)/3 = 1: 0.5 and 1.5 are ties -> even codes 0 and 2.
@@ -130,8 +130,8 @@ TEST(Quantizer, AgreesWithGpuCpuReference) {
     for (int g = 0; g < groups; ++g) {
       std::vector<uint8_t> codes(size);
       std::vector<float> hat(size);
-      const QuantGroup q = quantize_group(x.data() + g * size, size, 1, bits, hat.data(), 1,
-                                          codes.data());
+      const QuantGroup q =
+          quantize_group(x.data() + g * size, size, 1, bits, hat.data(), 1, codes.data());
       EXPECT_EQ(q.scale, half_bits_to_float(ref_scale[g])) << bits << " " << g;
       EXPECT_EQ(q.min, half_bits_to_float(ref_min[g])) << bits << " " << g;
       for (int i = 0; i < size; ++i) ASSERT_EQ(codes[i], ref_codes[g * size + i]) << bits;

@@ -27,7 +27,8 @@ TEST(Results, WrittenCompleteAndReadable) {
   const std::string trace_path = dir.file("t.h5");
   write_synth_trace(trace_path, c);
   TraceReader reader(trace_path);
-  const auto runs = replay(reader, {PolicySpec::parse("full"), PolicySpec::parse("uniform:bits=2")}, {});
+  const auto runs =
+      replay(reader, {PolicySpec::parse("full"), PolicySpec::parse("uniform:bits=2")}, {});
   const std::string out = dir.file("r.h5");
   write_results(out, reader.meta(), {trace_path, "test", "auto"}, runs);
   // Only the final file remains (no temporary).

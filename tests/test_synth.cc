@@ -133,7 +133,8 @@ TEST_F(SynthDefault, AdjacentLayerSimilarityGrowsWithDepth) {
       for (int t = c.sinks; t < c.tokens; ++t) {
         const float *x = a.key(h, t), *y = b.key(h, t);
         double dot = 0, nx = 0, ny = 0;
-        for (int ch = 0; ch < c.head_dim; ++ch) dot += x[ch] * y[ch], nx += x[ch] * x[ch], ny += y[ch] * y[ch];
+        for (int ch = 0; ch < c.head_dim; ++ch)
+          dot += x[ch] * y[ch], nx += x[ch] * x[ch], ny += y[ch] * y[ch];
         total += dot / std::sqrt(nx * ny);
         ++n;
       }

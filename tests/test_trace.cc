@@ -115,9 +115,7 @@ TEST(Trace, LayerSubsetKeepsOriginalIndices) {
   EXPECT_EQ(got.k[100], round_to_half(full[4].k[100]));
 }
 
-TEST(TraceErrors, MissingFile) {
-  EXPECT_THROW(TraceReader("/nonexistent/trace.h5"), IoError);
-}
+TEST(TraceErrors, MissingFile) { EXPECT_THROW(TraceReader("/nonexistent/trace.h5"), IoError); }
 
 TEST(TraceErrors, NotHdf5) {
   TempDir dir;
@@ -209,7 +207,8 @@ TEST(TraceErrors, LayerIdsDisagreeWithData) {
 }
 
 TEST(TraceErrors, NanAndInf) {
-  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+  for (float bad :
+       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     TempDir dir;
     const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat32);
     {

@@ -175,7 +175,8 @@ std::vector<LayerData> synth_sequence(const SynthConfig& c, int sequence) {
     const bool stored = std::binary_search(keep.begin(), keep.end(), layer);
     LayerData data;
     if (stored) {
-      data.slot = static_cast<int>(std::lower_bound(keep.begin(), keep.end(), layer) - keep.begin());
+      data.slot =
+          static_cast<int>(std::lower_bound(keep.begin(), keep.end(), layer) - keep.begin());
       data.num_tokens = T;
       data.head_dim = D;
       data.q.assign(static_cast<size_t>(c.q_heads) * plane, 0.f);
@@ -185,12 +186,21 @@ std::vector<LayerData> synth_sequence(const SynthConfig& c, int sequence) {
     for (int h = 0; h < Hkv; ++h) {
       Rng rng(derive_seed(c.seed, sequence, layer, h));
       ar1_process(rng, c.locality, T, D, fresh);
-      if (layer == 0) key_state[h] = fresh; else mix_depth(rho, fresh, key_state[h]);
+      if (layer == 0)
+        key_state[h] = fresh;
+      else
+        mix_depth(rho, fresh, key_state[h]);
       ar1_process(rng, c.locality, T, D, fresh);
-      if (layer == 0) value_state[h] = fresh; else mix_depth(rho, fresh, value_state[h]);
+      if (layer == 0)
+        value_state[h] = fresh;
+      else
+        mix_depth(rho, fresh, value_state[h]);
       std::vector<float> mean_fresh(D);
       for (int ch = 0; ch < D; ++ch) mean_fresh[ch] = static_cast<float>(0.5 * rng.normal());
-      if (layer == 0) mean_state[h] = mean_fresh; else mix_depth(rho, mean_fresh, mean_state[h]);
+      if (layer == 0)
+        mean_state[h] = mean_fresh;
+      else
+        mix_depth(rho, mean_fresh, mean_state[h]);
       if (!stored) continue;
 
       std::vector<float> channel_scale(D, 1.f), channel_mean = mean_state[h];
@@ -206,9 +216,9 @@ std::vector<LayerData> synth_sequence(const SynthConfig& c, int sequence) {
         const bool is_sink = t < c.sinks;
         for (int ch = 0; ch < D; ++ch) {
           const float zc = z[static_cast<size_t>(t) * D + ch];
-          key[ch] = is_sink ? static_cast<float>(channel_mean[ch] + 0.3 * zc +
-                                                 sink_key * sink_dir[h][ch])
-                            : channel_mean[ch] + channel_scale[ch] * zc;
+          key[ch] =
+              is_sink ? static_cast<float>(channel_mean[ch] + 0.3 * zc + sink_key * sink_dir[h][ch])
+                      : channel_mean[ch] + channel_scale[ch] * zc;
           const float yc = y[static_cast<size_t>(t) * D + ch];
           value[ch] = is_sink ? 0.1f * yc : yc;  // sinks carry little value
         }

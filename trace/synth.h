@@ -21,15 +21,15 @@ struct SynthConfig {
   int tokens = 512;
   int prompt_len = 384;
   uint64_t seed = 1;
-  int outlier_channels = 4;   // per kv head, fixed across tokens and layers
-  double outlier_scale = 10;  // magnitude multiplier of outlier key channels
-  int sinks = 4;              // leading tokens that attract attention
-  double locality = 0.9;      // AR(1) coefficient of the token process over time
-  double depth_rho_min = 0.3; // adjacent-layer correlation at the first layer...
-  double depth_rho_max = 0.97;// ...rising to this at the last
+  int outlier_channels = 4;     // per kv head, fixed across tokens and layers
+  double outlier_scale = 10;    // magnitude multiplier of outlier key channels
+  int sinks = 4;                // leading tokens that attract attention
+  double locality = 0.9;        // AR(1) coefficient of the token process over time
+  double depth_rho_min = 0.3;   // adjacent-layer correlation at the first layer...
+  double depth_rho_max = 0.97;  // ...rising to this at the last
   double rope_theta = 10000;
-  int sliding_window = 0;     // window of local layers; 0 = none
-  int sliding_every = 0;      // Gemma-3 style: layer l is global iff l % every == every-1
+  int sliding_window = 0;  // window of local layers; 0 = none
+  int sliding_every = 0;   // Gemma-3 style: layer l is global iff l % every == every-1
   StoredDType dtype = StoredDType::kFloat16;
   int gzip_level = 0;
 

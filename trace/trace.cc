@@ -16,9 +16,12 @@ namespace kvsim {
 
 std::string dtype_name(StoredDType dtype) {
   switch (dtype) {
-    case StoredDType::kFloat16: return "float16";
-    case StoredDType::kBFloat16: return "bfloat16";
-    case StoredDType::kFloat32: return "float32";
+    case StoredDType::kFloat16:
+      return "float16";
+    case StoredDType::kBFloat16:
+      return "bfloat16";
+    case StoredDType::kFloat32:
+      return "float32";
   }
   return "?";
 }
@@ -120,9 +123,15 @@ void check_dataset_type(hid_t dataset, StoredDType dtype, const std::string& con
   const size_t size = H5Tget_size(type.get());
   bool ok = false;
   switch (dtype) {
-    case StoredDType::kFloat16: ok = cls == H5T_FLOAT && size == 2; break;
-    case StoredDType::kFloat32: ok = cls == H5T_FLOAT && size == 4; break;
-    case StoredDType::kBFloat16: ok = cls == H5T_INTEGER && size == 2; break;
+    case StoredDType::kFloat16:
+      ok = cls == H5T_FLOAT && size == 2;
+      break;
+    case StoredDType::kFloat32:
+      ok = cls == H5T_FLOAT && size == 4;
+      break;
+    case StoredDType::kBFloat16:
+      ok = cls == H5T_INTEGER && size == 2;
+      break;
   }
   if (!ok) {
     throw FormatError(context + ": stored type does not match the file's dtype '" +
@@ -219,8 +228,8 @@ LayerData TraceReader::read_layer(int sequence, int slot) const {
   KVSIM_CHECK(sequence >= 0 && sequence < num_sequences());
   KVSIM_CHECK(slot >= 0 && slot < meta_.num_layers());
   const std::string name = sequence_group_name(sequence);
-  const std::string ctx = "trace '" + path_ + "' sequence " + name + " layer " +
-                          std::to_string(meta_.layer_ids[slot]);
+  const std::string ctx =
+      "trace '" + path_ + "' sequence " + name + " layer " + std::to_string(meta_.layer_ids[slot]);
   h5::Handle group = h5::open_group(file_.get(), "sequences/" + name, ctx);
   LayerData out;
   out.slot = slot;
@@ -275,10 +284,10 @@ TraceWriter::TraceWriter(const std::string& path, TraceMeta meta, TraceWriteOpti
   h5::write_attr(root, "attn_scale", meta_.attn_scale);
   h5::write_attr(root, "rope_theta", meta_.rope_theta);
   h5::write_attr(root, kDtypeAttr, dtype_name(meta_.dtype));
-  h5::write_vector(root, "layer_ids", std::vector<int32_t>(meta_.layer_ids.begin(),
-                                                           meta_.layer_ids.end()));
-  h5::write_vector(root, "sliding_window", std::vector<int32_t>(meta_.sliding_window.begin(),
-                                                                meta_.sliding_window.end()));
+  h5::write_vector(root, "layer_ids",
+                   std::vector<int32_t>(meta_.layer_ids.begin(), meta_.layer_ids.end()));
+  h5::write_vector(root, "sliding_window",
+                   std::vector<int32_t>(meta_.sliding_window.begin(), meta_.sliding_window.end()));
   h5::create_group(root, "sequences");
 }
 

@@ -23,14 +23,14 @@ StoredDType parse_dtype(const std::string& name);  // throws ConfigError
 struct TraceMeta {
   std::string model_name;
   std::string model_source;
-  std::string trace_id;            // identity of this trace's content
-  int num_model_layers = 0;        // layers the model has
-  std::vector<int> layer_ids;      // [L] original indices of the stored layers, ascending
-  std::vector<int> sliding_window; // [L] window in tokens, 0 = full attention
+  std::string trace_id;             // identity of this trace's content
+  int num_model_layers = 0;         // layers the model has
+  std::vector<int> layer_ids;       // [L] original indices of the stored layers, ascending
+  std::vector<int> sliding_window;  // [L] window in tokens, 0 = full attention
   int num_q_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
-  double attn_scale = 0.0;         // softmax scale, usually 1/sqrt(head_dim)
+  double attn_scale = 0.0;  // softmax scale, usually 1/sqrt(head_dim)
   double rope_theta = 0.0;
   StoredDType dtype = StoredDType::kFloat16;
 

@@ -61,9 +61,9 @@ void BM_AttentionLayerStep(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["qkd/s"] = benchmark::Counter(
-      static_cast<double>(kKvHeads) * kGroup * n * kDim * state.iterations(),
-      benchmark::Counter::kIsRate);
+  state.counters["qkd/s"] =
+      benchmark::Counter(static_cast<double>(kKvHeads) * kGroup * n * kDim * state.iterations(),
+                         benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_AttentionLayerStep)->Arg(1024)->Arg(4096)->UseRealTime();
 
@@ -85,13 +85,20 @@ void BM_ReplayLayer(benchmark::State& state, const std::string& spec_text) {
   }
   // Products of the compressed attention at the measured steps (cache ~ all tokens).
   double products = 0;
-  for (int64_t t : measured) products += static_cast<double>(t + 1) * meta.num_q_heads * meta.head_dim;
-  state.counters["qkd/s"] = benchmark::Counter(products * state.iterations(),
-                                               benchmark::Counter::kIsRate);
+  for (int64_t t : measured)
+    products += static_cast<double>(t + 1) * meta.num_q_heads * meta.head_dim;
+  state.counters["qkd/s"] =
+      benchmark::Counter(products * state.iterations(), benchmark::Counter::kIsRate);
 }
-BENCHMARK_CAPTURE(BM_ReplayLayer, full, std::string("full"))->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_ReplayLayer, uniform4, std::string("uniform:bits=4"))->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_ReplayLayer, streamingllm, std::string("streamingllm:window=1020"))->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_ReplayLayer, full, std::string("full"))
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_ReplayLayer, uniform4, std::string("uniform:bits=4"))
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_ReplayLayer, streamingllm, std::string("streamingllm:window=1020"))
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace kvsim

@@ -169,7 +169,7 @@ def _passkey(rng, tokenizer, chat):
              "Find it and remember it; you will be asked about it.\n\n")
     needle = f" The pass key is {key}. Remember it. {key} is the pass key. "
     question = "\n\nWhat is the pass key? Answer with the number only."
-    prefix = "The pass key is" if not chat else ""
+    prefix = "\nThe pass key is" if not chat else ""
 
     def build(n):
         reps = [_FILLER] * n
@@ -188,7 +188,7 @@ def _needle(rng, tokenizer, chat, max_words):
     needle = f"The special magic number for {city} is: {number}."
     question = (f"\n\nWhat is the special magic number for {city} mentioned in the text above? "
                 "Answer with the number only.")
-    prefix = f"The special magic number for {city} is:"
+    prefix = f"\nThe special magic number for {city} is:"
 
     def build(n):
         ws = words[:n]

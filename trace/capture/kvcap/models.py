@@ -140,6 +140,7 @@ def load(ref: ModelRef, device: str = "cpu", dtype: str = "float32", cache_dir: 
     except ImportError as e:
         raise CaptureError(f"cannot import torch/transformers ({e}); run trace/capture/install.sh") from e
     if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # the GGUF loader's own tqdm bars
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
