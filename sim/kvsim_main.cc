@@ -120,7 +120,9 @@ int cmd_replay(int argc, char** argv) {
   bar.finish();
 
   const std::string out = vm["out"].as<std::string>();
-  write_results(out, trace.meta(), {trace_path, kVersion, options.measure.describe()}, runs);
+  ResultsContext context{trace_path, kVersion, options.measure.describe(), {}};
+  for (int s = 0; s < trace.num_sequences(); ++s) context.sequences.push_back(trace.sequence(s));
+  write_results(out, trace.meta(), context, runs);
 
   if (!quiet) {
     std::cout << "\nteacher-forced replay of " << trace_path << " (" << trace.meta().model_name

@@ -221,6 +221,18 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     h5::write_attr(root, "num_runs", static_cast<int64_t>(runs.size()));
     h5::write_attr(root, "measured_steps", context.measured_steps);
 
+    if (!context.sequences.empty()) {
+      h5::Handle seqs = h5::create_group(root, "sequences");
+      std::vector<int32_t> index, prompt, tokens;
+      for (size_t i = 0; i < context.sequences.size(); ++i) {
+        index.push_back(static_cast<int32_t>(i));
+        prompt.push_back(static_cast<int32_t>(context.sequences[i].prompt_len));
+        tokens.push_back(static_cast<int32_t>(context.sequences[i].num_tokens));
+      }
+      h5::write_vector(seqs.get(), "sequence", index);
+      h5::write_vector(seqs.get(), "prompt_len", prompt);
+      h5::write_vector(seqs.get(), "num_tokens", tokens);
+    }
     h5::Handle runs_group = h5::create_group(root, "runs");
     std::vector<int32_t> index;
     std::vector<std::string> spec, resolved;

@@ -35,6 +35,7 @@ struct ResultsContext {
   std::string trace_path;
   std::string kvsim_version;
   std::string measured_steps;
+  std::vector<SequenceInfo> sequences;  // written as /sequences when given
 };
 
 void write_results(const std::string& path, const TraceMeta& meta, const ResultsContext& context,
