@@ -30,7 +30,7 @@ TEST(Results, WrittenCompleteAndReadable) {
   const auto runs =
       replay(reader, {PolicySpec::parse("full"), PolicySpec::parse("uniform:bits=2")}, {});
   const std::string out = dir.file("r.h5");
-  write_results(out, reader.meta(), {trace_path, "test", "auto"}, runs);
+  write_results(out, reader.meta(), {trace_path, "test", "auto", {}}, runs);
   // Only the final file remains (no temporary).
   int files = 0;
   for (auto& e : std::filesystem::directory_iterator(dir.path())) files += e.is_regular_file();
@@ -66,7 +66,7 @@ TEST(Results, WrittenCompleteAndReadable) {
 TEST(Results, UnwritableDestinationLeavesNothing) {
   TempDir dir;
   EXPECT_THROW(write_results(dir.file("missing_dir/r.h5"), synth_meta(synth_preset("tiny")),
-                             {"t", "test", "auto"}, {}),
+                             {"t", "test", "auto", {}}, {}),
                IoError);
   EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
 }
