@@ -11,8 +11,9 @@
 //          (the L2-norm paper's finding: low norm = attended).
 // A token that leaves the important set is re-quantized to `lo_bits` from its
 // high-precision copy; it never returns (its precision is gone) and its score
-// is forgotten. Budgets are fractions of the prompt length P:
-// ceil(heavy * P) and ceil(recent * P) tokens (at least one recent).
+// is forgotten. Budgets are fractions of the prompt length P, rounded as H2O's
+// (evict::fraction_tokens): ceil(heavy * P) and ceil(recent * P) tokens (at
+// least one recent), so `mikv` and `h2o` with equal fractions split alike.
 //
 // Precision: high = fp16 (`hi_bits=16`) or per-token asymmetric INT8/INT4;
 // low = per-token asymmetric INT2/3/4, groups of `group` channels (0 = the head
@@ -29,6 +30,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "policies/evict_budget.h"
 #include "policies/quantizer.h"
 #include "sim/errors.h"
 #include "trace/fp16.h"

@@ -115,15 +115,18 @@ void sort_unique(std::vector<int32_t>& v) {
 }
 
 // Exact causal attention of the requested prompt rows, summed per column:
-// colsum[j, i] for query head j of the group and candidate i.
+// colsum[j, i] for query head j of the group and candidate i (candidates are
+// ascending prompt positions, not necessarily contiguous).
 void prefill_column_sums(const TraceMeta& meta, const LayerData& layer, int window, int kv_head,
                          int64_t prompt_len, int64_t rows, std::span<const int32_t> candidates,
                          std::vector<float>& colsum) {
   const int group = meta.group_size(), d = meta.head_dim;
   const int64_t first_row = rows < 0 ? 0 : std::max<int64_t>(0, prompt_len - rows);
-  colsum.assign(static_cast<size_t>(group) * candidates.size(), 0.f);
+  const size_t nc = candidates.size();
+  colsum.assign(static_cast<size_t>(group) * nc, 0.f);
   if (candidates.empty()) return;
-  const int32_t first_candidate = candidates.front();
+  std::vector<int32_t> column(prompt_len, -1);  // position -> candidate index
+  for (size_t i = 0; i < nc; ++i) column[candidates[i]] = static_cast<int32_t>(i);
   std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
   for (int64_t r = first_row; r < prompt_len; ++r) {
     const int64_t lo = window_start(window, r);
@@ -135,10 +138,9 @@ void prefill_column_sums(const TraceMeta& meta, const LayerData& layer, int wind
     for (int j = 0; j < group; ++j) {
       float* p = scores.data() + j * n;
       softmax_inplace(p, n);
-      // Candidates are contiguous positions [first_candidate, prompt_len) at prefill.
       for (size_t i = 0; i < n; ++i) {
-        const int64_t pos = lo + static_cast<int64_t>(i);
-        if (pos >= first_candidate) colsum[j * candidates.size() + (pos - first_candidate)] += p[i];
+        const int32_t c = column[lo + static_cast<int64_t>(i)];
+        if (c >= 0) colsum[j * nc + c] += p[i];
       }
     }
   }
@@ -195,7 +197,6 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   ctx.num_tokens = T;
   ctx.seed = derive_seed(seed, static_cast<uint64_t>(sequence), static_cast<uint64_t>(slots[0]));
   Pipeline pipe = Pipeline::create(policy, ctx, prepared);
-  const int64_t prefill_rows = pipe.prefill_attention_rows();
   const bool decode_attention = pipe.needs_decode_attention();
 
   RunResult result;
@@ -204,18 +205,21 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   auto cache_of = [&](int local, int h) -> HeadCache& { return caches[local * Hkv + h]; };
 
   std::vector<int32_t> candidates, evict, removed;
-  std::vector<float> colsum, kept_colsum;
+  std::vector<float> colsum;
   std::vector<Stage*> observers;  // stages that get attention feedback, pipeline order
   for (auto& e : pipe.evicts) observers.push_back(e.get());
   observers.push_back(pipe.store.get());
 
   // Runs the evict stages in order over `candidates`; returns what they dropped.
-  // At prefill, `colsum` (aligned with candidates) is handed to each stage that
-  // asked for it, filtered to the entries the earlier stages left.
-  auto run_evicts = [&](ArrivalView& view, bool with_prefill_attention) {
+  // At prefill (`prefill_layer` set), a stage that asked for prefill attention
+  // gets the column sums of its own row count over the entries the earlier
+  // stages left.
+  auto run_evicts = [&](ArrivalView& view, const LayerData* prefill_layer, int window) {
     std::vector<int32_t> dropped;
     for (auto& stage : pipe.evicts) {
-      if (with_prefill_attention && stage->prefill_attention_rows() != 0) {
+      if (prefill_layer && stage->prefill_attention_rows() != 0) {
+        prefill_column_sums(meta, *prefill_layer, window, view.kv_head, P,
+                            stage->prefill_attention_rows(), candidates, colsum);
         stage->observe_prefill(view.local_layer, view.kv_head, candidates, colsum);
       }
       evict.clear();
@@ -223,18 +227,6 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
       stage->select(view, evict);
       sort_unique(evict);
       if (evict.empty()) continue;
-      if (with_prefill_attention) {
-        const size_t n = candidates.size();
-        kept_colsum.clear();
-        for (int j = 0; j < group; ++j) {
-          for (size_t i = 0; i < n; ++i) {
-            if (!std::binary_search(evict.begin(), evict.end(), candidates[i])) {
-              kept_colsum.push_back(colsum[j * n + i]);
-            }
-          }
-        }
-        colsum.swap(kept_colsum);
-      }
       subtract_sorted(candidates, evict);
       dropped.insert(dropped.end(), evict.begin(), evict.end());
     }
@@ -250,18 +242,16 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
       const int64_t lo = window_start(window, P - 1);
       candidates.resize(P - lo);
       std::iota(candidates.begin(), candidates.end(), static_cast<int32_t>(lo));
-      const bool with_attention = prefill_rows != 0;
-      if (with_attention) {
-        prefill_column_sums(meta, raw, window, h, P, prefill_rows, candidates, colsum);
-      }
       ArrivalView view;
       view.local_layer = local;
       view.kv_head = h;
       view.step = P - 1;
       view.prefill = true;
       view.raw = &raw;
-      run_evicts(view, with_attention);
-      if (with_attention && pipe.store->prefill_attention_rows() != 0) {
+      run_evicts(view, &raw, window);
+      if (pipe.store->prefill_attention_rows() != 0) {
+        prefill_column_sums(meta, raw, window, h, P, pipe.store->prefill_attention_rows(),
+                            candidates, colsum);
         pipe.store->observe_prefill(local, h, candidates, colsum);
       }
       pipe.store->insert(local, h, cache_of(local, h), candidates, raw);
@@ -293,7 +283,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           view.kv_head = h;
           view.step = t;
           view.raw = &raw;
-          for (int32_t pos : run_evicts(view, false)) {
+          for (int32_t pos : run_evicts(view, nullptr, window)) {
             if (pos == t)
               keep_new = false;
             else
