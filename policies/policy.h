@@ -222,7 +222,6 @@ struct Pipeline {
 
   static Pipeline create(const PolicySpec& spec, const ShardContext& base,
                          const std::vector<std::shared_ptr<const PolicyState>>& prepared);
-  int64_t prefill_attention_rows() const;  // max over stages (-1 = all)
   bool needs_decode_attention() const;
 };
 
