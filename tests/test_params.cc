@@ -70,6 +70,9 @@ TEST(PolicySpec, NonsenseCombinationsAreRefusedWithTheReason) {
   const std::string order = error_of("uniform:bits=2+streamingllm");
   EXPECT_NE(order.find("order evict, merge, quantize"), std::string::npos) << order;
   EXPECT_EQ(error_of("streamingllm+streamingllm:window=10"), "");  // two evictions compose
+  EXPECT_NE(error_of("minicache+minicache").find("two merge stages"), std::string::npos);
+  EXPECT_NE(error_of("uniform+minicache").find("order evict, merge, quantize"), std::string::npos);
+  EXPECT_EQ(error_of("streamingllm+minicache+uniform:bits=4"), "");
 }
 
 TEST(Params, TypedParsing) {
