@@ -23,8 +23,8 @@ float round_to_e4m3(float x) {
   constexpr float kMax = 448.f;  // 1.75 * 2^8
   if (a >= kMax) return std::copysign(kMax, x);
   int exp = 0;
-  std::frexp(a, &exp);                // a = m * 2^exp, m in [0.5, 1): binade 2^(exp-1)
-  const int e = std::max(exp - 1, -6);  // below 2^-6 the spacing stays 2^-9 (subnormals)
+  std::frexp(a, &exp);                           // a = m * 2^exp, m in [0.5, 1): binade 2^(exp-1)
+  const int e = std::max(exp - 1, -6);           // below 2^-6 the spacing stays 2^-9 (subnormals)
   const float quantum = std::ldexp(1.f, e - 3);  // 3 mantissa bits
   // a / quantum is exact (power of two); nearbyint rounds ties to even.
   float r = std::nearbyint(a / quantum) * quantum;

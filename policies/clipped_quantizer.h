@@ -12,7 +12,7 @@ namespace kvsim {
 // Precision of the stored scale and zero point.
 enum class MetaFormat { kFp16, kFp8 };
 MetaFormat parse_meta_format(const std::string& name);  // "fp16" | "fp8"; throws ConfigError
-int meta_format_bits(MetaFormat format);                 // 16 or 8
+int meta_format_bits(MetaFormat format);                // 16 or 8
 
 // Rounds to the nearest float8 e4m3 ("e4m3fn": bias 7, no infinities, max 448)
 // value, ties to even. Magnitudes above 448 saturate to +-448 (PyTorch's cast
@@ -23,9 +23,9 @@ float round_meta(float x, MetaFormat format);
 
 // A bit width: an integer 1..8, or 1.5 = ternary (three levels, max_int 2).
 struct BitWidth {
-  double bits = 2;     // as given in the spec
-  int max_int = 3;     // largest code: 2^bits - 1, or 2 for ternary
-  int packed_bits = 2; // bits a real packing spends per code: ceil(bits)
+  double bits = 2;        // as given in the spec
+  int max_int = 3;        // largest code: 2^bits - 1, or 2 for ternary
+  int packed_bits = 2;    // bits a real packing spends per code: ceil(bits)
   double ideal_bits = 2;  // information content per code: log2(max_int + 1)
   bool ternary() const { return max_int == 2; }
   // Throws ConfigError naming `what` (e.g. "skvq: v_bits") for other values.

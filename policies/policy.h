@@ -222,6 +222,9 @@ struct Pipeline {
 
   static Pipeline create(const PolicySpec& spec, const ShardContext& base,
                          const std::vector<std::shared_ptr<const PolicyState>>& prepared);
+  // The most prefill rows any stage asks for (-1 = all): a cost estimate; the
+  // engine computes each stage's own rows.
+  int64_t prefill_attention_rows() const;
   bool needs_decode_attention() const;
 };
 

@@ -268,6 +268,15 @@ Pipeline Pipeline::create(const PolicySpec& spec, const ShardContext& base,
   return pipeline;
 }
 
+int64_t Pipeline::prefill_attention_rows() const {
+  int64_t rows = store->prefill_attention_rows();
+  for (const auto& e : evicts) {
+    const int64_t r = e->prefill_attention_rows();
+    if (r < 0 || rows < 0) rows = -1; else rows = std::max(rows, r);
+  }
+  return rows;
+}
+
 bool Pipeline::needs_decode_attention() const {
   bool needs = store->needs_decode_attention();
   for (const auto& e : evicts) needs = needs || e->needs_decode_attention();

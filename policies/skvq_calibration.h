@@ -28,17 +28,19 @@ enum class SkvqScope { kHead, kLayer };
 // The parameters of `skvq` that calibration depends on.
 struct SkvqOptions {
   SkvqScope scope = SkvqScope::kHead;
-  int group = 128;          // g: d_unit / g clusters (or contiguous groups of g)
-  bool reorder = true;      // k-means channel reordering
-  bool clip_search = false; // per-group clip ratio from a grid, on calibration data
-  double clip = 0.92;       // the unified ratio when clip_search=false
-  BitWidth k_bits, v_bits;  // the clip search minimises the error at these widths
+  int group = 128;           // g: d_unit / g clusters (or contiguous groups of g)
+  bool reorder = true;       // k-means channel reordering
+  bool clip_search = false;  // per-group clip ratio from a grid, on calibration data
+  double clip = 0.92;        // the unified ratio when clip_search=false
+  BitWidth k_bits, v_bits;   // the clip search minimises the error at these widths
   MetaFormat meta = MetaFormat::kFp16;
-  int sinks = 5;            // positions < sinks are left out of the statistics
-  int calib_tokens = 512;   // tokens sampled, over all calibration sequences, for the search
+  int sinks = 5;           // positions < sinks are left out of the statistics
+  int calib_tokens = 512;  // tokens sampled, over all calibration sequences, for the search
 
   static SkvqOptions from_params(const Params& p);  // the `skvq` policy's parameters
-  bool needs_calibration() const { return reorder || clip_search; }
+  // Reordering matters only with more than one group per unit.
+  bool reorders(const TraceMeta& meta) const { return reorder && unit_dim(meta) / group > 1; }
+  bool needs_calibration(const TraceMeta& meta) const { return reorders(meta) || clip_search; }
   int unit_dim(const TraceMeta& meta) const;  // head_dim or num_kv_heads * head_dim
   int units(const TraceMeta& meta) const;     // num_kv_heads or 1
 };
@@ -74,8 +76,8 @@ struct SkvqCalibration {
   int num_kv_heads = 0, head_dim = 0;
   std::vector<int> sequences;  // calibration sequences of that trace
   SkvqOptions options;
-  std::vector<SkvqLayerStats> stats;          // [L] min/max only (no samples)
-  std::vector<SkvqLayerCalibration> layers;   // [L]
+  std::vector<SkvqLayerStats> stats;         // [L] min/max only (no samples)
+  std::vector<SkvqLayerCalibration> layers;  // [L]
 };
 
 // ---------------------------------------------------------------------------

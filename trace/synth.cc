@@ -145,7 +145,9 @@ std::vector<LayerData> synth_sequence(const SynthConfig& c, int sequence) {
   std::vector<std::vector<int>> outliers(Hkv);
   std::vector<std::vector<float>> sink_dir(Hkv, std::vector<float>(D, 0.f));
   for (int h = 0; h < Hkv; ++h) {
-    Rng rng(derive_seed(c.seed, 0xA11CE, sequence, h));
+    // Model properties: the same for every sequence (calibration on one
+    // sequence must transfer to another, as on a real model).
+    Rng rng(derive_seed(c.seed, 0xA11CE, h));
     std::vector<int> candidates;
     for (int i = half / 2; i < half - 4; ++i) candidates.push_back(i);
     for (int n = 0; n < c.outlier_channels && !candidates.empty(); ++n) {
@@ -196,7 +198,8 @@ std::vector<LayerData> synth_sequence(const SynthConfig& c, int sequence) {
       else
         mix_depth(rho, fresh, value_state[h]);
       std::vector<float> mean_fresh(D);
-      for (int ch = 0; ch < D; ++ch) mean_fresh[ch] = static_cast<float>(0.5 * rng.normal());
+      Rng mean_rng(derive_seed(c.seed, 0x3EA7, layer, h));  // a model property too
+      for (int ch = 0; ch < D; ++ch) mean_fresh[ch] = static_cast<float>(0.5 * mean_rng.normal());
       if (layer == 0)
         mean_state[h] = mean_fresh;
       else
