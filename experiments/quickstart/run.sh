@@ -14,7 +14,7 @@ if [ -z "$TRACE" ]; then
     TRACE=trace/data/smollm2_default.h5          # small real SmolLM2 trace, committed
   else
     TRACE="$OUT/synthetic_default.h5"             # deterministic synthetic default
-    build/sim/kvsim synth --preset default --out "$TRACE"
+    build/sim/kvsim synth --preset default --sequences 2 --out "$TRACE"
   fi
 fi
 
