@@ -13,7 +13,8 @@ bash .ci/setup.sh build
 echo "== C++ tests (release) =="
 (cd build && ctest --output-on-failure -j 2)
 
-echo "== Python tests =="
+echo "== Python tests (analysis, capture; the capture tests run SmolLM2 and Gemma 3 on the CPU) =="
+bash trace/capture/install.sh
 python3 -m pytest -q tests/python
 
 if [ "$QUICK" -eq 0 ]; then

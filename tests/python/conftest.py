@@ -218,3 +218,7 @@ def typical_file(tmp_path):
     path = tmp_path / "results.h5"
     summary = write_fake_results(path, TYPICAL_RUNS)
     return path, summary
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "model: loads a real model (SmolLM2 or Gemma 3) on the CPU")

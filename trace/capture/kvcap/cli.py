@@ -96,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dtype the model runs in (default float32; bfloat16 is usual on GPUs)")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
                     help="attention implementation the capture delegates to (default sdpa)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (default: half the cores, 1 to 8: on a busy 2-core machine two "
+                         "OpenMP threads were 4x slower than one)")
     ap.add_argument("--cache-dir", default=None, help=f"cache for assembled GGUF files and converted "
                                                       f"tokenizers (default {default_cache_dir()})")
     ap.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration; explicit options override it")
@@ -151,7 +153,6 @@ def check_writable(path: str) -> None:
 
 def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
     """Capture every prompt of `a` on one model into out_path. Returns a summary dict."""
-    import torch
     import make_prompts
     from . import models
     from .capture import capture_sequence, eos_ids, text_config, trace_meta
@@ -165,6 +166,9 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
     model, tok = models.load(ref, device=a.device, dtype=a.model_dtype, cache_dir=a.cache_dir, attn=a.attn, log=log,
                                quiet=a.quiet)
     t_load = time.time() - t_load
+    import torch
+    if a.device.startswith("cpu"):
+        torch.set_num_threads(a.threads or max(1, min(8, (os.cpu_count() or 2) // 2)))
     cfg = text_config(model.config)
     n_layers = int(cfg.num_hidden_layers)
     layers = parse_layers(a.layers, n_layers)
@@ -226,7 +230,9 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
     secs = time.time() - t0
     size = os.path.getsize(path)
     ntok = sum(len(p.input_ids) + a.new_tokens for p in prompts)
-    log(f"wrote {path}: {len(prompts)} sequences, {ntok} tokens, layers {layers[0]}..{layers[-1]} "
+    shown = (",".join(map(str, layers)) if len(layers) <= 8 and len(layers) < n_layers
+             else f"{layers[0]}..{layers[-1]}")
+    log(f"wrote {path}: {len(prompts)} sequences, {ntok} tokens, layers {shown} "
         f"({len(layers)} of {n_layers}), {a.dtype}, {size / 1e6:.2f} MB; capture {secs:.1f} s "
         f"({ntok / max(secs, 1e-9):.0f} tok/s), model load {t_load:.1f} s")
     for kind, ans, gen in answers:
@@ -240,14 +246,14 @@ def main(argv=None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     log = (lambda *x: None) if a.quiet else (lambda *x: print(*x, file=sys.stderr))
+    if a.quiet:  # also silences the GGUF loader's tqdm bars (read when tqdm is first imported)
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         a = resolve_options(a)
-        if a.threads:
-            import torch
-            torch.set_num_threads(a.threads)
         model_specs = [m.strip() for m in a.model.split(",") if m.strip()]
         if len(model_specs) > 1 or a.preset == "large":
-            os.makedirs(a.out, exist_ok=True) if not os.path.exists(a.out) else None
+            if not os.path.exists(a.out):
+                os.makedirs(a.out)
             if not os.path.isdir(a.out):
                 raise CaptureError(f"--out '{a.out}' must be a directory when capturing several models")
             suffix = f"_{a.preset}" if a.preset else ""
@@ -259,6 +265,10 @@ def main(argv=None) -> int:
             capture_to_file(a, model_specs[0], a.out, log)
     except CaptureError as e:
         print(f"kvsim_capture: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"kvsim_capture: error: {e}; install the capture packages: bash trace/capture/install.sh",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kvsim_capture: interrupted; no trace written", file=sys.stderr)

@@ -99,14 +99,14 @@ class AttentionRecorder:
 
         def kvsim_capture_attention(module, query, key, value, attention_mask, *args, **kwargs):
             rec = _ACTIVE.get(name)
-            if rec is None:  # registered but no recorder active: behave like the base
+            if rec is None:  # the model was left switched to us after its recorder exited
                 raise RuntimeError("kvsim capture attention called outside an AttentionRecorder")
             return rec._call(module, query, key, value, attention_mask, *args, **kwargs)
 
         return kvsim_capture_attention
 
     def __enter__(self):
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+        from transformers.modeling_utils import AttentionInterface
         try:
             from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
         except ImportError:  # older transformers: masks did not depend on the implementation name

@@ -118,7 +118,11 @@ def resolve(spec: str, cache_dir: str | None = None) -> ModelRef:
                             path, ggufs[0])
         raise CaptureError(f"model directory '{spec}' has no config.json and "
                            f"{'no' if not ggufs else len(ggufs)} .gguf files; give the .gguf file itself")
-    raise CaptureError(f"unknown model '{spec}': not one of {', '.join(KNOWN)} and not an existing path")
+    if os.environ.get("HF_HUB_OFFLINE") == "0" and spec.count("/") == 1 and not spec.startswith((".", "/")):
+        # a hub id, for machines that can reach the hub (not this project's)
+        return ModelRef(spec.split("/")[-1], spec, f"hub:{spec}", spec, None)
+    raise CaptureError(f"unknown model '{spec}': not one of {', '.join(KNOWN)} and not an existing path "
+                       "(a hub id needs HF_HUB_OFFLINE=0 and a machine that can reach the hub)")
 
 
 def set_offline() -> None:
@@ -133,6 +137,8 @@ def load(ref: ModelRef, device: str = "cpu", dtype: str = "float32", cache_dir: 
     """Load (model, tokenizer). The tokenizer converted from a GGUF file is cached (it takes
     most of the load time); the model is dequantised on every load."""
     set_offline()
+    if quiet:  # the GGUF loader's own tqdm bars (tqdm reads this when first imported)
+        os.environ["TQDM_DISABLE"] = "1"
     try:
         import torch
         import transformers  # noqa: F401
@@ -140,7 +146,6 @@ def load(ref: ModelRef, device: str = "cpu", dtype: str = "float32", cache_dir: 
     except ImportError as e:
         raise CaptureError(f"cannot import torch/transformers ({e}); run trace/capture/install.sh") from e
     if quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # the GGUF loader's own tqdm bars
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
