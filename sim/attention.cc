@@ -9,44 +9,55 @@ namespace kvsim {
 
 namespace {
 
-// Dot products of NQ queries with one key, sharing the key's loads.
-// `omp simd reduction` lets the compiler vectorise the sums without -ffast-math.
+// Dot products of NQ queries with one key, sharing the key's loads. Each query
+// accumulates in a 16-lane block (one AVX-512 or two AVX2 registers), summed at
+// the end, so the compiler emits packed FMAs without -ffast-math.
 template <int NQ>
 inline void dot_queries(const float* q, int d, const float* key, float* out) {
-  float acc[NQ] = {};
-#pragma omp simd reduction(+ : acc[:NQ])
-  for (int c = 0; c < d; ++c) {
-    for (int j = 0; j < NQ; ++j) acc[j] += q[j * d + c] * key[c];
+  constexpr int kLanes = 16;
+  float acc[NQ][kLanes] = {};
+  int c = 0;
+  for (; c + kLanes <= d; c += kLanes) {
+    for (int j = 0; j < NQ; ++j) {
+      const float* qj = q + j * d + c;
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) acc[j][l] += qj[l] * key[c + l];
+    }
   }
-  for (int j = 0; j < NQ; ++j) out[j] = acc[j];
+  for (int j = 0; j < NQ; ++j) {
+    float sum = 0.f;
+    for (int l = 0; l < kLanes; ++l) sum += acc[j][l];
+    for (int t = c; t < d; ++t) sum += q[j * d + t] * key[t];
+    out[j] = sum;
+  }
 }
 
-inline void dot4(const float* q, int num_queries, int d, const float* key, float* out) {
+// Up to kChunk queries share each key's loads (the replay is bound by reading
+// keys: a GQA group, or several prefill rows, read every key once).
+constexpr int kChunk = 8;
+
+inline void dot_chunk(const float* q, int num_queries, int d, const float* key, float* out) {
   switch (num_queries) {
-    case 4:
-      dot_queries<4>(q, d, key, out);
-      break;
-    case 3:
-      dot_queries<3>(q, d, key, out);
-      break;
-    case 2:
-      dot_queries<2>(q, d, key, out);
-      break;
-    default:
-      dot_queries<1>(q, d, key, out);
-      break;
+    case 8: dot_queries<8>(q, d, key, out); break;
+    case 7: dot_queries<7>(q, d, key, out); break;
+    case 6: dot_queries<6>(q, d, key, out); break;
+    case 5: dot_queries<5>(q, d, key, out); break;
+    case 4: dot_queries<4>(q, d, key, out); break;
+    case 3: dot_queries<3>(q, d, key, out); break;
+    case 2: dot_queries<2>(q, d, key, out); break;
+    default: dot_queries<1>(q, d, key, out); break;
   }
 }
 
 template <typename KeyAt>
 void score_impl(const float* q, int num_queries, size_t n, int d, float scale, float* scores,
                 KeyAt key_at) {
-  for (int j0 = 0; j0 < num_queries; j0 += 4) {
-    const int nq = std::min(4, num_queries - j0);
+  for (int j0 = 0; j0 < num_queries; j0 += kChunk) {
+    const int nq = std::min(kChunk, num_queries - j0);
     const float* qb = q + static_cast<size_t>(j0) * d;
-    float acc[4];
+    float acc[kChunk];
     for (size_t i = 0; i < n; ++i) {
-      dot4(qb, nq, d, key_at(i), acc);
+      dot_chunk(qb, nq, d, key_at(i), acc);
       for (int j = 0; j < nq; ++j) scores[(j0 + j) * n + i] = acc[j] * scale;
     }
   }

@@ -127,20 +127,31 @@ void prefill_column_sums(const TraceMeta& meta, const LayerData& layer, int wind
   if (candidates.empty()) return;
   std::vector<int32_t> column(prompt_len, -1);  // position -> candidate index
   for (size_t i = 0; i < nc; ++i) column[candidates[i]] = static_cast<int32_t>(i);
-  std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
-  for (int64_t r = first_row; r < prompt_len; ++r) {
-    const int64_t lo = window_start(window, r);
-    const size_t n = static_cast<size_t>(r - lo + 1);
-    scores.resize(group * n);
-    gather_queries(layer, kv_head, group, r, qbuf.data());
-    score_rows(qbuf.data(), group, layer.key(kv_head, static_cast<int>(lo)), n, d,
+  // Rows go in blocks so that every key load serves kRows x group queries; the
+  // scores past a row's causal end (or before its window) are masked out.
+  constexpr int64_t kRows = 4;
+  std::vector<float> qbuf(static_cast<size_t>(kRows) * group * d), scores;
+  for (int64_t r0 = first_row; r0 < prompt_len; r0 += kRows) {
+    const int64_t r1 = std::min(prompt_len, r0 + kRows);
+    const int64_t lo = window_start(window, r0);
+    const size_t n = static_cast<size_t>(r1 - lo);
+    const int nq = static_cast<int>(r1 - r0) * group;
+    for (int64_t r = r0; r < r1; ++r) {
+      gather_queries(layer, kv_head, group, r, qbuf.data() + (r - r0) * group * d);
+    }
+    scores.resize(static_cast<size_t>(nq) * n);
+    score_rows(qbuf.data(), nq, layer.key(kv_head, static_cast<int>(lo)), n, d,
                static_cast<float>(meta.attn_scale), scores.data());
-    for (int j = 0; j < group; ++j) {
-      float* p = scores.data() + j * n;
-      softmax_inplace(p, n);
-      for (size_t i = 0; i < n; ++i) {
-        const int32_t c = column[lo + static_cast<int64_t>(i)];
-        if (c >= 0) colsum[j * nc + c] += p[i];
+    for (int64_t r = r0; r < r1; ++r) {
+      const size_t row_lo = static_cast<size_t>(window_start(window, r) - lo);
+      const size_t row_n = static_cast<size_t>(r - lo + 1) - row_lo;
+      for (int j = 0; j < group; ++j) {
+        float* p = scores.data() + (static_cast<size_t>(r - r0) * group + j) * n + row_lo;
+        softmax_inplace(p, row_n);
+        for (size_t i = 0; i < row_n; ++i) {
+          const int32_t c = column[lo + static_cast<int64_t>(row_lo + i)];
+          if (c >= 0) colsum[j * nc + c] += p[i];
+        }
       }
     }
   }
