@@ -192,7 +192,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
                        const std::vector<int>& slots, const std::vector<const LayerData*>& layers,
                        const std::vector<const ExactLayer*>& exact, const PolicySpec& policy,
                        const std::vector<std::shared_ptr<const PolicyState>>& prepared,
-                       const std::vector<int64_t>& measured, uint64_t seed) {
+                       const std::vector<int64_t>& measured, uint64_t seed,
+                       PrefillAttentionCache* prefill_cache) {
   KVSIM_CHECK(slots.size() == layers.size() && slots.size() == exact.size());
   const int L = static_cast<int>(slots.size()), Hkv = meta.num_kv_heads;
   const int group = meta.group_size(), d = meta.head_dim, Hq = meta.num_q_heads;
@@ -221,6 +222,23 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   for (auto& e : pipe.evicts) observers.push_back(e.get());
   observers.push_back(pipe.store.get());
 
+  // Prefill column sums for `rows` over the current candidates; looked up in
+  // the unit's cache while nothing has been evicted yet (the common case).
+  auto prefill_attention = [&](int local, int h, int window, int64_t rows, bool untouched) {
+    if (!prefill_cache || !untouched) {
+      prefill_column_sums(meta, *layers[local], window, h, P, rows, candidates, colsum);
+      return;
+    }
+    auto key = std::make_tuple(slots[local], h, rows);
+    auto it = prefill_cache->entries.find(key);
+    if (it == prefill_cache->entries.end()) {
+      prefill_column_sums(meta, *layers[local], window, h, P, rows, candidates, colsum);
+      prefill_cache->entries.emplace(key, colsum);
+    } else {
+      colsum = it->second;
+    }
+  };
+
   // Runs the evict stages in order over `candidates`; returns what they dropped.
   // At prefill (`prefill_layer` set), a stage that asked for prefill attention
   // gets the column sums of its own row count over the entries the earlier
@@ -229,8 +247,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
     std::vector<int32_t> dropped;
     for (auto& stage : pipe.evicts) {
       if (prefill_layer && stage->prefill_attention_rows() != 0) {
-        prefill_column_sums(meta, *prefill_layer, window, view.kv_head, P,
-                            stage->prefill_attention_rows(), candidates, colsum);
+        prefill_attention(view.local_layer, view.kv_head, window, stage->prefill_attention_rows(),
+                          dropped.empty());
         stage->observe_prefill(view.local_layer, view.kv_head, candidates, colsum);
       }
       evict.clear();
@@ -259,10 +277,9 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
       view.step = P - 1;
       view.prefill = true;
       view.raw = &raw;
-      run_evicts(view, &raw, window);
+      const bool untouched = run_evicts(view, &raw, window).empty();
       if (pipe.store->prefill_attention_rows() != 0) {
-        prefill_column_sums(meta, raw, window, h, P, pipe.store->prefill_attention_rows(),
-                            candidates, colsum);
+        prefill_attention(local, h, window, pipe.store->prefill_attention_rows(), untouched);
         pipe.store->observe_prefill(local, h, candidates, colsum);
       }
       pipe.store->insert(local, h, cache_of(local, h), candidates, raw);
@@ -453,6 +470,7 @@ std::vector<RunResult> replay_unit(
   std::vector<ExactLayer> exact;
   for (const auto& layer : data) exact.push_back(compute_exact(meta, layer, measured));
   std::vector<RunResult> out;
+  PrefillAttentionCache prefill_cache;  // shared by the unit's policies
   for (size_t p = 0; p < policies.size(); ++p) {
     const auto start = std::chrono::steady_clock::now();
     RunResult merged;
@@ -469,7 +487,7 @@ std::vector<RunResult> replay_unit(
       RunResult r = replay_shard(
           meta, sequence, info.prompt_len, g, layer_ptrs, exact_ptrs, policies[p],
           p < prepared.size() ? prepared[p] : std::vector<std::shared_ptr<const PolicyState>>{},
-          measured, seed);
+          measured, seed, &prefill_cache);
       merged.steps.insert(merged.steps.end(), r.steps.begin(), r.steps.end());
       merged.kv.insert(merged.kv.end(), r.kv.begin(), r.kv.end());
       for (const auto& [k, v] : r.counters) merged.counters[k] += v;

@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "policies/policy.h"
@@ -77,13 +78,21 @@ struct ExactLayer {
 ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
                          const std::vector<int64_t>& measured);
 
+// Exact prefill attention column sums over a layer's whole prompt window,
+// shared by the policies of one unit (H2O, MiKV, SnapKV all ask for them, and
+// a sweep runs many configurations of each). Keyed by (slot, kv head, rows).
+struct PrefillAttentionCache {
+  std::map<std::tuple<int, int, int64_t>, std::vector<float>> entries;
+};
+
 // The loop for one shard and one policy, exposed for tests and benchmarks.
 // `layers` and `exact` are aligned with `slots` (one sequence).
 RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
                        const std::vector<int>& slots, const std::vector<const LayerData*>& layers,
                        const std::vector<const ExactLayer*>& exact, const PolicySpec& policy,
                        const std::vector<std::shared_ptr<const PolicyState>>& prepared,
-                       const std::vector<int64_t>& measured, uint64_t seed);
+                       const std::vector<int64_t>& measured, uint64_t seed,
+                       PrefillAttentionCache* prefill_cache = nullptr);
 
 // Groups of layer slots that every policy can replay from independently: the
 // union of all policies' layer groups (singletons unless a policy pairs layers).
