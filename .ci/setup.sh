@@ -9,7 +9,7 @@ shift || true
 
 APT_PACKAGES=(cmake make g++ pkg-config libhdf5-openmpi-dev libopenmpi-dev openmpi-bin
               libboost-program-options-dev googletest libgtest-dev libgmock-dev
-              libbenchmark-dev)
+              libbenchmark-dev libyaml-cpp-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -28,6 +28,7 @@ if ! "$PYTHON" -c "import numpy, h5py, pandas, matplotlib, pytest" >/dev/null 2>
 fi
 
 JOBS="${KVSIM_JOBS:-$(nproc)}"
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "$@" >"$BUILD_DIR.configure.log" 2>&1 ||
-  { cat "$BUILD_DIR.configure.log"; exit 1; }
+mkdir -p "$BUILD_DIR"
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "$@" >"$BUILD_DIR/configure.log" 2>&1 ||
+  { cat "$BUILD_DIR/configure.log"; exit 1; }
 cmake --build "$BUILD_DIR" -j "$JOBS"
