@@ -8,11 +8,13 @@
 
 #include "gpu/device.h"
 #include "policies/policy.h"
+#include "policies/skvq_calibration.h"
 #include "sim/engine.h"
 #include "sim/errors.h"
 #include "sim/inspect.h"
 #include "sim/progress.h"
 #include "sim/results.h"
+#include "sim/sweep.h"
 #include "trace/synth.h"
 
 namespace po = boost::program_options;
@@ -28,8 +30,10 @@ usage: kvsim <command> [options]     (kvsim <command> --help for its options)
 
 commands:
   replay    replay one trace through one or more policy specs, write results.h5
+  sweep     run a grid of policy specs over traces on MPI ranks, write results.h5
   synth     generate a deterministic synthetic trace
   inspect   print a trace's metadata and per-layer statistics
+  calibrate compute and save SKVQ's channel reordering (and clip search) on held-out data
   policies  list every policy with its parameters and defaults
   version   print the version
 )";
@@ -234,6 +238,41 @@ int cmd_inspect(int argc, char** argv) {
   return 0;
 }
 
+int cmd_calibrate(int argc, char** argv) {
+  po::options_description desc("kvsim calibrate options");
+  desc.add_options()
+      ("trace,t", po::value<std::string>()->required(), "calibration trace (held out from scoring)")
+      ("sequences", po::value<std::vector<int>>()->multitoken(), "sequences to calibrate on (default all)")
+      ("policy,p", po::value<std::string>()->default_value("skvq"),
+       "the skvq spec whose calibration is wanted, e.g. 'skvq:group=32,clip_search=true'")
+      ("out,o", po::value<std::string>()->required(), "calibration file to write (HDF5)");
+  bool help = false;
+  auto vm = parse("calibrate", desc, argc, argv, nullptr, help);
+  if (help) {
+    std::cout << desc << "\nexample:\n  kvsim calibrate -t calib_trace.h5 -p 'skvq:group=32' -o calib.h5\n"
+                         "  kvsim replay -t eval_trace.h5 -p 'skvq:group=32,calib=calib.h5' -o r.h5\n";
+    return 0;
+  }
+  const std::string spec = vm["policy"].as<std::string>();
+  const auto colon = spec.find(':');
+  if (spec.substr(0, colon) != "skvq") {
+    throw ConfigError("kvsim calibrate: only 'skvq' has a calibration step, got '" + spec + "'");
+  }
+  const Params params = parse_skvq_params(colon == std::string::npos ? "" : spec.substr(colon + 1));
+  TraceReader trace(vm["trace"].as<std::string>());
+  std::vector<int> sequences;
+  if (vm.count("sequences")) sequences = vm["sequences"].as<std::vector<int>>();
+  if (sequences.empty()) {
+    for (int s = 0; s < trace.num_sequences(); ++s) sequences.push_back(s);
+  }
+  validate_sequences(trace, sequences);
+  const std::string out = vm["out"].as<std::string>();
+  save_skvq_calibration(out, calibrate_skvq(trace, sequences, params));
+  std::cout << "wrote " << out << ": SKVQ calibration of " << trace.meta().num_layers()
+            << " layers from " << sequences.size() << " sequence(s) of " << trace.path() << "\n";
+  return 0;
+}
+
 int cmd_policies(int argc, char** argv) {
   po::options_description desc("kvsim policies options");
   bool help = false;
@@ -270,6 +309,8 @@ int run(int argc, char** argv) {
   if (command == "synth") return cmd_synth(sub_argc, sub_argv);
   if (command == "inspect") return cmd_inspect(sub_argc, sub_argv);
   if (command == "policies") return cmd_policies(sub_argc, sub_argv);
+  if (command == "calibrate") return cmd_calibrate(sub_argc, sub_argv);
+  if (command == "sweep") return run_sweep_command(sub_argc, sub_argv, kVersion);
   if (command == "version" || command == "--version") {
     std::cout << "kvsim " << kVersion << " (CUDA kernels "
               << (gpu::cuda_compiled() ? "built" : "not built") << ")\n";

@@ -1,0 +1,196 @@
+// Policy sweeps: a sweep file (YAML) names traces, the measure rule, a seed and
+// a grid of policy specs; the sweep expands the grid, splits the work into
+// units (trace, sequence, layer group, config), runs them on MPI ranks
+// (sim/sweep_main.cc), checkpoints each unit, and writes one results file.
+// Everything here is MPI-free and unit-tested; see docs/sweeps.md.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "policies/policy.h"
+#include "sim/checkpoint.h"
+#include "sim/engine.h"
+#include "sim/sharding.h"
+#include "trace/trace.h"
+
+namespace kvsim {
+
+// --- the sweep file -----------------------------------------------------------
+struct GridAxis {
+  std::string name;
+  std::vector<std::string> values;  // as they are substituted into the spec
+};
+
+// One entry of `policies:`: a spec, possibly with {placeholders} and a grid.
+struct PolicyTemplate {
+  std::string spec;
+  std::vector<GridAxis> grid;  // in file order; the last axis varies fastest
+  std::string where;           // "sweep.yaml:12" for messages
+};
+
+struct SweepFile {
+  std::string path;                 // as given ("" when parsed from text)
+  std::vector<std::string> traces;  // relative paths resolved against the file's folder
+  std::string measure = "auto";
+  uint64_t seed = 0;
+  std::vector<int> sequences;  // empty = every sequence of each trace
+  std::vector<PolicyTemplate> policies;
+
+  // Throws IoError (unreadable file) or ConfigError (bad YAML or schema).
+  static SweepFile load(const std::string& path);
+  // `base_dir` resolves relative trace paths; `name` prefixes messages.
+  static SweepFile parse(const std::string& yaml, const std::string& base_dir,
+                         const std::string& name);
+};
+
+// One expanded configuration.
+struct SweepConfig {
+  std::string spec;    // the spec text after substitution
+  std::string origin;  // "sweep.yaml:12 bits=2 group=32"
+};
+
+// Expands every template's grid (cartesian product, in file order). Throws
+// ConfigError on a placeholder without grid values, a grid key the spec does
+// not use, or an empty grid axis.
+std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies);
+
+// --- the resolved sweep ---------------------------------------------------------
+// Cost model of one unit or block, in "attention multiply-adds" (see docs/sweeps.md).
+struct PolicyTraits {
+  // Stage::prefill_attention_rows() of every stage that asks for prefill
+  // attention (each pays for its own rows; -1 = all prompt rows).
+  std::vector<int64_t> prefill_rows;
+  bool decode_attention = false;  // Pipeline::needs_decode_attention()
+  // Cache bound of a sinks + window evict stage (StreamingLLM-like), in
+  // tokens; -1 = none known (the exact cache bounds the cost).
+  int64_t cache_cap = -1;
+  // -1 if a stage needs every prompt row, else the sum of the stages' rows.
+  int64_t prefill_rows_summary() const;
+};
+
+struct SweepBlock {
+  int32_t trace = 0, sequence = 0, group = 0;
+  double overhead = 0;  // estimated: read + exact attention, once per rank
+};
+
+struct SweepUnit {
+  UnitKey key;
+  int64_t block = 0;
+  double cost = 0;
+};
+
+struct Sweep {
+  std::string file;
+  std::vector<std::string> trace_paths;
+  std::vector<std::unique_ptr<TraceReader>> traces;
+  std::vector<std::vector<int>> sequences;            // [trace] sequences replayed, in order
+  std::vector<std::vector<std::vector<int>>> groups;  // [trace] unit_layer_groups over all configs
+  std::vector<SweepConfig> configs;
+  std::vector<PolicySpec> specs;                  // [config]
+  std::vector<std::vector<PolicyTraits>> traits;  // [trace][config]
+  MeasureRule measure;
+  uint64_t seed = 0;
+  uint64_t hash = 0;                 // identity for checkpoints
+  std::vector<SweepBlock> blocks;    // canonical order: trace, sequence (as listed), group
+  std::vector<SweepUnit> units;      // canonical order: block, config
+  std::map<UnitKey, int64_t> index;  // key -> unit
+
+  int64_t num_runs() const { return static_cast<int64_t>(traces.size() * specs.size()); }
+  int64_t run_of(const UnitKey& key) const {
+    return static_cast<int64_t>(key.trace) * static_cast<int64_t>(specs.size()) + key.config;
+  }
+  // Every unit's index, in the order its records are concatenated into run `run`.
+  std::vector<int64_t> units_of_run(int64_t run) const;
+};
+
+// Opens the traces, parses every config and checks it against every trace
+// (ConfigError naming the config, its origin and the trace), checks the
+// sequences, and enumerates blocks and units with their estimated costs.
+// Does not read trace values (see value_check_layers).
+// `trace_override`, when not empty, replaces the file's traces.
+Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace_override);
+
+// Every (trace, sequence, slot) of every trace -- each trace's value check,
+// in a fixed order so that ranks can split it.
+struct LayerRef {
+  int32_t trace, sequence, slot;
+};
+std::vector<LayerRef> value_check_layers(const Sweep& sweep);
+
+// The text hashed into Sweep::hash (canonical specs, trace ids, sequences,
+// measure, seed), exposed for docs and tests.
+std::string sweep_identity(const Sweep& sweep);
+
+// Traits of a spec, probed by building its pipeline on an empty shard;
+// conservative (all prefill rows, decode attention) when that fails.
+PolicyTraits probe_traits(const PolicySpec& spec, const TraceMeta& meta, const SequenceInfo& info);
+double estimate_unit_cost(const TraceMeta& meta, const SequenceInfo& info,
+                          const std::vector<int>& slots, const MeasureRule& measure,
+                          const PolicyTraits& traits);
+double estimate_block_overhead(const TraceMeta& meta, const SequenceInfo& info,
+                               const std::vector<int>& slots, const MeasureRule& measure);
+
+// --- running units ---------------------------------------------------------------
+// The data of one block, read once and shared by every config run on it.
+struct BlockData {
+  std::vector<LayerData> layers;  // aligned with the group's slots
+  std::vector<ExactLayer> exact;  // aligned with the group's slots
+  std::vector<int64_t> measured;
+};
+BlockData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seconds,
+                     double* exact_seconds);
+
+// One config over one block: exactly what replay_unit() computes for that
+// policy (the same calls in the same order, so results are bit-identical to
+// `kvsim replay`), with its own wall time in `seconds`.
+RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const BlockData& data,
+                   const std::vector<std::shared_ptr<const PolicyState>>& prepared);
+
+// --- results -----------------------------------------------------------------------
+// Concatenates the partial results in canonical unit order into one RunResult
+// per (trace, config) (run index trace * configs + config). `parts` is indexed
+// by unit; every unit must be present.
+std::vector<RunResult> assemble_runs(const Sweep& sweep, const std::vector<RunResult>& parts);
+
+// Per-rank statistics written to /sweep/ranks.
+struct RankStats {
+  int64_t units = 0, blocks = 0;
+  double validate_seconds = 0;  // reading trace values for the NaN/Inf check
+  double io_seconds = 0;        // reading blocks
+  double exact_seconds = 0;     // exact attention of blocks
+  double unit_seconds = 0;      // sum of units' replay time
+  double checkpoint_seconds =
+      0;                      // appending checkpoint records (write, and fsync with --fsync unit)
+  double fsync_seconds = 0;   // fsync of checkpoint records (in the background by default)
+  double work_seconds = 0;    // wall time from the start of work to the last own unit
+  double estimated_cost = 0;  // from the plan
+};
+
+struct SweepReport {
+  std::string sweep_file;
+  std::string kvsim_version;
+  int ranks = 1;
+  int threads = 1;
+  int64_t units_from_checkpoint = 0;
+  int64_t units_computed = 0;
+  double wall_seconds = 0;     // from the start to the results being written
+  double gather_seconds = 0;   // rank 0: the done messages, the reduction and the gather
+  std::vector<int> unit_rank;  // [unit] rank that computed it, -1 = from checkpoint
+  std::vector<RankStats> rank_stats;
+};
+
+// Writes the results file atomically: write_results() into a temporary name,
+// then the sweep's additions (trace columns, /traces, /sweep), then a rename.
+void write_sweep_results(const std::string& path, const Sweep& sweep,
+                         const std::vector<RunResult>& runs, const std::vector<RunResult>& parts,
+                         const SweepReport& report);
+
+// The CLI entry point (`kvsim sweep`), defined in sim/sweep_main.cc: initialises
+// and finalises MPI itself; returns the exit code.
+int run_sweep_command(int argc, char** argv, const std::string& kvsim_version);
+
+}  // namespace kvsim
