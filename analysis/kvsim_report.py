@@ -10,13 +10,20 @@ Writes into report_dir (created if needed; existing report files are replaced):
     pareto.png         attention-output error vs bits per cached element, Pareto frontier
     error_vs_step.png  mean relative error per measured step, one line per run
     per_layer.png      heatmap of mean relative error per (run, layer)
+    memory_per_layer.png  heatmap of bits per cached element per (run, layer), from /kv
+    per_head_error.png    per run: heatmap of mean relative error per (layer, query head)
+    per_head_memory.png   per run: heatmap of bits per element per (layer, KV head)
+    mass_lost.png      attention mass lost (1 - mass retained) of the runs that evict:
+                       per run and per measured step
+    per_layer.csv      one row per (run, layer): rel err, mass lost, bits per element
     index.md           links to all of the above
 
 Every file is written under a temporary name in report_dir and renamed over its final
 name with os.replace, so a file with a final name is always complete.
 
 The functions are importable: load_results, summary_table, pareto_frontier,
-error_by_step, error_by_layer, markdown_table, write_report, main.
+error_by_step, error_by_layer, error_by_head, memory_by_layer, memory_by_head,
+mass_lost_by_step, lossy_mass_runs, layer_table, markdown_table, write_report, main.
 """
 
 from __future__ import annotations
@@ -92,6 +99,7 @@ class Results:
     summary: pd.DataFrame
     runs: dict[int, dict[str, pd.DataFrame]]
     run_attrs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sequences: pd.DataFrame = field(default_factory=pd.DataFrame)  # /sequences, if present
 
     def __getitem__(self, key: str) -> Any:
         if key in ("path", "attrs", "summary", "runs", "run_attrs"):
@@ -219,7 +227,11 @@ def load_results(path: str | os.PathLike) -> Results:
                     tables[table] = (read_table(sub, columns) if isinstance(sub, h5py.Group)
                                      else _empty_table(columns))
                 runs[index] = tables
-    return Results(path=path, attrs=attrs, summary=summary, runs=runs, run_attrs=run_attrs)
+        seq_group = f.get("sequences")
+        sequences = (read_table(seq_group, ["sequence", "prompt_len", "num_tokens"])
+                     if isinstance(seq_group, h5py.Group) else pd.DataFrame())
+    return Results(path=path, attrs=attrs, summary=summary, runs=runs, run_attrs=run_attrs,
+                   sequences=sequences)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -765,6 +777,312 @@ def plot_per_layer(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]]
     return notes
 
 
+# --------------------------------------------------------------------------- per head, memory, mass
+
+
+def memory_by_layer(run: dict[str, pd.DataFrame]) -> pd.Series:
+    """Bits per cached element per layer for one run, from its kv table:
+    16 * sum(data_bits + meta_bits) / sum(fp16_bits) over the layer's rows."""
+    kv = run.get("kv")
+    if kv is None or kv.empty or not {"layer", "data_bits", "meta_bits", "fp16_bits"} <= set(kv):
+        return pd.Series([], dtype=float, name="bits_per_element")
+    stored = kv["data_bits"].astype(np.float64) + kv["meta_bits"].astype(np.float64)
+    g = pd.DataFrame({"layer": kv["layer"].astype(np.int64), "stored": stored,
+                      "fp16": kv["fp16_bits"].astype(np.float64)}).groupby("layer").sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 16.0 * g["stored"] / g["fp16"]
+    return out.rename("bits_per_element").sort_index()
+
+
+def memory_by_head(run: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Bits per cached element per (layer, KV head): a DataFrame indexed by layer with
+    one column per KV head (16 * stored bits / fp16 bits over the cell's kv rows)."""
+    kv = run.get("kv")
+    if kv is None or kv.empty or not {"layer", "kv_head", "data_bits", "meta_bits",
+                                      "fp16_bits"} <= set(kv):
+        return pd.DataFrame()
+    g = pd.DataFrame({"layer": kv["layer"].astype(np.int64),
+                      "head": kv["kv_head"].astype(np.int64),
+                      "stored": kv["data_bits"].astype(np.float64)
+                      + kv["meta_bits"].astype(np.float64),
+                      "fp16": kv["fp16_bits"].astype(np.float64)}).groupby(["layer", "head"]).sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bits = 16.0 * g["stored"] / g["fp16"]
+    return bits.unstack("head").sort_index()
+
+
+def error_by_head(run: dict[str, pd.DataFrame], metric: str = "rel_err") -> pd.DataFrame:
+    """Mean of `metric` per (layer, query head) for one run: a DataFrame indexed by layer
+    with one column per query head. From the aggregates (scope "head") when present,
+    otherwise from the steps table."""
+    agg = run.get("aggregates")
+    if agg is not None and not agg.empty and {"metric", "scope", "layer", "head",
+                                              "mean"} <= set(agg):
+        rows = agg[(agg["metric"] == metric) & (agg["scope"] == "head")]
+        if not rows.empty:
+            m = rows.assign(layer=rows["layer"].astype(np.int64),
+                            head=rows["head"].astype(np.int64),
+                            mean=rows["mean"].astype(np.float64))
+            return m.groupby(["layer", "head"])["mean"].mean().unstack("head").sort_index()
+    steps = run.get("steps")
+    if steps is None or steps.empty or metric not in steps:
+        return pd.DataFrame()
+    m = pd.DataFrame({"layer": steps["layer"].astype(np.int64),
+                      "head": steps["q_head"].astype(np.int64),
+                      "v": steps[metric].astype(np.float64)})
+    return m.groupby(["layer", "head"])["v"].mean().unstack("head").sort_index()
+
+
+def mass_lost_by_step(steps: pd.DataFrame,
+                      prompt_lens: dict[int, int] | None = None) -> pd.Series:
+    """Mean attention mass lost (1 - mass_retained) per step, indexed by step; with
+    prompt_lens ({sequence: prompt length}, from /sequences) indexed by the decode step
+    index t - P instead, so that sequences of different prompt lengths line up."""
+    if prompt_lens and not steps.empty and "sequence" in steps:
+        p = steps["sequence"].astype(np.int64).map(prompt_lens)
+        if p.notna().all():
+            steps = steps.assign(step=steps["step"].astype(np.int64) - p.astype(np.int64))
+    s = error_by_step(steps, "mass_retained")
+    return (1.0 - s).rename("mass_lost")
+
+
+def lossy_mass_runs(table: pd.DataFrame, tol: float = 1e-6) -> list[int]:
+    """Runs (in table order) that lose attention mass: mass_retained_mean < 1 - tol.
+    Those are the runs with an evict stage that dropped something (quantize and merge
+    stages keep every token, so their mass retained is 1)."""
+    m = pd.to_numeric(table["mass_retained_mean"], errors="coerce")
+    return [int(r) for r, v in zip(table["run"], m) if np.isfinite(v) and v < 1.0 - tol]
+
+
+def layer_table(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Long table, one row per (run, layer): spec, mean rel_err, mean mass lost and
+    bits per element of that layer (per_layer.csv)."""
+    rows = []
+    for r, spec in zip(table["run"], table["spec"]):
+        run = runs.get(int(r))
+        if run is None:
+            continue
+        err = error_by_layer(run, "rel_err")
+        mass = error_by_layer(run, "mass_retained")
+        bits = memory_by_layer(run)
+        for layer in sorted(set(err.index) | set(bits.index)):
+            rows.append({"run": int(r), "spec": spec, "layer": int(layer),
+                         "rel_err_mean": float(err.get(layer, np.nan)),
+                         "mass_lost_mean": float(1.0 - mass.get(layer, np.nan)),
+                         "bits_per_element": float(bits.get(layer, np.nan))})
+    return pd.DataFrame(rows, columns=["run", "spec", "layer", "rel_err_mean",
+                                       "mass_lost_mean", "bits_per_element"])
+
+
+def _norm_for(values: np.ndarray, force_linear: bool = False):
+    finite = values[np.isfinite(values)]
+    pos = finite[finite > 0]
+    if not force_linear and _use_log(finite):
+        return LogNorm(vmin=pos.min(), vmax=pos.max()), True
+    hi = float(finite.max()) if finite.size else 1.0
+    lo = float(min(0.0, finite.min())) if finite.size else 0.0
+    return Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0), False
+
+
+def plot_layer_memory(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]],
+                      path: str, attrs: dict[str, Any] | None = None) -> list[str]:
+    """Write memory_per_layer.png: heatmap run x layer of bits per cached element."""
+    attrs = attrs or {}
+    order = [int(r) for r in table["run"]]
+    labels = run_labels(table) if not table.empty else {}
+    per_run = {r: (memory_by_layer(runs[r]) if r in runs else pd.Series([], dtype=float))
+               for r in order}
+    layers = sorted({int(l) for s in per_run.values() for l in s.index})
+    if not layers:
+        fig = _new_figure(7, 3)
+        _placeholder(fig, "no per-layer memory (kv) data in the results file")
+        _save_figure(fig, path)
+        return ["No per-layer memory data."]
+    matrix = np.full((len(order), len(layers)), np.nan)
+    col = {l: j for j, l in enumerate(layers)}
+    for i, r in enumerate(order):
+        for l, v in per_run[r].items():
+            matrix[i, col[int(l)]] = v
+    norm = Normalize(vmin=0.0, vmax=max(16.0, float(np.nanmax(matrix))))
+    cmap = matplotlib.colormaps["magma_r"].with_extremes(bad="#d9d9d9")
+    n_rows, n_cols = matrix.shape
+    annotate = n_rows * n_cols <= 160 and n_cols <= 24
+    label_width = max(len(labels[r]) for r in order) * 0.075
+    cell_w, cell_h = (0.42, 0.42) if annotate else (0.13, 0.3)
+    fig = _new_figure(min(16.0, max(6.5, 2.8 + label_width + cell_w * n_cols)),
+                      min(24.0, max(3.0, 1.9 + cell_h * n_rows)))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, norm=norm,
+                      interpolation="nearest")
+    ax.set_yticks(range(n_rows), [_mpl_text(labels[r]) for r in order],
+                  fontsize=8 if n_rows <= 40 else 6)
+    step = max(1, math.ceil(n_cols / 32))
+    ax.set_xticks(range(0, n_cols, step), [str(layers[j]) for j in range(0, n_cols, step)],
+                  fontsize=8)
+    ax.set_xlabel("layer (model's original layer index)")
+    ax.set_ylabel("run (sorted by memory ratio)")
+    context = _context_line(attrs)
+    ax.set_title("Memory per layer: bits per cached K/V element (fp16 = 16)"
+                 + ("\n" + context if context else ""), fontsize=11)
+    bar = fig.colorbar(image, ax=ax, shrink=0.95)
+    bar.set_label("bits per element (data + metadata)", fontsize=9)
+    if annotate:
+        for i in range(n_rows):
+            for j in range(n_cols):
+                v = matrix[i, j]
+                if np.isfinite(v):
+                    rgba = cmap(norm(v))
+                    dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
+                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+    _save_figure(fig, path)
+    return (["Gray cells in memory_per_layer.png: no kv data for that run and layer."]
+            if np.isnan(matrix).any() else [])
+
+
+MAX_HEAD_PANELS = 12   # per-head figures draw at most this many runs
+
+
+def _head_grid(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]], path: str,
+               attrs: dict[str, Any], getter: Callable[[dict[str, pd.DataFrame]], pd.DataFrame],
+               title: str, bar_label: str, head_label: str, linear: bool,
+               cmap_name: str, vmin0: float | None = None,
+               vmax_min: float | None = None) -> list[str]:
+    notes: list[str] = []
+    order = [int(r) for r in table["run"]]
+    mats = {}
+    for r in order:
+        m = getter(runs[r]) if r in runs else pd.DataFrame()
+        if not m.empty:
+            mats[r] = m
+    if not mats:
+        fig = _new_figure(7, 3)
+        _placeholder(fig, "no per-head data in the results file")
+        _save_figure(fig, path)
+        return [f"No per-head data for {os.path.basename(path)}."]
+    shown = list(mats)[:MAX_HEAD_PANELS]
+    if len(mats) > len(shown):
+        notes.append(f"{os.path.basename(path)} shows the first {len(shown)} of {len(mats)} "
+                     "runs (by memory ratio).")
+    allv = np.concatenate([mats[r].to_numpy(dtype=float).ravel() for r in shown])
+    norm, log = _norm_for(allv, force_linear=linear)
+    if vmin0 is not None and not log:
+        hi = float(np.nanmax(allv)) if np.isfinite(allv).any() else 1.0
+        if vmax_min is not None:
+            hi = max(hi, vmax_min)
+        norm = Normalize(vmin=vmin0, vmax=hi if hi > vmin0 else vmin0 + 1.0)
+    cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="#d9d9d9", under="white")
+    n = len(shown)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    n_layers = max(len(mats[r].index) for r in shown)
+    n_heads = max(len(mats[r].columns) for r in shown)
+    panel_w = max(2.6, 0.28 * n_heads + 1.0)
+    labels = run_labels(table, int(panel_w * 12)) if not table.empty else {}
+    panel_h = max(2.0, 0.16 * n_layers + 1.0)
+    fig = _new_figure(panel_w * ncols + 1.4, panel_h * nrows + 1.0)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    image = None
+    for k, r in enumerate(shown):
+        ax = axes[k // ncols][k % ncols]
+        m = mats[r]
+        data = m.to_numpy(dtype=float)
+        if log:
+            data = np.where(data == 0, norm.vmin / 10, data)
+        image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=cmap, norm=norm,
+                          interpolation="nearest")
+        layers = [int(l) for l in m.index]
+        step = max(1, math.ceil(len(layers) / 16))
+        ax.set_yticks(range(0, len(layers), step), [str(layers[j]) for j in
+                                                    range(0, len(layers), step)], fontsize=7)
+        heads = [int(h) for h in m.columns]
+        hstep = max(1, math.ceil(len(heads) / 12))
+        ax.set_xticks(range(0, len(heads), hstep), [str(heads[j]) for j in
+                                                    range(0, len(heads), hstep)], fontsize=7)
+        ax.set_title(_mpl_text(labels[r]), fontsize=7)
+        if k % ncols == 0:
+            ax.set_ylabel("layer", fontsize=8)
+        if k // ncols == nrows - 1 or k + ncols >= n:
+            ax.set_xlabel(head_label, fontsize=8)
+    for k in range(n, nrows * ncols):
+        axes[k // ncols][k % ncols].set_axis_off()
+    context = _context_line(attrs)
+    fig.suptitle(title + ("\n" + context if context else ""), fontsize=11)
+    bar = fig.colorbar(image, ax=axes, shrink=0.9)
+    zeros = bool((allv[np.isfinite(allv)] == 0).any())
+    bar.set_label(bar_label + (" [log scale]" if log else "")
+                  + ("\n(white = exactly 0)" if log and zeros else ""), fontsize=9)
+    _save_figure(fig, path)
+    return notes
+
+
+def plot_per_head_error(table, runs, path, attrs=None) -> list[str]:
+    """Write per_head_error.png: per run, heatmap layer x query head of mean rel error."""
+    return _head_grid(table, runs, path, attrs or {}, lambda run: error_by_head(run),
+                      "Mean attention-output relative error per layer and query head",
+                      "mean relative error", "query head", False, "viridis")
+
+
+def plot_per_head_memory(table, runs, path, attrs=None) -> list[str]:
+    """Write per_head_memory.png: per run, heatmap layer x KV head of bits per element."""
+    return _head_grid(table, runs, path, attrs or {}, memory_by_head,
+                      "Bits per cached K/V element per layer and KV head (fp16 = 16)",
+                      "bits per element (data + metadata)", "KV head", True, "magma_r",
+                      vmin0=0.0, vmax_min=16.0)
+
+
+def plot_mass_lost(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]],
+                   path: str, attrs: dict[str, Any] | None = None,
+                   prompt_lens: dict[int, int] | None = None) -> list[str]:
+    """Write mass_lost.png: for every run that loses attention mass (eviction), the mean
+    mass lost (1 - mass retained) as a bar per run and as a line per measured step."""
+    attrs = attrs or {}
+    lossy = lossy_mass_runs(table)
+    if not lossy:
+        fig = _new_figure(7, 3)
+        _placeholder(fig, "no run loses attention mass\n(no eviction: mass retained is 1)")
+        _save_figure(fig, path)
+        return ["No run loses attention mass (mass_lost.png is a placeholder)."]
+    labels = run_labels(table)
+    colors = run_colors([int(r) for r in table["run"]])
+    sub = table[table["run"].astype(int).isin(lossy)]
+    lost = 1.0 - sub["mass_retained_mean"].astype(float).to_numpy()
+    longest = max(len(labels[r]) for r in lossy)
+    fig = _new_figure(12.5 + 0.06 * longest, max(4.2, 1.6 + 0.28 * len(lossy)))
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.5])
+    y = np.arange(len(lossy))
+    ax1.barh(y, lost, color=[colors[r] for r in lossy], edgecolor="black", linewidth=0.5)
+    ax1.set_yticks(y, [_mpl_text(labels[r]) for r in lossy], fontsize=8)
+    ax1.invert_yaxis()
+    for yi, v in zip(y, lost):
+        ax1.text(v, yi, f" {v:.3g}", va="center", fontsize=7)
+    ax1.set_xlim(0, max(float(lost.max()) * 1.25, 1e-3))
+    ax1.set_xlabel("attention mass lost, 1 − mass retained\n(mean over measured steps)")
+    ax1.set_title("Per run", fontsize=10)
+    ax1.grid(True, axis="x", alpha=0.3)
+    for r in lossy:
+        run = runs.get(r)
+        if run is None or run["steps"].empty:
+            continue
+        s = mass_lost_by_step(run["steps"], prompt_lens)
+        ax2.plot(s.index.to_numpy(), s.to_numpy(), color=colors[r], lw=1.5,
+                 marker="o" if len(s) <= 40 else None, markersize=3,
+                 label=_mpl_text(labels[r]))
+    ax2.set_xlabel("decode step index t − P (measured steps)" if prompt_lens
+                   else "query token position t (measured steps)")
+    ax2.set_ylabel("attention mass lost (mean over\nsequences, layers, heads)")
+    ax2.set_title("Per measured step", fontsize=10)
+    ax2.set_ylim(bottom=0)
+    ax2.grid(True, alpha=0.3)
+    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+               title="run (spec)", title_fontsize=8)
+    context = _context_line(attrs)
+    fig.suptitle("Exact attention mass on evicted tokens" + ("\n" + context if context else ""),
+                 fontsize=11)
+    _save_figure(fig, path)
+    return []
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -788,6 +1106,11 @@ def _index_markdown(results: Results, table: pd.DataFrame, front: pd.DataFrame,
               "- [pareto.png](pareto.png): error vs bits per cached element, Pareto frontier",
               "- [error_vs_step.png](error_vs_step.png): mean relative error per measured step",
               "- [per_layer.png](per_layer.png): mean relative error per run and layer",
+              "- [memory_per_layer.png](memory_per_layer.png): bits per element per run and layer",
+              "- [per_head_error.png](per_head_error.png): relative error per layer and query head",
+              "- [per_head_memory.png](per_head_memory.png): bits per element per layer and KV head",
+              "- [mass_lost.png](mass_lost.png): attention mass lost by eviction, per run and step",
+              "- [per_layer.csv](per_layer.csv): per (run, layer) error, mass lost and bits",
               "", "## Summary", "", markdown_table(table).rstrip("\n"), "",
               "## Fidelity vs memory", "", "![fidelity vs memory](pareto.png)", ""]
     if len(front):
@@ -798,7 +1121,11 @@ def _index_markdown(results: Results, table: pd.DataFrame, front: pd.DataFrame,
                          f"rel err {format_number(row['rel_err_mean'])}")
         lines.append("")
     lines += ["## Error per step", "", "![error per step](error_vs_step.png)", "",
-              "## Error per layer", "", "![error per layer](per_layer.png)", ""]
+              "## Error per layer", "", "![error per layer](per_layer.png)", "",
+              "## Memory per layer", "", "![memory per layer](memory_per_layer.png)", "",
+              "## Per head", "", "![error per head](per_head_error.png)", "",
+              "![memory per head](per_head_memory.png)", "",
+              "## Attention mass lost (eviction)", "", "![mass lost](mass_lost.png)", ""]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
@@ -813,7 +1140,8 @@ def write_report(results: Results | str | os.PathLike, out_dir: str | os.PathLik
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, name) for name in
              ("summary.csv", "summary.md", "pareto.png", "error_vs_step.png",
-              "per_layer.png", "index.md")}
+              "per_layer.png", "memory_per_layer.png", "per_head_error.png",
+              "per_head_memory.png", "mass_lost.png", "per_layer.csv", "index.md")}
 
     table = summary_table(results)
     md = markdown_table(table)
@@ -828,6 +1156,20 @@ def write_report(results: Results | str | os.PathLike, out_dir: str | os.PathLik
     notes += plot_error_vs_step(table, results.runs, paths["error_vs_step.png"],
                                 results.attrs)
     notes += plot_per_layer(table, results.runs, paths["per_layer.png"], results.attrs)
+    notes += plot_layer_memory(table, results.runs, paths["memory_per_layer.png"],
+                               results.attrs)
+    notes += plot_per_head_error(table, results.runs, paths["per_head_error.png"],
+                                 results.attrs)
+    notes += plot_per_head_memory(table, results.runs, paths["per_head_memory.png"],
+                                  results.attrs)
+    prompt_lens = None
+    if {"sequence", "prompt_len"} <= set(results.sequences.columns):
+        prompt_lens = {int(a): int(b) for a, b in zip(results.sequences["sequence"],
+                                                      results.sequences["prompt_len"])}
+    notes += plot_mass_lost(table, results.runs, paths["mass_lost.png"], results.attrs,
+                            prompt_lens)
+    layers = layer_table(table, results.runs)
+    _atomic_write(paths["per_layer.csv"], lambda tmp: layers.to_csv(tmp, index=False))
     missing = sorted(set(int(r) for r in table["run"]) - set(results.runs))
     if missing:
         notes.append("Runs listed in /summary without a /runs group: "
@@ -843,7 +1185,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="kvsim_report.py",
         description="Turn a kvsim results file (HDF5, docs/results-format.md) into a report "
                     "folder: summary.csv, summary.md, pareto.png, error_vs_step.png, "
-                    "per_layer.png and index.md.")
+                    "per_layer.png, memory_per_layer.png, per_head_error.png, "
+                    "per_head_memory.png, mass_lost.png, per_layer.csv and index.md.")
     parser.add_argument("results", help="results file written by `kvsim replay --out`")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="report folder (created if needed; report files are replaced)")

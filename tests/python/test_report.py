@@ -24,8 +24,10 @@ import kvsim_report as kr  # noqa: E402
 SCRIPT = os.path.join(REPO, "analysis", "kvsim_report.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = ["summary.csv", "summary.md", "pareto.png", "error_vs_step.png",
-                "per_layer.png", "index.md"]
-PNGS = ["pareto.png", "error_vs_step.png", "per_layer.png"]
+                "per_layer.png", "memory_per_layer.png", "per_head_error.png",
+                "per_head_memory.png", "mass_lost.png", "per_layer.csv", "index.md"]
+PNGS = ["pareto.png", "error_vs_step.png", "per_layer.png", "memory_per_layer.png",
+        "per_head_error.png", "per_head_memory.png", "mass_lost.png"]
 LONG_SPEC = ("evict(keep=0.25,sink=4,recent=128,score=h2o,window=256)+"
              "quant(bits=3,group=64,axis=channel,rotate=hadamard,outliers=0.01)")
 
