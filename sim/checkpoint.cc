@@ -150,13 +150,19 @@ void CheckpointWriter::sync_loop() {
     }
     synced_ = target;
     cv_.notify_all();
+    // Coalesce: at most one fsync per kSyncInterval, unless stopping or flushing
+    // (fsync and write() of the same file contend).
+    cv_.wait_for(lock, kSyncInterval, [&] { return stop_ || flush_; });
   }
 }
 
 void CheckpointWriter::sync() {
   if (mode_ == CheckpointSync::kEachRecord) return;
   std::unique_lock lock(mutex_);
+  flush_ = true;
+  cv_.notify_all();
   cv_.wait(lock, [&] { return synced_ == written_; });
+  flush_ = false;
   if (!error_.empty()) throw IoError(error_);
 }
 

@@ -13,6 +13,7 @@
 // it and anything after it are ignored.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -101,8 +102,9 @@ struct CheckpointUnit {
 // finished unit; fsync protects against a machine crash.
 enum class CheckpointSync {
   kEachRecord,  // fsync inside append(), before it returns
-  kBackground,  // fsync by a background thread right after each write()
+  kBackground,  // fsync by a background thread, at most kSyncInterval after each write()
 };
+inline constexpr std::chrono::milliseconds kSyncInterval{50};
 
 // Appends records to one rank's checkpoint file (created, never truncated).
 class CheckpointWriter {
@@ -133,7 +135,7 @@ class CheckpointWriter {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   uint64_t written_ = 0, synced_ = 0;
-  bool stop_ = false;
+  bool stop_ = false, flush_ = false;
   std::string error_;
   double fsync_seconds_ = 0;
   std::thread syncer_;

@@ -317,7 +317,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   throw ConfigError("unknown command '" + command +
-                    "' (valid: replay, synth, inspect, policies, version)");
+                    "' (valid: replay, sweep, synth, inspect, calibrate, policies, version)");
 }
 
 }  // namespace

@@ -362,7 +362,7 @@ PolicyTraits probe_traits(const PolicySpec& spec, const TraceMeta& meta, const S
     for (const auto& g : spec.layer_slot_groups(meta)) {
       if (g.size() > group.size()) group = g;
     }
-    if (group.empty()) return {{-1}, true};
+    if (group.empty()) return {{-1}, {}, true};
     std::vector<LayerData> dummy(group.size());
     ShardContext ctx;
     ctx.meta = &meta;
@@ -378,12 +378,13 @@ PolicyTraits probe_traits(const PolicySpec& spec, const TraceMeta& meta, const S
     ctx.num_tokens = info.num_tokens;
     const Pipeline pipeline = Pipeline::create(spec, ctx, {});
     PolicyTraits traits;
-    for (const auto& e : pipeline.evicts) {
-      if (e->prefill_attention_rows() != 0)
-        traits.prefill_rows.push_back(e->prefill_attention_rows());
+    for (size_t i = 0; i < pipeline.evicts.size(); ++i) {
+      const int64_t rows = pipeline.evicts[i]->prefill_attention_rows();
+      if (rows == 0) continue;
+      (i == 0 ? traits.shared_prefill_rows : traits.prefill_rows).push_back(rows);
     }
-    if (pipeline.store->prefill_attention_rows() != 0) {
-      traits.prefill_rows.push_back(pipeline.store->prefill_attention_rows());
+    if (const int64_t rows = pipeline.store->prefill_attention_rows(); rows != 0) {
+      (pipeline.evicts.empty() ? traits.shared_prefill_rows : traits.prefill_rows).push_back(rows);
     }
     traits.decode_attention = pipeline.needs_decode_attention();
     // An evict stage with integer `sinks` and `window` keeps at most their sum.
@@ -401,15 +402,17 @@ PolicyTraits probe_traits(const PolicySpec& spec, const TraceMeta& meta, const S
     }
     return traits;
   } catch (...) {
-    return {{-1}, true};  // e.g. a stage that needs prepared state: assume the most work
+    return {{-1}, {}, true};  // e.g. a stage that needs prepared state: assume the most work
   }
 }
 
 int64_t PolicyTraits::prefill_rows_summary() const {
   int64_t sum = 0;
-  for (int64_t rows : prefill_rows) {
-    if (rows < 0) return -1;
-    sum += rows;
+  for (const auto* list : {&prefill_rows, &shared_prefill_rows}) {
+    for (int64_t rows : *list) {
+      if (rows < 0) return -1;
+      sum += rows;
+    }
   }
   return sum;
 }
@@ -449,7 +452,8 @@ double estimate_unit_cost(const TraceMeta& meta, const SequenceInfo& info,
 }
 
 double estimate_block_overhead(const TraceMeta& meta, const SequenceInfo& info,
-                               const std::vector<int>& slots, const MeasureRule& measure) {
+                               const std::vector<int>& slots, const MeasureRule& measure,
+                               const std::vector<int64_t>& shared_prefill_rows) {
   const double hq = meta.num_q_heads, hkv = meta.num_kv_heads, d = meta.head_dim;
   const auto measured = measure.steps(info.prompt_len, info.num_tokens);
   double cost = 0;
@@ -458,6 +462,15 @@ double estimate_block_overhead(const TraceMeta& meta, const SequenceInfo& info,
     for (int64_t t : measured) measured_n += present_tokens(meta.sliding_window[slot], t);
     cost += kReadWeight * (hq + 2 * hkv) * d * static_cast<double>(info.num_tokens);
     cost += 2 * hq * d * measured_n;  // exact attention: scores + weighted sum
+    for (int64_t stage_rows : shared_prefill_rows) {
+      const int64_t P = info.prompt_len;
+      const int64_t rows = stage_rows < 0 ? P : std::min<int64_t>(stage_rows, P);
+      double prefill_n = 0;
+      for (int64_t r = P - rows; r < P; ++r) {
+        prefill_n += present_tokens(meta.sliding_window[slot], r);
+      }
+      cost += 2 * hq * d * prefill_n;
+    }
   }
   return cost;
 }
@@ -560,6 +573,14 @@ Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace
   }
 
   const int64_t configs = static_cast<int64_t>(s.specs.size());
+  std::vector<std::vector<int64_t>> shared_rows(s.traces.size());  // distinct, per trace
+  for (size_t t = 0; t < s.traces.size(); ++t) {
+    std::set<int64_t> rows;
+    for (const auto& traits : s.traits[t]) {
+      rows.insert(traits.shared_prefill_rows.begin(), traits.shared_prefill_rows.end());
+    }
+    shared_rows[t].assign(rows.begin(), rows.end());
+  }
   for (size_t t = 0; t < s.traces.size(); ++t) {
     const TraceMeta& meta = s.traces[t]->meta();
     for (int seq : s.sequences[t]) {
@@ -569,7 +590,8 @@ Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace
         block.trace = static_cast<int32_t>(t);
         block.sequence = seq;
         block.group = static_cast<int32_t>(g);
-        block.overhead = estimate_block_overhead(meta, info, s.groups[t][g], s.measure);
+        block.overhead =
+            estimate_block_overhead(meta, info, s.groups[t][g], s.measure, shared_rows[t]);
         const int64_t b = static_cast<int64_t>(s.blocks.size());
         s.blocks.push_back(block);
         for (int64_t c = 0; c < configs; ++c) {
@@ -624,7 +646,8 @@ BlockData load_block(const Sweep& sweep, const SweepBlock& block, double* io_sec
 }
 
 RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const BlockData& data,
-                   const std::vector<std::shared_ptr<const PolicyState>>& prepared) {
+                   const std::vector<std::shared_ptr<const PolicyState>>& prepared,
+                   PrefillAttentionCache* prefill_cache) {
   const TraceReader& trace = *sweep.traces[unit.key.trace];
   const TraceMeta& meta = trace.meta();
   const SequenceInfo& info = trace.sequence(unit.key.sequence);
@@ -645,7 +668,7 @@ RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const BlockData& d
       exact_ptrs.push_back(&data.exact[it - slots.begin()]);
     }
     RunResult r = replay_shard(meta, unit.key.sequence, info.prompt_len, g, layer_ptrs, exact_ptrs,
-                               spec, prepared, data.measured, sweep.seed);
+                               spec, prepared, data.measured, sweep.seed, prefill_cache);
     merged.steps.insert(merged.steps.end(), r.steps.begin(), r.steps.end());
     merged.kv.insert(merged.kv.end(), r.kv.begin(), r.kv.end());
     for (const auto& [k, v] : r.counters) merged.counters[k] += v;

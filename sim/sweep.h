@@ -62,8 +62,12 @@ std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies
 // Cost model of one unit or block, in "attention multiply-adds" (see docs/sweeps.md).
 struct PolicyTraits {
   // Stage::prefill_attention_rows() of every stage that asks for prefill
-  // attention (each pays for its own rows; -1 = all prompt rows).
+  // attention (-1 = all prompt rows). The engine shares the column sums of a
+  // stage that sees the whole prompt (the first evict stage, or the store when
+  // there is none) between the configs of a block: those rows count in the
+  // block's overhead (`shared_prefill_rows`), the others in each unit.
   std::vector<int64_t> prefill_rows;
+  std::vector<int64_t> shared_prefill_rows;
   bool decode_attention = false;  // Pipeline::needs_decode_attention()
   // Cache bound of a sinks + window evict stage (StreamingLLM-like), in
   // tokens; -1 = none known (the exact cache bounds the cost).
@@ -131,8 +135,12 @@ PolicyTraits probe_traits(const PolicySpec& spec, const TraceMeta& meta, const S
 double estimate_unit_cost(const TraceMeta& meta, const SequenceInfo& info,
                           const std::vector<int>& slots, const MeasureRule& measure,
                           const PolicyTraits& traits);
+// `shared_prefill_rows`: the distinct shareable prefill row counts of the
+// trace's configs (PolicyTraits::shared_prefill_rows), each computed once per
+// block and rank.
 double estimate_block_overhead(const TraceMeta& meta, const SequenceInfo& info,
-                               const std::vector<int>& slots, const MeasureRule& measure);
+                               const std::vector<int>& slots, const MeasureRule& measure,
+                               const std::vector<int64_t>& shared_prefill_rows = {});
 
 // --- running units ---------------------------------------------------------------
 // The data of one block, read once and shared by every config run on it.
@@ -146,9 +154,12 @@ BlockData load_block(const Sweep& sweep, const SweepBlock& block, double* io_sec
 
 // One config over one block: exactly what replay_unit() computes for that
 // policy (the same calls in the same order, so results are bit-identical to
-// `kvsim replay`), with its own wall time in `seconds`.
+// `kvsim replay`), with its own wall time in `seconds`. `prefill_cache`, if
+// given, shares exact prefill attention between the configs run on the block
+// (one cache per thread: it is not thread-safe).
 RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const BlockData& data,
-                   const std::vector<std::shared_ptr<const PolicyState>>& prepared);
+                   const std::vector<std::shared_ptr<const PolicyState>>& prepared,
+                   PrefillAttentionCache* prefill_cache = nullptr);
 
 // --- results -----------------------------------------------------------------------
 // Concatenates the partial results in canonical unit order into one RunResult

@@ -621,6 +621,7 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
     try {
       const BlockData data = load_block(sweep, block, &stats.io_seconds, &stats.exact_seconds);
       ++stats.blocks;
+      std::vector<PrefillAttentionCache> prefill_caches(threads);  // one per thread
       for (int64_t u : units) {
         const int64_t key = static_cast<int64_t>(block.trace) * 1000003 + sweep.units[u].key.config;
         if (!prepared.count(key)) {
@@ -637,7 +638,8 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
         try {
           const SweepUnit& unit = sweep.units[units[i]];
           const int64_t key = static_cast<int64_t>(block.trace) * 1000003 + unit.key.config;
-          results[i] = run_unit(sweep, unit, data, prepared.at(key));
+          results[i] =
+              run_unit(sweep, unit, data, prepared.at(key), &prefill_caches[omp_get_thread_num()]);
           const std::vector<char> record = writer->make_record(unit.key, results[i]);
           std::lock_guard lock(mutex);
           const auto t0 = Clock::now();

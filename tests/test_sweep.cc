@@ -169,10 +169,18 @@ TEST(Sweep, ResolvesUnitsAndGroups) {
     EXPECT_EQ(s.index.at(s.units[u].key), static_cast<int64_t>(u));
     EXPECT_GT(s.units[u].cost, 0);
   }
-  // MiKV asks for prefill and decode attention and costs more than uniform.
+  // MiKV asks for decode attention and for prefill attention over the whole
+  // prompt, which the configs of a block share: it counts in the block overhead.
   EXPECT_TRUE(s.traits[0][9].decode_attention);
   EXPECT_FALSE(s.traits[0][1].decode_attention);
-  EXPECT_GT(s.units[9].cost, s.units[1].cost);
+  EXPECT_EQ(s.traits[0][9].shared_prefill_rows, std::vector<int64_t>{-1});
+  EXPECT_TRUE(s.traits[0][1].shared_prefill_rows.empty());
+  const Sweep no_mikv = resolve_sweep(fx.file("  - full\n"), {});
+  EXPECT_GT(s.blocks[0].overhead, no_mikv.blocks[0].overhead);
+  // With unmeasured decode steps, its decode attention makes each unit cost more.
+  const Sweep strided =
+      resolve_sweep(fx.file("  - uniform\n  - mikv\n", "measure: stride=8\n"), {});
+  EXPECT_GT(strided.units[1].cost, strided.units[0].cost);
   // Every (trace, config) run covers each of the trace's blocks once.
   for (int64_t run = 0; run < s.num_runs(); ++run) {
     const auto units = s.units_of_run(run);
@@ -329,10 +337,17 @@ TEST(Checkpoint, RoundTripIsBitExact) {
   TempDir dir;
   {
     CheckpointWriter w(dir.file(checkpoint_file_name(1, 0)), 42);
-    for (int i = 0; i < 4; ++i) w.append({0, i, 1, 2 * i}, sample_part(i));
+    for (int i = 0; i < 2; ++i) w.append({0, i, 1, 2 * i}, sample_part(i));
+  }
+  {
+    // The background fsync mode writes the same bytes; sync() waits for the fsync.
+    CheckpointWriter w(dir.file(checkpoint_file_name(1, 1)), 42, CheckpointSync::kBackground);
+    for (int i = 2; i < 4; ++i) w.append({0, i, 1, 2 * i}, sample_part(i));
+    w.sync();
+    EXPECT_GE(w.fsync_seconds(), 0.0);
   }
   const CheckpointScan scan = scan_checkpoints(dir.path().string(), 42, true);
-  EXPECT_EQ(scan.files, 1);
+  EXPECT_EQ(scan.files, 2);
   EXPECT_EQ(scan.torn_files, 0);
   ASSERT_EQ(scan.units.size(), 4u);
   EXPECT_EQ(scan.last_attempt, 1);
