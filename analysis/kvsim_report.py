@@ -701,26 +701,33 @@ def plot_error_vs_step(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFra
     return notes
 
 
-def plot_per_layer(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]],
-                   path: str, attrs: dict[str, Any] | None = None) -> list[str]:
-    """Write per_layer.png (heatmap run x layer of mean relative error)."""
-    attrs = attrs or {}
-    notes: list[str] = []
+def _run_layer_matrix(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]],
+                      by_layer: Callable[[dict[str, pd.DataFrame]], pd.Series]):
+    """(run order, run labels, sorted layers, matrix [run, layer]) of a per-layer statistic;
+    cells without data are NaN."""
     order = [int(r) for r in table["run"]]
     labels = run_labels(table) if not table.empty else {}
-    per_run = {r: (error_by_layer(runs[r]) if r in runs else pd.Series([], dtype=float))
-               for r in order}
+    per_run = {r: (by_layer(runs[r]) if r in runs else pd.Series([], dtype=float)) for r in order}
     layers = sorted({int(l) for s in per_run.values() for l in s.index})
-    if not layers:
-        fig = _new_figure(7, 3)
-        _placeholder(fig, "no per-layer data in the results file")
-        _save_figure(fig, path)
-        return ["No per-layer data."]
     matrix = np.full((len(order), len(layers)), np.nan)
     column = {l: j for j, l in enumerate(layers)}
     for i, r in enumerate(order):
         for l, v in per_run[r].items():
             matrix[i, column[int(l)]] = v
+    return order, labels, layers, matrix
+
+
+def plot_per_layer(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFrame]],
+                   path: str, attrs: dict[str, Any] | None = None) -> list[str]:
+    """Write per_layer.png (heatmap run x layer of mean relative error)."""
+    attrs = attrs or {}
+    notes: list[str] = []
+    order, labels, layers, matrix = _run_layer_matrix(table, runs, error_by_layer)
+    if not layers:
+        fig = _new_figure(7, 3)
+        _placeholder(fig, "no per-layer data in the results file")
+        _save_figure(fig, path)
+        return ["No per-layer data."]
     if np.isnan(matrix).any():
         notes.append("Gray cells in per_layer.png: no data for that run and layer.")
 
@@ -888,21 +895,12 @@ def plot_layer_memory(table: pd.DataFrame, runs: dict[int, dict[str, pd.DataFram
                       path: str, attrs: dict[str, Any] | None = None) -> list[str]:
     """Write memory_per_layer.png: heatmap run x layer of bits per cached element."""
     attrs = attrs or {}
-    order = [int(r) for r in table["run"]]
-    labels = run_labels(table) if not table.empty else {}
-    per_run = {r: (memory_by_layer(runs[r]) if r in runs else pd.Series([], dtype=float))
-               for r in order}
-    layers = sorted({int(l) for s in per_run.values() for l in s.index})
+    order, labels, layers, matrix = _run_layer_matrix(table, runs, memory_by_layer)
     if not layers:
         fig = _new_figure(7, 3)
         _placeholder(fig, "no per-layer memory (kv) data in the results file")
         _save_figure(fig, path)
         return ["No per-layer memory data."]
-    matrix = np.full((len(order), len(layers)), np.nan)
-    col = {l: j for j, l in enumerate(layers)}
-    for i, r in enumerate(order):
-        for l, v in per_run[r].items():
-            matrix[i, col[int(l)]] = v
     norm = Normalize(vmin=0.0, vmax=max(16.0, float(np.nanmax(matrix))))
     cmap = matplotlib.colormaps["magma_r"].with_extremes(bad="#d9d9d9")
     n_rows, n_cols = matrix.shape

@@ -40,6 +40,7 @@
 #include <numbers>
 
 #include "policies/policy.h"
+#include "policies/slerp.h"
 #include "sim/errors.h"
 #include "trace/fp16.h"
 
@@ -59,45 +60,6 @@ std::vector<std::vector<int>> minicache_pairs(const Params& p, const TraceMeta& 
     pairs.push_back({static_cast<int>(l), static_cast<int>(l + 1)});
   }
   return pairs;
-}
-
-// Angular distance d = W/pi of two vectors and their SLERP direction; returns
-// false when a vector is zero (no direction: the token is retained).
-bool slerp(const float* xa, const float* xb, int d, double t, float* direction, double& distance,
-           float& norm_a, float& norm_b) {
-  double na = 0, nb = 0, dot = 0;
-  for (int c = 0; c < d; ++c) {
-    na += static_cast<double>(xa[c]) * xa[c];
-    nb += static_cast<double>(xb[c]) * xb[c];
-    dot += static_cast<double>(xa[c]) * xb[c];
-  }
-  na = std::sqrt(na);
-  nb = std::sqrt(nb);
-  norm_a = static_cast<float>(na);
-  norm_b = static_cast<float>(nb);
-  if (na == 0 || nb == 0) return false;
-  const double cosw = std::clamp(dot / (na * nb), -1.0, 1.0);
-  const double w = std::acos(cosw);
-  distance = w / std::numbers::pi;
-  double wa, wb;
-  if (w < 1e-4) {  // SLERP degenerates: normalised linear interpolation
-    wa = 1 - t;
-    wb = t;
-  } else {
-    wa = std::sin((1 - t) * w) / std::sin(w);
-    wb = std::sin(t * w) / std::sin(w);
-  }
-  double n = 0;
-  std::vector<double> e(d);
-  for (int c = 0; c < d; ++c) {
-    e[c] = wa * xa[c] / na + wb * xb[c] / nb;
-    n += e[c] * e[c];
-  }
-  n = std::sqrt(n);
-  if (n == 0) return false;  // opposite vectors with t = 0.5: no direction
-  // The direction is stored at fp16 precision (the inner store may quantize it further).
-  for (int c = 0; c < d; ++c) direction[c] = round_to_half(static_cast<float>(e[c] / n));
-  return true;
 }
 
 class MiniCache final : public MergeStage {
@@ -243,9 +205,10 @@ class MiniCache final : public MergeStage {
       float* ek = directions_.k.data() + (static_cast<size_t>(head) * T + p) * d_;
       float* ev = directions_.v.data() + (static_cast<size_t>(head) * T + p) * d_;
       float nka, nkb, nva, nvb;
-      const bool ok_k = slerp(la.key(head, p), lb.key(head, p), d_, t_, ek, dist_k[i], nka, nkb);
+      const bool ok_k =
+          minicache_slerp(la.key(head, p), lb.key(head, p), d_, t_, ek, dist_k[i], nka, nkb);
       const bool ok_v =
-          slerp(la.value(head, p), lb.value(head, p), d_, t_, ev, dist_v[i], nva, nvb);
+          minicache_slerp(la.value(head, p), lb.value(head, p), d_, t_, ev, dist_v[i], nva, nvb);
       mergeable[i] = ok_k && ok_v;
       s.magnitude[0][2 * p] = round_to_half(nka);
       s.magnitude[0][2 * p + 1] = round_to_half(nva);

@@ -1,6 +1,8 @@
 // MiniCache SLERP merge/restore: the CPU reference against hand-worked cases and a verbatim
 // copy of policies/minicache.cc's slerp() (always run), and the GPU against the reference
 // (skipped without a CUDA device).
+#include "policies/slerp.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,51 +25,6 @@ namespace kvsim::gpu {
 namespace {
 
 using testing::random_uniform;
-
-// policies/minicache.cc's slerp(), copied statement for statement (that file keeps it in an
-// anonymous namespace, and tests/gpu links only kvsim_gpu). If the policy's math changes, this
-// copy and gpu/cpu_reference_merge.cc must change with it. Additionally returns e / |e| in
-// double (the value that is rounded to fp16) for the GPU tie analysis.
-bool minicache_slerp(const float* xa, const float* xb, int d, double t, float* direction,
-                     double& distance, float& norm_a, float& norm_b,
-                     std::vector<double>* unrounded = nullptr) {
-  double na = 0, nb = 0, dot = 0;
-  for (int c = 0; c < d; ++c) {
-    na += static_cast<double>(xa[c]) * xa[c];
-    nb += static_cast<double>(xb[c]) * xb[c];
-    dot += static_cast<double>(xa[c]) * xb[c];
-  }
-  na = std::sqrt(na);
-  nb = std::sqrt(nb);
-  norm_a = static_cast<float>(na);
-  norm_b = static_cast<float>(nb);
-  if (na == 0 || nb == 0) return false;
-  const double cosw = std::clamp(dot / (na * nb), -1.0, 1.0);
-  const double w = std::acos(cosw);
-  distance = w / std::numbers::pi;
-  double wa, wb;
-  if (w < 1e-4) {
-    wa = 1 - t;
-    wb = t;
-  } else {
-    wa = std::sin((1 - t) * w) / std::sin(w);
-    wb = std::sin(t * w) / std::sin(w);
-  }
-  double n = 0;
-  std::vector<double> e(d);
-  for (int c = 0; c < d; ++c) {
-    e[c] = wa * xa[c] / na + wb * xb[c] / nb;
-    n += e[c] * e[c];
-  }
-  n = std::sqrt(n);
-  if (n == 0) return false;
-  for (int c = 0; c < d; ++c) direction[c] = round_to_half(static_cast<float>(e[c] / n));
-  if (unrounded != nullptr) {
-    unrounded->resize(static_cast<std::size_t>(d));
-    for (int c = 0; c < d; ++c) (*unrounded)[c] = e[c] / n;
-  }
-  return true;
-}
 
 struct Merge {
   std::vector<std::uint16_t> direction, norm_a, norm_b;
