@@ -301,11 +301,11 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         if (window > 0 && t - window >= 0 && cache.find(static_cast<int32_t>(t - window)) >= 0) {
           removed.push_back(static_cast<int32_t>(t - window));  // left the model's own window
         }
-        candidates.assign(cache.positions.begin(), cache.positions.end());
-        subtract_sorted(candidates, removed);
-        candidates.push_back(static_cast<int32_t>(t));
         bool keep_new = true;
-        if (!pipe.evicts.empty()) {
+        if (!pipe.evicts.empty()) {  // the candidate list is only built when someone selects
+          candidates.assign(cache.positions.begin(), cache.positions.end());
+          subtract_sorted(candidates, removed);
+          candidates.push_back(static_cast<int32_t>(t));
           ArrivalView view;
           view.local_layer = local;
           view.kv_head = h;
