@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Helpers shared by the experiments (experiments/0*/plots.py).
 
-Results files (docs/results-format.md) are read through kvsim_report.load_results;
-this module adds spec parsing, counters, equal-memory interpolation and the
-trace-side statistics that need the raw Q/K/V (docs/trace-format.md):
+Results files (docs/results-format.md) are read through the shared loader,
+kvsim_results.load_results; this module adds spec parsing, equal-memory interpolation
+and the trace-side statistics that need the raw Q/K/V (docs/trace-format.md):
 
     parse_spec(spec)                  -> [(stage, {param: value}), ...]
     load_summary(path)                -> /summary with `stages`, `model` and params
     counters(path)                    -> {run: {counter name: value}}
-    pareto_frontier(df, x, y)         -> re-exported from kvsim_report
+    pareto_frontier(df, x, y)         -> re-exported from kvsim_tables
     interpolate_at(df, x, y, x0)      -> y of a sorted curve at x0 (nan outside)
     key_norm_attention(trace, seq)    -> per (layer, kv head): key norms of the prompt
                                          tokens and the attention the decode queries give them
@@ -27,13 +27,16 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kvsim_report as kr  # noqa: E402
+from kvsim_results import load_results  # noqa: E402
+from kvsim_tables import pareto_frontier  # noqa: E402
 
-pareto_frontier = kr.pareto_frontier
-load_results = kr.load_results
+__all__ = ["parse_spec", "load_summary", "counters", "pareto_frontier", "load_results",
+           "interpolate_at", "prompt_len", "key_norm_attention", "norm_attention_correlation",
+           "adjacent_layer_cosine"]
 
 
 def _value(text: str) -> Any:
+    """A spec parameter value: a [list], int, float, true/false, or the text itself."""
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         return [_value(t) for t in text[1:-1].split(",") if t.strip()]
@@ -76,7 +79,7 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
 def load_summary(path: str | os.PathLike, model: str | None = None) -> pd.DataFrame:
     """The /summary table with added columns: `stages` ('h2o+kivi'), `model`, and one
     column `<stage>.<param>` per parameter written in the spec."""
-    res = kr.load_results(path)
+    res = load_results(path)
     s = res.summary.copy()
     s["model"] = model or res.attrs.get("model_name", "")
     s["stages"] = ["+".join(n for n, _ in parse_spec(x)) for x in s["spec"]]
@@ -92,17 +95,8 @@ def load_summary(path: str | os.PathLike, model: str | None = None) -> pd.DataFr
 
 
 def counters(path: str | os.PathLike) -> dict[int, dict[str, float]]:
-    """Every run's /runs/NNNN/counters as {run: {name: value}}."""
-    out: dict[int, dict[str, float]] = {}
-    with h5py.File(path, "r") as f:
-        for name, g in f["runs"].items():
-            c = g.get("counters")
-            row: dict[str, float] = {}
-            if isinstance(c, h5py.Group) and "name" in c and "value" in c:
-                for n, v in zip(c["name"].asstr()[()], c["value"][()]):
-                    row[str(n)] = float(v)
-            out[int(name)] = row
-    return out
+    """Every run's /runs/NNNN/counters as {run: {name: value}} ({} for a run without)."""
+    return load_results(path).counters
 
 
 def interpolate_at(df: pd.DataFrame, x: str, y: str, x0: float) -> float:
@@ -117,6 +111,7 @@ def interpolate_at(df: pd.DataFrame, x: str, y: str, x0: float) -> float:
 
 
 def _trace_meta(f: h5py.File) -> dict[str, Any]:
+    """Layer ids, sliding windows, sequence names, attention scale and head counts."""
     layer_ids = [int(v) for v in f["layer_ids"][()]]
     windows = ([int(v) for v in f["sliding_window"][()]] if "sliding_window" in f
                else [0] * len(layer_ids))
@@ -127,6 +122,7 @@ def _trace_meta(f: h5py.File) -> dict[str, Any]:
 
 
 def prompt_len(f: h5py.File, name: str) -> int:
+    """The prompt length P of trace sequence `name` (attribute prompt_len)."""
     g = f["sequences"][name]
     for key in ("prompt_len", "prompt_length"):
         if key in g.attrs:

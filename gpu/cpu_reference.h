@@ -175,14 +175,15 @@ void key_norms_topk(const float* k,  // [num_heads, num_tokens, head_dim]
 
 // --- MiniCache SLERP merge / restore ---------------------------------------------------------
 
-// Per row r (a (token, head) pair; dim = head_dim), the math of policies/minicache.cc, in
-// double: na = |xa|, nb = |xb|, W = acos(clamp(xa.xb / (na nb), -1, 1)), distance = W / pi,
+// Per row r (a (token, head) pair; dim = head_dim), the math of minicache_slerp()
+// (policies/slerp.h, used by policies/minicache.cc), in double: na = |xa|, nb = |xb|,
+// W = acos(clamp(xa.xb / (na nb), -1, 1)), distance = W / pi,
 //   (wa, wb) = (sin((1-t)W) / sin W, sin(tW) / sin W), or (1-t, t) when W < 1e-4,
 //   e = wa xa / na + wb xb / nb,  direction = to_half(float(e / |e|)),
 // norm_a = to_half(float(na)), norm_b = to_half(float(nb)), merged[r] = 1. Without a direction
 // (na, nb or |e| is 0: minicache.cc retains such tokens) merged[r] = 0 and direction = 0;
 // distance is W / pi whenever na, nb > 0, else 0.
-// The sums run sequentially over c in double, as in minicache.cc.
+// The sums run sequentially over c in double, as in policies/slerp.h.
 // Requirements: num_rows >= 0 (0: no-op), dim > 0, t in [0, 1], inputs finite.
 void slerp_merge(const float* xa,  // [num_rows, dim]  (layer S+2i)
                  const float* xb,  // [num_rows, dim]  (layer S+2i+1)

@@ -66,7 +66,7 @@ void slerp_merge(const float* xa, const float* xb, std::int64_t num_rows, int di
     const float* a = xa + r * dim;
     const float* b = xb + r * dim;
     std::uint16_t* dir = direction + r * dim;
-    // From here on, the statements of policies/minicache.cc's slerp(), in the same order.
+    // From here on, the statements of minicache_slerp() (policies/slerp.h), in the same order.
     double na = 0, nb = 0, dot = 0;
     for (int c = 0; c < dim; ++c) {
       na += static_cast<double>(a[c]) * a[c];

@@ -35,11 +35,9 @@
 //   - pooling runs over positions: an entry absent from the candidates (dropped
 //     by an earlier evict stage) counts as score 0 for its neighbours.
 //   - ties (equal pooled scores): the lower position is evicted first.
-//   - composition caveat: the engine computes one set of prefill column sums
-//     per pipeline, over the largest row count any stage asks for; in a
-//     pipeline that also holds a stage asking for more rows (e.g. h2o), SnapKV
-//     would see those rows too. Use snapkv alone or with stages that ask for no
-//     prefill attention.
+//   - composition: the engine gives every stage that asks for prefill
+//     attention the column sums of its own row count (sim/engine.cc), so in
+//     h2o+snapkv SnapKV still scores with its own `window` rows.
 // Memory: what the store stage counts (fp16: 2*16*d bits per kept token):
 // min(P_w, budget) + (t + 1 - P) tokens at decode step t, P_w the prompt
 // tokens the layer holds.

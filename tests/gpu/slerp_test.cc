@@ -1,5 +1,5 @@
-// MiniCache SLERP merge/restore: the CPU reference against hand-worked cases and a verbatim
-// copy of policies/minicache.cc's slerp() (always run), and the GPU against the reference
+// MiniCache SLERP merge/restore: the CPU reference against hand-worked cases and against
+// minicache_slerp() of policies/slerp.h (always run), and the GPU against the reference
 // (skipped without a CUDA device).
 #include "policies/slerp.h"
 
@@ -82,7 +82,7 @@ TEST(CpuSlerp, FallbackAndDegenerateRows) {
   EXPECT_EQ(m.direction[6], float_to_half_bits(0.6f));
 }
 
-// Random rows (and a few near-parallel ones) against the copy of minicache.cc: bit for bit.
+// Random rows (and a few near-parallel ones) against minicache_slerp(): bit for bit.
 TEST(CpuSlerp, BitIdenticalToMiniCacheMath) {
   const int dim = 64;
   const std::int64_t rows = 300;
@@ -157,7 +157,7 @@ class GpuSlerp : public ::testing::TestWithParam<SlerpCase> {};
 
 // Random rows, with special rows mixed in: zero, parallel, near-parallel (W ~ 1e-6, the
 // fallback), identical, and -- for t = 0.5 only -- opposite (then e is exactly 0 on both sides:
-// no direction). For other t, minicache.cc's formula on exactly opposite vectors divides the
+// no direction). For other t, minicache_slerp()'s formula on exactly opposite vectors divides the
 // rounding noise of sin((1-t)pi) - sin(t pi) by sin(pi) ~ 1e-16: an ill-posed direction (such
 // tokens have distance 1 and are retained, never merged), so it is not generated.
 void slerp_inputs(const SlerpCase& c, std::vector<float>& xa, std::vector<float>& xb) {

@@ -3,6 +3,7 @@
 write_fake_results() writes a small synthetic results file that follows
 docs/results-format.md (version 1): root attributes, /summary and /runs/NNNN with
 steps, kv and aggregates tables, with the summary numbers computed from the tables.
+Its table groups track creation order, so their columns are stored in schema order.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def write_fake_results(path: str | os.PathLike, runs: list[dict[str, Any]], *,
             if value is None:
                 continue
             f.attrs[key] = value
-        g = f.create_group("summary")
+        # Tables track creation order, so they store their columns in schema order.
+        g = f.create_group("summary", track_order=True)
         _write_table(g, {c: (summary[c].to_numpy(), SUMMARY_DTYPES.get(c, np.float64))
                          for c in summary.columns})
         rg = f.create_group("runs")
@@ -189,7 +191,7 @@ def write_fake_results(path: str | os.PathLike, runs: list[dict[str, Any]], *,
             run.attrs["stages"] = "+".join(p.split("(")[0] for p in spec.split("+"))
             run.attrs["seed"] = np.int64(0)
             for name, df in t.items():
-                sub = run.create_group(name)
+                sub = run.create_group(name, track_order=True)
                 _write_table(sub, {c: (df[c].to_numpy(),
                                        STR if c in ("metric", "scope") else df[c].dtype)
                                    for c in df.columns})

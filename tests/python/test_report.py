@@ -162,6 +162,102 @@ def test_unequal_column_lengths_raise(tmp_path):
         kr.load_results(path)
 
 
+def _rewrite_summary(path, track_order: bool, order: list[str],
+                     columns_attr: object | None = None) -> None:
+    """Replace /summary by a copy whose datasets are created in `order`."""
+    with h5py.File(path, "a") as f:
+        data = {name: f["summary"][name][()] for name in f["summary"]}
+        dtypes = {name: f["summary"][name].dtype for name in f["summary"]}
+        del f["summary"]
+        g = f.create_group("summary", track_order=track_order)
+        for name in order:
+            g.create_dataset(name, data=data[name], dtype=dtypes[name])
+        if columns_attr is not None:
+            g.attrs["columns"] = columns_attr
+
+
+def test_columns_come_in_stored_creation_order(tmp_path):
+    path = tmp_path / "r.h5"
+    write_fake_results(path, TYPICAL_RUNS[:2])
+    order = list(reversed(kr.SUMMARY_COLUMNS))
+    _rewrite_summary(path, True, order)
+    assert list(kr.load_results(path).summary.columns) == order
+
+
+def test_columns_without_creation_order_come_by_name(tmp_path):
+    path = tmp_path / "r.h5"
+    write_fake_results(path, TYPICAL_RUNS[:2])
+    _rewrite_summary(path, False, list(kr.SUMMARY_COLUMNS))
+    assert list(kr.load_results(path).summary.columns) == sorted(kr.SUMMARY_COLUMNS)
+
+
+def test_columns_attribute_sets_the_order(tmp_path):
+    path = tmp_path / "r.h5"
+    write_fake_results(path, TYPICAL_RUNS[:2])
+    # Stored by name; the attribute (bytes, as some writers store it) lists a few
+    # columns first; the rest follow in stored order.
+    listed = ["seconds", "spec", "run", "memory_ratio"]
+    _rewrite_summary(path, False, sorted(kr.SUMMARY_COLUMNS),
+                     np.array([c.encode() for c in listed], dtype="S"))
+    res = kr.load_results(path)
+    rest = [c for c in sorted(kr.SUMMARY_COLUMNS) if c not in listed]
+    assert list(res.summary.columns) == listed + rest
+    assert res.summary["spec"].tolist() == [r["spec"] for r in TYPICAL_RUNS[:2]]
+    # A run table with the attribute as variable-length str.
+    with h5py.File(path, "a") as f:
+        f["runs/0001/kv"].attrs["columns"] = list(reversed(kr.KV_COLUMNS))
+    res = kr.load_results(path)
+    assert list(res.runs[1]["kv"].columns) == list(reversed(kr.KV_COLUMNS))
+    assert list(res.runs[0]["kv"].columns) == kr.KV_COLUMNS
+
+
+def test_columns_attribute_naming_a_missing_column_raises(tmp_path):
+    path = tmp_path / "r.h5"
+    write_fake_results(path, TYPICAL_RUNS[:2])
+    with h5py.File(path, "a") as f:
+        f["summary"].attrs["columns"] = ["run", "no_such_column"]
+    with pytest.raises(ValueError, match="no_such_column"):
+        kr.load_results(path)
+
+
+def test_fixed_length_byte_strings_decode_to_str(tmp_path):
+    path = tmp_path / "r.h5"
+    write_fake_results(path, TYPICAL_RUNS[:2])
+    with h5py.File(path, "a") as f:
+        specs = [s.encode() for s in f["summary/spec"].asstr()[()]]
+        del f["summary/spec"]
+        f["summary"].create_dataset("spec", data=np.array(specs, dtype="S"))
+        f.attrs["note"] = np.bytes_(b"bytes attribute")
+    res = kr.load_results(path)
+    assert res.summary["spec"].tolist() == [r["spec"] for r in TYPICAL_RUNS[:2]]
+    assert all(type(v) is str for v in res.summary["spec"])
+    assert res.attrs["note"] == "bytes attribute"
+
+
+def test_summary_table_keeps_report_column_order_whatever_the_file_order(tmp_path):
+    # The report's CSV columns do not depend on how the file orders /summary.
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    write_fake_results(a, TYPICAL_RUNS)
+    write_fake_results(b, TYPICAL_RUNS, summary_override={"extra": [1.0] * len(TYPICAL_RUNS)})
+    _rewrite_summary(b, True, list(reversed(kr.SUMMARY_COLUMNS)) + ["extra"])
+    ta = kr.summary_table(kr.load_results(a))
+    tb = kr.summary_table(kr.load_results(b))
+    assert list(tb.columns) == list(ta.columns) + ["extra"]
+    assert list(ta.columns[:len(kr.REPORT_COLUMNS)]) == [c for c, _ in kr.REPORT_COLUMNS]
+
+
+def test_counters_are_loaded(tmp_path):
+    path = tmp_path / "r.h5"
+    write_fake_results(path, TYPICAL_RUNS[:2])
+    with h5py.File(path, "a") as f:
+        g = f["runs/0001"].create_group("counters")
+        g.create_dataset("name", data=np.array(["h2o.evicted_tokens"], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+        g.create_dataset("value", data=np.array([12.0]))
+    res = kr.load_results(path)
+    assert res.counters == {0: {}, 1: {"h2o.evicted_tokens": 12.0}}
+
+
 # --------------------------------------------------------------------------- pareto
 
 
