@@ -12,8 +12,8 @@
 #include <limits>
 #include <vector>
 
-#include "gpu/half.h"
 #include "gpu/validate.h"
+#include "sim/base/fp16.h"
 
 namespace kvsim::gpu::cpu_reference {
 

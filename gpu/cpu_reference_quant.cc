@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "gpu/cpu_reference.h"
-#include "gpu/half.h"
 #include "gpu/packing.h"
 #include "gpu/validate.h"
+#include "sim/base/fp16.h"
 
 namespace kvsim::gpu::cpu_reference {
 namespace {

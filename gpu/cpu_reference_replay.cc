@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "gpu/cpu_reference.h"
-#include "gpu/half.h"
 #include "gpu/validate.h"
+#include "sim/base/fp16.h"
 
 namespace kvsim::gpu::cpu_reference {
 

@@ -6,7 +6,7 @@
 
 #include "gpu/cuda_check.cuh"
 #include "gpu/device.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 namespace {

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 

@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 

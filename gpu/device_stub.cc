@@ -6,7 +6,7 @@
 
 #include "gpu/device.h"
 #include "gpu/device_buffer.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 

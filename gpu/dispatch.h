@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 

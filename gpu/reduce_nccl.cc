@@ -13,7 +13,7 @@
 #include "gpu/device.h"
 #include "gpu/reduce.h"
 #include "gpu/validate.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 static_assert(sizeof(ncclUniqueId) == sizeof(kvsim::gpu::NcclUniqueId::bytes),
               "NcclUniqueId must hold an ncclUniqueId");

@@ -4,7 +4,7 @@
 
 #include "gpu/reduce.h"
 #include "gpu/validate.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 namespace {

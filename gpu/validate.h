@@ -11,7 +11,7 @@
 #include "gpu/dispatch.h"
 #include "gpu/packing.h"
 #include "gpu/replay_types.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu::detail {
 

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "policies/params.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::evict {
 

@@ -35,7 +35,7 @@
 #include <deque>
 
 #include "policies/quantizer.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 namespace {

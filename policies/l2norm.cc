@@ -38,6 +38,7 @@
 
 #include "policies/evict_budget.h"
 #include "policies/policy.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 namespace {

@@ -32,8 +32,8 @@
 
 #include "policies/evict_budget.h"
 #include "policies/quantizer.h"
-#include "sim/errors.h"
-#include "trace/fp16.h"
+#include "sim/base/errors.h"
+#include "sim/base/fp16.h"
 
 namespace kvsim {
 namespace {

@@ -41,8 +41,8 @@
 
 #include "policies/policy.h"
 #include "policies/slerp.h"
-#include "sim/errors.h"
-#include "trace/fp16.h"
+#include "sim/base/errors.h"
+#include "sim/base/fp16.h"
 
 namespace kvsim {
 namespace {

@@ -42,7 +42,7 @@
 // once: min(P_w, budget) + (t + 1 - P) tokens at step t; cap: min(t+1, budget).
 #include "policies/evict_budget.h"
 #include "policies/policy.h"
-#include "sim/attention.h"
+#include "sim/base/attention.h"
 
 namespace kvsim {
 namespace {

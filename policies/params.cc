@@ -4,7 +4,7 @@
 #include <cmath>
 #include <sstream>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 

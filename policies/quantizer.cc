@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "sim/errors.h"
-#include "trace/fp16.h"
+#include "sim/base/errors.h"
+#include "sim/base/fp16.h"
 
 namespace kvsim {
 

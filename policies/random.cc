@@ -25,7 +25,7 @@
 // once: min(P_w, budget) + (t + 1 - P) tokens at step t; cap: min(t+1, budget).
 #include "policies/evict_budget.h"
 #include "policies/policy.h"
-#include "sim/rng.h"
+#include "sim/base/rng.h"
 
 namespace kvsim {
 namespace {

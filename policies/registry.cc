@@ -4,7 +4,8 @@
 #include <numeric>
 
 #include "policies/policy.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
+#include "sim/base/union_find.h"
 
 namespace kvsim {
 
@@ -18,41 +19,6 @@ std::string stage_kind_name(StageKind kind) {
       return "quantize";
   }
   return "?";
-}
-
-int64_t HeadCache::find(int32_t position) const {
-  auto it = std::lower_bound(positions.begin(), positions.end(), position);
-  if (it == positions.end() || *it != position) return -1;
-  return it - positions.begin();
-}
-
-void HeadCache::append(int32_t position, const float* key, const float* value) {
-  KVSIM_CHECK(positions.empty() || positions.back() < position);
-  positions.push_back(position);
-  keys.insert(keys.end(), key, key + head_dim);
-  values.insert(values.end(), value, value + head_dim);
-}
-
-void HeadCache::remove(std::span<const int32_t> sorted_positions) {
-  if (sorted_positions.empty()) return;
-  size_t write = 0, drop = 0;
-  const size_t d = head_dim;
-  for (size_t read = 0; read < positions.size(); ++read) {
-    if (drop < sorted_positions.size() && positions[read] == sorted_positions[drop]) {
-      ++drop;
-      continue;
-    }
-    if (write != read) {
-      positions[write] = positions[read];
-      std::copy_n(keys.begin() + read * d, d, keys.begin() + write * d);
-      std::copy_n(values.begin() + read * d, d, values.begin() + write * d);
-    }
-    ++write;
-  }
-  KVSIM_CHECK_MSG(drop == sorted_positions.size(), "removing positions not in the cache");
-  positions.resize(write);
-  keys.resize(write * d);
-  values.resize(write * d);
 }
 
 PolicyRegistry& PolicyRegistry::instance() {
@@ -190,12 +156,7 @@ void PolicySpec::check_against(const TraceMeta& meta) const {
 std::vector<std::vector<int>> PolicySpec::layer_slot_groups(const TraceMeta& meta) const {
   const int L = meta.num_layers();
   // Union-find over slots: every stage's groups are merged into connected sets.
-  std::vector<int> parent(L);
-  std::iota(parent.begin(), parent.end(), 0);
-  auto root = [&](int x) {
-    while (parent[x] != x) x = parent[x] = parent[parent[x]];
-    return x;
-  };
+  UnionFind sets(L);
   for (const auto& s : stages_) {
     if (!s.info->layer_groups) continue;
     for (const auto& group : s.info->layer_groups(s.params, meta)) {
@@ -209,14 +170,11 @@ std::vector<std::vector<int>> PolicySpec::layer_slot_groups(const TraceMeta& met
         if (first < 0)
           first = slot;
         else
-          parent[root(slot)] = root(first);
+          sets.unite(slot, first);
       }
     }
   }
-  std::map<int, std::vector<int>> groups;
-  for (int slot = 0; slot < L; ++slot) groups[root(slot)].push_back(slot);
-  std::vector<std::vector<int>> out;
-  for (auto& [r, slots] : groups) out.push_back(std::move(slots));
+  std::vector<std::vector<int>> out = sets.groups();
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -272,7 +230,10 @@ int64_t Pipeline::prefill_attention_rows() const {
   int64_t rows = store->prefill_attention_rows();
   for (const auto& e : evicts) {
     const int64_t r = e->prefill_attention_rows();
-    if (r < 0 || rows < 0) rows = -1; else rows = std::max(rows, r);
+    if (r < 0 || rows < 0)
+      rows = -1;
+    else
+      rows = std::max(rows, r);
   }
   return rows;
 }
@@ -284,7 +245,7 @@ bool Pipeline::needs_decode_attention() const {
 }
 
 std::vector<std::shared_ptr<const PolicyState>> prepare_policy(const PolicySpec& spec,
-                                                               const TraceReader& trace) {
+                                                               const CalibrationSource& trace) {
   std::vector<std::shared_ptr<const PolicyState>> out;
   for (const auto& s : spec.stages()) {
     out.push_back(s.info->prepare ? s.info->prepare(s.params, trace) : nullptr);

@@ -54,8 +54,8 @@
 #include "policies/clipped_quantizer.h"
 #include "policies/policy.h"
 #include "policies/skvq_calibration.h"
-#include "sim/errors.h"
-#include "sim/rng.h"
+#include "sim/base/errors.h"
+#include "sim/base/rng.h"
 
 namespace kvsim {
 namespace {
@@ -301,12 +301,12 @@ class SkvqStore final : public StoreStage {
   std::vector<float> buf_, hat_;
 };
 
-std::shared_ptr<const PolicyState> skvq_prepare(const Params& p, const TraceReader& trace) {
+std::shared_ptr<const PolicyState> skvq_prepare(const Params& p, const CalibrationSource& trace) {
   const SkvqOptions opt = SkvqOptions::from_params(p);
   auto state = std::make_shared<SkvqPrepared>();
   const std::string& path = p.get_string("calib");
   if (!path.empty()) {  // validated even where it is not needed
-    auto file = std::make_shared<SkvqCalibration>(load_skvq_calibration(path, trace.meta()));
+    auto file = std::make_shared<SkvqCalibration>(trace.load_skvq_calibration(path));
     check_skvq_calibration(*file, opt);
     state->file = std::move(file);
     return state;

@@ -7,6 +7,8 @@
 // a file written by save_skvq_calibration() (`calib=PATH`) or calibrates
 // sequence s on every other sequence of the trace (leave-one-out). The CLI
 // (`kvsim calibrate`) calls calibrate_skvq() and save_skvq_calibration().
+// Calibration files are HDF5, read and written in the sim layer
+// (sim/skvq_calibration_io.h); policies reach them through CalibrationSource.
 #pragma once
 
 #include <cstdint>
@@ -14,9 +16,10 @@
 #include <string>
 #include <vector>
 
+#include "policies/calibration_source.h"
 #include "policies/clipped_quantizer.h"
 #include "policies/params.h"
-#include "trace/trace.h"
+#include "sim/base/trace_types.h"
 
 namespace kvsim {
 
@@ -98,7 +101,7 @@ SkvqGrouping skvq_group_channels(std::span<const float> mn, std::span<const floa
 
 // Min/max of every channel over positions >= options.sinks of one sequence,
 // and n_sample evenly spaced tokens for the clip search. [slot] -> stats.
-std::vector<SkvqLayerStats> collect_skvq_stats(const TraceReader& trace, int sequence,
+std::vector<SkvqLayerStats> collect_skvq_stats(const CalibrationSource& trace, int sequence,
                                                const SkvqOptions& options, int64_t n_sample);
 
 // Tokens sampled per calibration sequence: ceil(calib_tokens / sequences).
@@ -122,15 +125,11 @@ Params parse_skvq_params(const std::string& text);
 
 // Calibrates every layer of `trace` on `sequences` (non-empty, in range; else
 // ConfigError) with the `skvq` parameters `params`.
-SkvqCalibration calibrate_skvq(const TraceReader& trace, const std::vector<int>& sequences,
+SkvqCalibration calibrate_skvq(const CalibrationSource& trace, const std::vector<int>& sequences,
                                const Params& params);
 
-// Writes an HDF5 calibration file (to `<path>.tmp.<pid>`, renamed when complete).
-void save_skvq_calibration(const std::string& path, const SkvqCalibration& calib);
-
-// Reads and validates a calibration file against the trace it will be used on:
-// a missing or malformed dataset, or a layer/head/shape mismatch with `meta`,
-// throws FormatError; an unreadable file IoError.
-SkvqCalibration load_skvq_calibration(const std::string& path, const TraceMeta& meta);
+// Names used in calibration files and messages: "head"/"layer", "fp16"/"fp8".
+std::string skvq_scope_name(SkvqScope scope);
+std::string skvq_meta_name(MetaFormat meta);
 
 }  // namespace kvsim

@@ -8,7 +8,7 @@
 #include <numbers>
 #include <vector>
 
-#include "trace/fp16.h"
+#include "sim/base/fp16.h"
 
 namespace kvsim {
 

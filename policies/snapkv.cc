@@ -43,6 +43,7 @@
 // tokens the layer holds.
 #include "policies/evict_budget.h"
 #include "policies/policy.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 namespace {

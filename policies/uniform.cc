@@ -8,6 +8,7 @@
 // group; fp16 for tokens still waiting. Evicted tokens free their codes, and a
 // group's metadata is freed with its last token.
 #include "policies/quantizer.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 namespace {

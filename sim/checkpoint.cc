@@ -10,7 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 

@@ -11,9 +11,11 @@
 #include <mutex>
 #include <numeric>
 
-#include "sim/attention.h"
-#include "sim/errors.h"
-#include "sim/rng.h"
+#include "sim/base/attention.h"
+#include "sim/base/errors.h"
+#include "sim/base/rng.h"
+#include "sim/base/union_find.h"
+#include "sim/calibration.h"
 
 namespace kvsim {
 
@@ -442,22 +444,13 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
 std::vector<std::vector<int>> unit_layer_groups(const std::vector<PolicySpec>& policies,
                                                 const TraceMeta& meta) {
   const int L = meta.num_layers();
-  std::vector<int> parent(L);
-  std::iota(parent.begin(), parent.end(), 0);
-  auto root = [&](int x) {
-    while (parent[x] != x) x = parent[x] = parent[parent[x]];
-    return x;
-  };
+  UnionFind sets(L);
   for (const auto& p : policies) {
     for (const auto& g : p.layer_slot_groups(meta)) {
-      for (int s : g) parent[root(s)] = root(g[0]);
+      for (int s : g) sets.unite(s, g[0]);
     }
   }
-  std::map<int, std::vector<int>> by_root;
-  for (int s = 0; s < L; ++s) by_root[root(s)].push_back(s);
-  std::vector<std::vector<int>> groups;
-  for (auto& [r, g] : by_root) groups.push_back(g);
-  return groups;
+  return sets.groups();
 }
 
 std::vector<RunResult> replay_unit(

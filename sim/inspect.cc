@@ -4,8 +4,8 @@
 #include <cmath>
 #include <iomanip>
 
-#include "sim/attention.h"
-#include "sim/errors.h"
+#include "sim/base/attention.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 

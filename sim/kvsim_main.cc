@@ -9,11 +9,13 @@
 #include "gpu/device.h"
 #include "policies/policy.h"
 #include "policies/skvq_calibration.h"
+#include "sim/base/errors.h"
+#include "sim/calibration.h"
 #include "sim/engine.h"
-#include "sim/errors.h"
 #include "sim/inspect.h"
 #include "sim/progress.h"
 #include "sim/results.h"
+#include "sim/skvq_calibration_io.h"
 #include "sim/sweep.h"
 #include "trace/synth.h"
 
@@ -240,17 +242,19 @@ int cmd_inspect(int argc, char** argv) {
 
 int cmd_calibrate(int argc, char** argv) {
   po::options_description desc("kvsim calibrate options");
-  desc.add_options()
-      ("trace,t", po::value<std::string>()->required(), "calibration trace (held out from scoring)")
-      ("sequences", po::value<std::vector<int>>()->multitoken(), "sequences to calibrate on (default all)")
-      ("policy,p", po::value<std::string>()->default_value("skvq"),
-       "the skvq spec whose calibration is wanted, e.g. 'skvq:group=32,clip_search=true'")
-      ("out,o", po::value<std::string>()->required(), "calibration file to write (HDF5)");
+  desc.add_options()("trace,t", po::value<std::string>()->required(),
+                     "calibration trace (held out from scoring)")(
+      "sequences", po::value<std::vector<int>>()->multitoken(),
+      "sequences to calibrate on (default all)")(
+      "policy,p", po::value<std::string>()->default_value("skvq"),
+      "the skvq spec whose calibration is wanted, e.g. 'skvq:group=32,clip_search=true'")(
+      "out,o", po::value<std::string>()->required(), "calibration file to write (HDF5)");
   bool help = false;
   auto vm = parse("calibrate", desc, argc, argv, nullptr, help);
   if (help) {
-    std::cout << desc << "\nexample:\n  kvsim calibrate -t calib_trace.h5 -p 'skvq:group=32' -o calib.h5\n"
-                         "  kvsim replay -t eval_trace.h5 -p 'skvq:group=32,calib=calib.h5' -o r.h5\n";
+    std::cout << desc
+              << "\nexample:\n  kvsim calibrate -t calib_trace.h5 -p 'skvq:group=32' -o calib.h5\n"
+                 "  kvsim replay -t eval_trace.h5 -p 'skvq:group=32,calib=calib.h5' -o r.h5\n";
     return 0;
   }
   const std::string spec = vm["policy"].as<std::string>();

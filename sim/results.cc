@@ -1,7 +1,5 @@
 #include "sim/results.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -9,8 +7,9 @@
 #include <functional>
 #include <map>
 
-#include "sim/errors.h"
-#include "trace/h5.h"
+#include "sim/base/atomic_write.h"
+#include "sim/base/errors.h"
+#include "sim/base/h5.h"
 
 namespace kvsim {
 
@@ -208,8 +207,7 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
 
 void write_results(const std::string& path, const TraceMeta& meta, const ResultsContext& context,
                    const std::vector<RunResult>& runs) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  try {
+  atomic_write(path, [&](const std::string& tmp) {
     h5::Handle file = h5::create_file(tmp);
     const hid_t root = file.get();
     h5::write_attr(root, "format", std::string(kResultsFormatName));
@@ -264,15 +262,7 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     h5::write_vector(summary.get(), "resolved", resolved);
     for (const auto& [name, values] : columns) h5::write_vector(summary.get(), name, values);
     h5::check(H5Fflush(root, H5F_SCOPE_GLOBAL), "cannot flush '" + tmp + "'");
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    throw IoError("cannot rename '" + tmp + "' to '" + path + "': " + why);
-  }
+  });
 }
 
 }  // namespace kvsim

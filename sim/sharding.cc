@@ -6,7 +6,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 

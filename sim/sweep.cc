@@ -13,9 +13,10 @@
 #include <set>
 #include <sstream>
 
-#include "sim/errors.h"
+#include "sim/base/atomic_write.h"
+#include "sim/base/errors.h"
+#include "sim/base/h5.h"
 #include "sim/results.h"
-#include "trace/h5.h"
 
 namespace kvsim {
 
@@ -876,7 +877,6 @@ void add_sweep_objects(hid_t root, const Sweep& sweep, const std::vector<RunResu
 void write_sweep_results(const std::string& path, const Sweep& sweep,
                          const std::vector<RunResult>& runs, const std::vector<RunResult>& parts,
                          const SweepReport& report) {
-  const std::string tmp = path + ".sweep-tmp." + std::to_string(::getpid());
   ResultsContext context;
   context.trace_path = join(sweep.trace_paths, ";");
   context.kvsim_version = report.kvsim_version;
@@ -894,21 +894,18 @@ void write_sweep_results(const std::string& path, const Sweep& sweep,
     meta.trace_id = join(ids, ";");
     meta.model_name = join(names, ";");
   }
-  write_results(tmp, meta, context, runs);
-  try {
-    h5::Handle file =
-        h5::checked(H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), "cannot reopen '" + tmp + "'");
-    add_sweep_objects(file.get(), sweep, parts, report);
-    h5::check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "cannot flush '" + tmp + "'");
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    throw IoError("cannot rename '" + tmp + "' to '" + path + "': " + why);
-  }
+  // write_results() writes `tmp` atomically itself; the sweep's additions go into it before the
+  // final rename.
+  atomic_write(
+      path,
+      [&](const std::string& tmp) {
+        write_results(tmp, meta, context, runs);
+        h5::Handle file = h5::checked(H5Fopen(tmp.c_str(), H5F_ACC_RDWR, H5P_DEFAULT),
+                                      "cannot reopen '" + tmp + "'");
+        add_sweep_objects(file.get(), sweep, parts, report);
+        h5::check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "cannot flush '" + tmp + "'");
+      },
+      ".sweep-tmp.");
 }
 
 }  // namespace kvsim

@@ -31,8 +31,9 @@
 #include <sstream>
 #include <thread>
 
+#include "sim/base/errors.h"
+#include "sim/calibration.h"
 #include "sim/checkpoint.h"
-#include "sim/errors.h"
 #include "sim/progress.h"
 #include "sim/results.h"
 #include "sim/sharding.h"

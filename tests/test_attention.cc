@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "sim/attention.h"
-#include "sim/rng.h"
+#include "sim/base/attention.h"
+#include "sim/base/rng.h"
 
 namespace kvsim {
 namespace {

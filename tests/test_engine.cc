@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "sim/attention.h"
+#include "sim/base/attention.h"
 #include "test_util.h"
 
 namespace kvsim {

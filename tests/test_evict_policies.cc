@@ -11,7 +11,7 @@
 #include <set>
 
 #include "policies/evict_budget.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 #include "test_util.h"
 
 namespace kvsim {

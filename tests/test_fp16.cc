@@ -3,8 +3,8 @@
 #include <cmath>
 #include <limits>
 
-#include "sim/rng.h"
-#include "trace/fp16.h"
+#include "sim/base/fp16.h"
+#include "sim/base/rng.h"
 
 namespace kvsim {
 namespace {

@@ -4,8 +4,8 @@
 
 #include <cmath>
 
+#include "sim/base/fp16.h"
 #include "test_util.h"
-#include "trace/fp16.h"
 
 namespace kvsim {
 namespace {

@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "policies/policy.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim {
 namespace {

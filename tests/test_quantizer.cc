@@ -4,8 +4,8 @@
 
 #include "gpu/cpu_reference.h"
 #include "policies/quantizer.h"
-#include "sim/rng.h"
-#include "trace/fp16.h"
+#include "sim/base/fp16.h"
+#include "sim/base/rng.h"
 
 namespace kvsim {
 namespace {

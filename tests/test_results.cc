@@ -2,9 +2,9 @@
 
 #include <filesystem>
 
+#include "sim/base/h5.h"
 #include "sim/results.h"
 #include "test_util.h"
-#include "trace/h5.h"
 
 namespace kvsim {
 namespace {

@@ -8,7 +8,7 @@
 #include <random>
 #include <set>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 #include "sim/sharding.h"
 
 namespace kvsim {

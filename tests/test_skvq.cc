@@ -10,7 +10,9 @@
 
 #include "policies/clipped_quantizer.h"
 #include "policies/skvq_calibration.h"
-#include "sim/rng.h"
+#include "sim/base/rng.h"
+#include "sim/calibration.h"
+#include "sim/skvq_calibration_io.h"
 #include "test_util.h"
 #include "trace/synth.h"
 

@@ -11,12 +11,13 @@
 #include <random>
 #include <tuple>
 
+#include "sim/base/errors.h"
+#include "sim/base/h5.h"
+#include "sim/calibration.h"
 #include "sim/checkpoint.h"
-#include "sim/errors.h"
 #include "sim/results.h"
 #include "sim/sweep.h"
 #include "test_util.h"
-#include "trace/h5.h"
 
 namespace kvsim {
 namespace {

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "sim/attention.h"
-#include "sim/rng.h"
+#include "sim/base/attention.h"
+#include "sim/base/rng.h"
 #include "trace/synth.h"
 
 namespace kvsim {

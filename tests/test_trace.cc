@@ -5,9 +5,9 @@
 #include <fstream>
 #include <limits>
 
+#include "sim/base/fp16.h"
+#include "sim/base/h5.h"
 #include "test_util.h"
-#include "trace/fp16.h"
-#include "trace/h5.h"
 #include "trace/trace.h"
 
 namespace kvsim {

@@ -4,8 +4,8 @@
 #include <cmath>
 #include <numeric>
 
-#include "sim/errors.h"
-#include "sim/rng.h"
+#include "sim/base/errors.h"
+#include "sim/base/rng.h"
 
 namespace kvsim {
 

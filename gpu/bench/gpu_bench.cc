@@ -24,7 +24,7 @@
 #include "gpu/kernels.h"
 #include "gpu/packing.h"
 #include "gpu/replay_types.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 namespace {

@@ -6,9 +6,9 @@
 
 #include <vector>
 
-#include "sim/attention.h"
+#include "sim/base/attention.h"
+#include "sim/base/rng.h"
 #include "sim/engine.h"
-#include "sim/rng.h"
 #include "trace/synth.h"
 
 namespace kvsim {

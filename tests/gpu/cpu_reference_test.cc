@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "gpu/half.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
+#include "sim/base/fp16.h"
 #include "tests/gpu/test_util.h"
 
 namespace kvsim::gpu {

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "gpu/device_buffer.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 #include "tests/gpu/test_util.h"
 
 namespace kvsim::gpu {

@@ -1,7 +1,5 @@
 // float <-> fp16 conversion (gpu/half.h): exact values, round-to-nearest-even at every
 // boundary between neighbouring halves, subnormals, overflow, infinities and NaN.
-#include "gpu/half.h"
-
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -9,6 +7,8 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+
+#include "sim/base/fp16.h"
 
 namespace kvsim::gpu {
 namespace {

@@ -22,7 +22,7 @@
 #include "gpu/device.h"
 #include "gpu/device_buffer.h"
 #include "gpu/kernels.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 #include "tests/gpu/test_util.h"
 
 namespace kvsim::gpu {

@@ -20,10 +20,10 @@
 #include "gpu/cpu_reference.h"
 #include "gpu/device.h"
 #include "gpu/device_buffer.h"
-#include "gpu/half.h"
 #include "gpu/kernels.h"
 #include "gpu/packing.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
+#include "sim/base/fp16.h"
 #include "tests/gpu/test_util.h"
 
 namespace kvsim::gpu {

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "gpu/device.h"
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::gpu {
 namespace {

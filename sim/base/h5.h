@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "sim/errors.h"
+#include "sim/base/errors.h"
 
 namespace kvsim::h5 {
 

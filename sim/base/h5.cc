@@ -1,4 +1,4 @@
-#include "trace/h5.h"
+#include "sim/base/h5.h"
 
 #include <cstring>
 

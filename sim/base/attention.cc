@@ -1,4 +1,4 @@
-#include "sim/attention.h"
+#include "sim/base/attention.h"
 
 #include <algorithm>
 #include <cmath>
@@ -38,14 +38,30 @@ constexpr int kChunk = 8;
 
 inline void dot_chunk(const float* q, int num_queries, int d, const float* key, float* out) {
   switch (num_queries) {
-    case 8: dot_queries<8>(q, d, key, out); break;
-    case 7: dot_queries<7>(q, d, key, out); break;
-    case 6: dot_queries<6>(q, d, key, out); break;
-    case 5: dot_queries<5>(q, d, key, out); break;
-    case 4: dot_queries<4>(q, d, key, out); break;
-    case 3: dot_queries<3>(q, d, key, out); break;
-    case 2: dot_queries<2>(q, d, key, out); break;
-    default: dot_queries<1>(q, d, key, out); break;
+    case 8:
+      dot_queries<8>(q, d, key, out);
+      break;
+    case 7:
+      dot_queries<7>(q, d, key, out);
+      break;
+    case 6:
+      dot_queries<6>(q, d, key, out);
+      break;
+    case 5:
+      dot_queries<5>(q, d, key, out);
+      break;
+    case 4:
+      dot_queries<4>(q, d, key, out);
+      break;
+    case 3:
+      dot_queries<3>(q, d, key, out);
+      break;
+    case 2:
+      dot_queries<2>(q, d, key, out);
+      break;
+    default:
+      dot_queries<1>(q, d, key, out);
+      break;
   }
 }
 

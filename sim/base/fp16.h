@@ -1,4 +1,6 @@
-// IEEE 754 binary16 ("half") <-> binary32 conversion for host code.
+// IEEE 754 binary16 ("half") and bfloat16 <-> binary32 conversions for host code: the one
+// implementation for the whole project (traces, quantizer metadata, the GPU layer's CPU
+// references), exhaustively tested in tests/gpu/half_test.cc.
 //
 // Half values are carried on the host as their 16-bit patterns (std::uint16_t), bit-identical
 // to CUDA's __half, so buffers can be copied between host and device unchanged. The
@@ -6,12 +8,14 @@
 //   - float -> half rounds to nearest, ties to even (the same as __float2half_rn), handles
 //     subnormal halves, overflows to +-inf (|x| >= 65520), and keeps NaN a (quiet) NaN;
 //   - half -> float is exact (every half is representable as a float).
+// Host only: no .cu file includes it (the kernels use <cuda_fp16.h> intrinsics, which the
+// CPU references in gpu/ match bit for bit).
 #pragma once
 
 #include <bit>
 #include <cstdint>
 
-namespace kvsim::gpu {
+namespace kvsim {
 
 // Bit patterns of a few half values, for readable tests and code.
 inline constexpr std::uint16_t kHalfPosZero = 0x0000;
@@ -88,4 +92,16 @@ constexpr float half_bits_to_float(std::uint16_t bits) {
 // Rounds a float to the nearest half-representable value (as a float).
 constexpr float round_to_half(float value) { return half_bits_to_float(float_to_half_bits(value)); }
 
-}  // namespace kvsim::gpu
+// float -> bfloat16 bits, round to nearest even.
+inline uint16_t float_to_bf16_bits(float value) {
+  uint32_t f = std::bit_cast<uint32_t>(value);
+  if ((f & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((f >> 16) | 0x40u);  // NaN
+  const uint32_t rounding = 0x7fffu + ((f >> 16) & 1u);
+  return static_cast<uint16_t>((f + rounding) >> 16);
+}
+
+inline float bf16_bits_to_float(uint16_t b) {
+  return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
+
+}  // namespace kvsim

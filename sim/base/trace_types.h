@@ -1,0 +1,64 @@
+// Plain trace data types (no HDF5): the metadata of a trace, its sequences and one layer's
+// Q/K/V in float32. Shared by the trace reader/writer (trace/), the policies and the engine.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kvsim {
+
+enum class StoredDType { kFloat16, kBFloat16, kFloat32 };
+std::string dtype_name(StoredDType dtype);
+StoredDType parse_dtype(const std::string& name);  // throws ConfigError
+
+// File-level metadata.
+struct TraceMeta {
+  std::string model_name;
+  std::string model_source;
+  std::string trace_id;             // identity of this trace's content
+  int num_model_layers = 0;         // layers the model has
+  std::vector<int> layer_ids;       // [L] original indices of the stored layers, ascending
+  std::vector<int> sliding_window;  // [L] window in tokens, 0 = full attention
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  double attn_scale = 0.0;  // softmax scale, usually 1/sqrt(head_dim)
+  double rope_theta = 0.0;
+  StoredDType dtype = StoredDType::kFloat16;
+
+  int num_layers() const { return static_cast<int>(layer_ids.size()); }
+  int group_size() const { return num_q_heads / num_kv_heads; }
+  // Slot (index into layer_ids) of an original layer index, or -1.
+  int slot_of_layer(int original_layer) const;
+  // Throws FormatError naming the problem.
+  void validate(const std::string& context) const;
+};
+
+struct SequenceInfo {
+  int64_t num_tokens = 0;
+  int64_t prompt_len = 0;
+};
+
+// One stored layer of one sequence, in float32.
+struct LayerData {
+  int slot = 0;
+  int num_tokens = 0;
+  int head_dim = 0;
+  std::vector<float> q;  // [num_q_heads, num_tokens, head_dim]
+  std::vector<float> k;  // [num_kv_heads, num_tokens, head_dim]
+  std::vector<float> v;  // [num_kv_heads, num_tokens, head_dim]
+
+  const float* query(int q_head, int token) const {
+    return q.data() + (static_cast<size_t>(q_head) * num_tokens + token) * head_dim;
+  }
+  const float* key(int kv_head, int token) const {
+    return k.data() + (static_cast<size_t>(kv_head) * num_tokens + token) * head_dim;
+  }
+  const float* value(int kv_head, int token) const {
+    return v.data() + (static_cast<size_t>(kv_head) * num_tokens + token) * head_dim;
+  }
+};
+
+}  // namespace kvsim
