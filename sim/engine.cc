@@ -453,43 +453,46 @@ std::vector<std::vector<int>> unit_layer_groups(const std::vector<PolicySpec>& p
   return sets.groups();
 }
 
-std::vector<RunResult> replay_unit(
-    const TraceMeta& meta, int sequence, const SequenceInfo& info, const std::vector<int>& slots,
-    const std::vector<LayerData>& data, const std::vector<PolicySpec>& policies,
-    const std::vector<std::vector<std::shared_ptr<const PolicyState>>>& prepared,
-    const MeasureRule& measure, uint64_t seed) {
-  KVSIM_CHECK(slots.size() == data.size());
-  const auto measured = measure.steps(info.prompt_len, info.num_tokens);
-  std::vector<ExactLayer> exact;
-  for (const auto& layer : data) exact.push_back(compute_exact(meta, layer, measured));
-  std::vector<RunResult> out;
-  PrefillAttentionCache prefill_cache;  // shared by the unit's policies
-  for (size_t p = 0; p < policies.size(); ++p) {
-    const auto start = std::chrono::steady_clock::now();
-    RunResult merged;
-    for (const auto& g : policies[p].layer_slot_groups(meta)) {
-      if (std::find(slots.begin(), slots.end(), g[0]) == slots.end()) continue;
-      std::vector<const LayerData*> layer_ptrs;
-      std::vector<const ExactLayer*> exact_ptrs;
-      for (int slot : g) {
-        const auto it = std::find(slots.begin(), slots.end(), slot);
-        KVSIM_CHECK_MSG(it != slots.end(), "layer group not inside the unit");
-        layer_ptrs.push_back(&data[it - slots.begin()]);
-        exact_ptrs.push_back(&exact[it - slots.begin()]);
-      }
-      RunResult r = replay_shard(
-          meta, sequence, info.prompt_len, g, layer_ptrs, exact_ptrs, policies[p],
-          p < prepared.size() ? prepared[p] : std::vector<std::shared_ptr<const PolicyState>>{},
-          measured, seed, &prefill_cache);
-      merged.steps.insert(merged.steps.end(), r.steps.begin(), r.steps.end());
-      merged.kv.insert(merged.kv.end(), r.kv.begin(), r.kv.end());
-      for (const auto& [k, v] : r.counters) merged.counters[k] += v;
-    }
-    merged.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    out.push_back(std::move(merged));
+UnitData make_unit_data(const TraceMeta& meta, int sequence, const SequenceInfo& info,
+                        const std::vector<int>& slots, std::vector<LayerData> layers,
+                        const MeasureRule& measure) {
+  KVSIM_CHECK(slots.size() == layers.size());
+  UnitData unit;
+  unit.sequence = sequence;
+  unit.prompt_len = info.prompt_len;
+  unit.slots = slots;
+  unit.layers = std::move(layers);
+  unit.measured = measure.steps(info.prompt_len, info.num_tokens);
+  for (const auto& layer : unit.layers) {
+    unit.exact.push_back(compute_exact(meta, layer, unit.measured));
   }
-  return out;
+  return unit;
+}
+
+RunResult replay_unit(const TraceMeta& meta, const UnitData& unit, const PolicySpec& policy,
+                      const std::vector<std::shared_ptr<const PolicyState>>& prepared,
+                      uint64_t seed, PrefillAttentionCache* prefill_cache) {
+  const auto& slots = unit.slots;
+  KVSIM_CHECK(slots.size() == unit.layers.size() && slots.size() == unit.exact.size());
+  const auto start = std::chrono::steady_clock::now();
+  RunResult merged;
+  for (const auto& g : policy.layer_slot_groups(meta)) {
+    if (std::find(slots.begin(), slots.end(), g[0]) == slots.end()) continue;
+    std::vector<const LayerData*> layer_ptrs;
+    std::vector<const ExactLayer*> exact_ptrs;
+    for (int slot : g) {
+      const auto it = std::find(slots.begin(), slots.end(), slot);
+      KVSIM_CHECK_MSG(it != slots.end(), "layer group not inside the unit");
+      layer_ptrs.push_back(&unit.layers[it - slots.begin()]);
+      exact_ptrs.push_back(&unit.exact[it - slots.begin()]);
+    }
+    const RunResult r =
+        replay_shard(meta, unit.sequence, unit.prompt_len, g, layer_ptrs, exact_ptrs, policy,
+                     prepared, unit.measured, seed, prefill_cache);
+    append_run(merged, r);  // records and counters; the wall time is set below
+  }
+  merged.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return merged;
 }
 
 void validate_sequences(const TraceReader& trace, const std::vector<int>& sequences) {
@@ -553,13 +556,18 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
     try {
       const Unit unit = units[u];
       const auto& slots = groups[unit.group];
-      std::vector<LayerData> data;
+      std::vector<LayerData> layers;
       {
         std::lock_guard lock(io_mutex);  // HDF5 is not thread-safe
-        for (int slot : slots) data.push_back(trace.read_layer(unit.sequence, slot));
+        for (int slot : slots) layers.push_back(trace.read_layer(unit.sequence, slot));
       }
-      partial[u] = replay_unit(meta, unit.sequence, trace.sequence(unit.sequence), slots, data,
-                               policies, prepared, options.measure, options.seed);
+      const UnitData data = make_unit_data(meta, unit.sequence, trace.sequence(unit.sequence),
+                                           slots, std::move(layers), options.measure);
+      PrefillAttentionCache prefill_cache;  // shared by the unit's policies
+      for (size_t p = 0; p < policies.size(); ++p) {
+        partial[u].push_back(
+            replay_unit(meta, data, policies[p], prepared[p], options.seed, &prefill_cache));
+      }
       std::lock_guard lock(progress_mutex);
       ++done;
       if (options.progress) options.progress(done, units.size());

@@ -99,15 +99,34 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
 std::vector<std::vector<int>> unit_layer_groups(const std::vector<PolicySpec>& policies,
                                                 const TraceMeta& meta);
 
-// Replays every policy over one unit: one sequence and the layers `slots`
-// (one of unit_layer_groups(), `data` aligned with it). Exact attention is
-// computed once and shared. Returns one partial RunResult per policy (records
-// and counters only; spec fields are left empty).
-std::vector<RunResult> replay_unit(
-    const TraceMeta& meta, int sequence, const SequenceInfo& info, const std::vector<int>& slots,
-    const std::vector<LayerData>& data, const std::vector<PolicySpec>& policies,
-    const std::vector<std::vector<std::shared_ptr<const PolicyState>>>& prepared,
-    const MeasureRule& measure, uint64_t seed);
+// The data of one unit (one sequence and one of unit_layer_groups()), shared
+// by every policy replayed on it: the raw layers, the measured steps and exact
+// attention at them. `kvsim replay` and `kvsim sweep` both build it once per
+// unit and run each policy with replay_unit().
+struct UnitData {
+  int sequence = 0;
+  int64_t prompt_len = 0;
+  std::vector<int> slots;         // the unit's layer slots
+  std::vector<LayerData> layers;  // aligned with `slots`
+  std::vector<int64_t> measured;  // MeasureRule::steps() of the sequence
+  std::vector<ExactLayer> exact;  // aligned with `slots`
+};
+
+// Computes the measured steps and exact attention of `layers` (read by the
+// caller, aligned with `slots`).
+UnitData make_unit_data(const TraceMeta& meta, int sequence, const SequenceInfo& info,
+                        const std::vector<int>& slots, std::vector<LayerData> layers,
+                        const MeasureRule& measure);
+
+// THE unit function: one policy over one unit, i.e. replay_shard() over each of
+// the policy's layer groups that start inside the unit, merged in group order.
+// Returns a partial RunResult (records, counters, and its own wall time in
+// `seconds`; spec fields are left empty). `prefill_cache`, if given, shares
+// exact prefill attention between the policies run on the unit (it is not
+// thread-safe: one per thread).
+RunResult replay_unit(const TraceMeta& meta, const UnitData& unit, const PolicySpec& policy,
+                      const std::vector<std::shared_ptr<const PolicyState>>& prepared,
+                      uint64_t seed, PrefillAttentionCache* prefill_cache = nullptr);
 
 // Throws unless every sequence exists and has decode steps.
 void validate_sequences(const TraceReader& trace, const std::vector<int>& sequences);

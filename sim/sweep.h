@@ -1,11 +1,13 @@
-// Policy sweeps: a sweep file (YAML) names traces, the measure rule, a seed and
-// a grid of policy specs; the sweep expands the grid, splits the work into
-// units (trace, sequence, layer group, config), runs them on MPI ranks
-// (sim/sweep_main.cc), checkpoints each unit, and writes one results file.
-// Everything here is MPI-free and unit-tested; see docs/sweeps.md.
+// Policy sweeps: a sweep file (YAML; sim/sweep_spec.h) names traces, the
+// measure rule, a seed and a grid of policy specs; the sweep expands the grid,
+// splits the work into units (trace, sequence, layer group, config), runs them
+// on MPI ranks (sim/sweep_main.cc), checkpoints each unit, and writes one
+// results file. Everything declared here is MPI-free and unit-tested; see
+// docs/sweeps.md and the file layout in docs/architecture.md.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -15,48 +17,10 @@
 #include "sim/checkpoint.h"
 #include "sim/engine.h"
 #include "sim/sharding.h"
+#include "sim/sweep_spec.h"
 #include "trace/trace.h"
 
 namespace kvsim {
-
-// --- the sweep file -----------------------------------------------------------
-struct GridAxis {
-  std::string name;
-  std::vector<std::string> values;  // as they are substituted into the spec
-};
-
-// One entry of `policies:`: a spec, possibly with {placeholders} and a grid.
-struct PolicyTemplate {
-  std::string spec;
-  std::vector<GridAxis> grid;  // in file order; the last axis varies fastest
-  std::string where;           // "sweep.yaml:12" for messages
-};
-
-struct SweepFile {
-  std::string path;                 // as given ("" when parsed from text)
-  std::vector<std::string> traces;  // relative paths resolved against the file's folder
-  std::string measure = "auto";
-  uint64_t seed = 0;
-  std::vector<int> sequences;  // empty = every sequence of each trace
-  std::vector<PolicyTemplate> policies;
-
-  // Throws IoError (unreadable file) or ConfigError (bad YAML or schema).
-  static SweepFile load(const std::string& path);
-  // `base_dir` resolves relative trace paths; `name` prefixes messages.
-  static SweepFile parse(const std::string& yaml, const std::string& base_dir,
-                         const std::string& name);
-};
-
-// One expanded configuration.
-struct SweepConfig {
-  std::string spec;    // the spec text after substitution
-  std::string origin;  // "sweep.yaml:12 bits=2 group=32"
-};
-
-// Expands every template's grid (cartesian product, in file order). Throws
-// ConfigError on a placeholder without grid values, a grid key the spec does
-// not use, or an empty grid axis.
-std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies);
 
 // --- the resolved sweep ---------------------------------------------------------
 // Cost model of one unit or block, in "attention multiply-adds" (see docs/sweeps.md).
@@ -142,22 +106,19 @@ double estimate_block_overhead(const TraceMeta& meta, const SequenceInfo& info,
                                const std::vector<int>& slots, const MeasureRule& measure,
                                const std::vector<int64_t>& shared_prefill_rows = {});
 
-// --- running units ---------------------------------------------------------------
-// The data of one block, read once and shared by every config run on it.
-struct BlockData {
-  std::vector<LayerData> layers;  // aligned with the group's slots
-  std::vector<ExactLayer> exact;  // aligned with the group's slots
-  std::vector<int64_t> measured;
-};
-BlockData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seconds,
-                     double* exact_seconds);
+// --- running units (sim/sweep_plan.cc) ---------------------------------------------
+// The data of one block (UnitData: layers, measured steps, exact attention),
+// read once and shared by every config run on it. Adds the time spent reading
+// and computing exact attention to `io_seconds` and `exact_seconds` if given.
+UnitData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seconds,
+                    double* exact_seconds);
 
-// One config over one block: exactly what replay_unit() computes for that
-// policy (the same calls in the same order, so results are bit-identical to
-// `kvsim replay`), with its own wall time in `seconds`. `prefill_cache`, if
-// given, shares exact prefill attention between the configs run on the block
-// (one cache per thread: it is not thread-safe).
-RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const BlockData& data,
+// One config over one block: the engine's replay_unit() (the same function
+// `kvsim replay` runs, so results are bit-identical), with its own wall time
+// in `seconds`. `prefill_cache`, if given, shares exact prefill attention
+// between the configs run on the block (one cache per thread: it is not
+// thread-safe).
+RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const UnitData& data,
                    const std::vector<std::shared_ptr<const PolicyState>>& prepared,
                    PrefillAttentionCache* prefill_cache = nullptr);
 
@@ -200,8 +161,17 @@ void write_sweep_results(const std::string& path, const Sweep& sweep,
                          const std::vector<RunResult>& runs, const std::vector<RunResult>& parts,
                          const SweepReport& report);
 
+// Observers of a running sweep, for programs built on the driver (the MPI
+// tests' tests/mpi/sweep_kill.cc kills a rank at an exact unit with one).
+struct SweepHooks {
+  // After a unit's checkpoint record is appended, with the rank and its count
+  // of finished units; called under the rank's lock, one unit at a time.
+  std::function<void(int rank, int64_t units_done)> unit_checkpointed;
+};
+
 // The CLI entry point (`kvsim sweep`), defined in sim/sweep_main.cc: initialises
-// and finalises MPI itself; returns the exit code.
-int run_sweep_command(int argc, char** argv, const std::string& kvsim_version);
+// and finalises MPI itself; returns the exit code. argv[0] is the command name.
+int run_sweep_command(int argc, char** argv, const std::string& kvsim_version,
+                      const SweepHooks& hooks = {});
 
 }  // namespace kvsim

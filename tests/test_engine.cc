@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "sim/base/attention.h"
+#include "sim/sweep.h"
 #include "test_util.h"
 
 namespace kvsim {
@@ -117,17 +118,71 @@ TEST(Engine, RecordsCoverEveryLayerHeadAndStep) {
   for (const auto& s : runs[0].steps) EXPECT_EQ(s.kv_head, s.q_head / (c.q_heads / c.kv_heads));
 }
 
-TEST(Engine, RefusesTraceWithoutDecodeAndBadSequence) {
+TEST(Engine, RefusesBadSequenceAndPolicies) {
   TempDir dir;
   SynthConfig c = synth_preset("tiny");
   const std::string path = dir.file("t.h5");
   write_synth_trace(path, c);
   TraceReader reader(path);
   ReplayOptions opt;
-  opt.sequences = {3};
+  opt.sequences = {c.sequences};  // one past the last
   EXPECT_THROW(replay(reader, {PolicySpec::parse("full")}, opt), ConfigError);
   EXPECT_THROW(replay(reader, {}, {}), ConfigError);
   EXPECT_THROW(replay(reader, {PolicySpec::parse("uniform:group=48")}, {}), ConfigError);
+}
+
+// The message of the exception of type E that `f` throws ("" and a failure if
+// it throws none; any other type escapes and fails the test).
+template <typename E, typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "nothing thrown";
+  return "";
+}
+
+// A trace whose sequence 1 is all prompt (prompt_len == num_tokens): no decode
+// step to measure. `kvsim replay` and `kvsim sweep` both refuse it, naming the
+// sequence, and replay the other sequence alone.
+TEST(Engine, RefusesSequenceWithoutDecodeSteps) {
+  TempDir dir;
+  const SynthConfig c = synth_preset("tiny");
+  const std::string path = dir.file("no_decode.h5");
+  {
+    TraceWriter writer(path, synth_meta(c), {});
+    for (int s = 0; s < 2; ++s) {
+      std::vector<float> q, k, v;
+      for (const LayerData& layer : synth_sequence(c, s)) {
+        q.insert(q.end(), layer.q.begin(), layer.q.end());
+        k.insert(k.end(), layer.k.begin(), layer.k.end());
+        v.insert(v.end(), layer.v.begin(), layer.v.end());
+      }
+      const std::vector<int32_t> token_ids(c.tokens, 7);
+      writer.add_sequence(token_ids, s == 0 ? c.prompt_len : c.tokens, q, k, v);
+    }
+    writer.finish();
+  }
+  TraceReader reader(path);
+  ASSERT_EQ(reader.sequence(1).prompt_len, reader.sequence(1).num_tokens);
+  const std::string expected =
+      "trace sequence 1 has no decode steps (prompt_len == num_tokens): nothing to measure";
+  const std::vector<PolicySpec> full = {PolicySpec::parse("full")};
+
+  EXPECT_EQ(error_of<FormatError>([&] { replay(reader, full, {}); }), expected);
+  ReplayOptions first;
+  first.sequences = {0};
+  EXPECT_FALSE(replay(reader, full, first)[0].steps.empty());
+
+  const auto sweep_file = [&](const std::string& sequences) {
+    return SweepFile::parse("trace: " + path + "\n" + sequences + "policies: [full]\n", "",
+                            "no_decode.yaml");
+  };
+  EXPECT_EQ(error_of<FormatError>([&] { resolve_sweep(sweep_file(""), {}); }), expected);
+  EXPECT_EQ(resolve_sweep(sweep_file("sequences: [0]\n"), {}).units.size(),
+            static_cast<size_t>(reader.meta().num_layers()));
 }
 
 }  // namespace

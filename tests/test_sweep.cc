@@ -260,7 +260,7 @@ TEST(Sweep, UnitsAssembleToTheReplayResults) {
   std::shuffle(order.begin(), order.end(), std::mt19937(3));
   for (size_t u : order) {
     const SweepUnit& unit = s.units[u];
-    const BlockData data = load_block(s, s.blocks[unit.block], nullptr, nullptr);
+    const UnitData data = load_block(s, s.blocks[unit.block], nullptr, nullptr);
     parts[u] = run_unit(s, unit, data,
                         prepare_policy(s.specs[unit.key.config], *s.traces[unit.key.trace]));
   }
@@ -288,7 +288,7 @@ TEST(Sweep, WritesTraceColumnsAndSweepTables) {
   std::vector<RunResult> parts(s.units.size());
   for (size_t u = 0; u < s.units.size(); ++u) {
     const SweepUnit& unit = s.units[u];
-    const BlockData data = load_block(s, s.blocks[unit.block], nullptr, nullptr);
+    const UnitData data = load_block(s, s.blocks[unit.block], nullptr, nullptr);
     parts[u] = run_unit(s, unit, data, {});
   }
   SweepReport report;

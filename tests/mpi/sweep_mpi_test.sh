@@ -3,13 +3,18 @@
 # tests/mpi/CMakeLists.txt):
 #   sweep_mpi_test.sh identical KVSIM MPIEXEC   same results at 1, 2, 4 ranks and
 #                                              as a singleton; equal to kvsim replay
-#   sweep_mpi_test.sh resume    KVSIM MPIEXEC   kill -9 a rank mid-sweep, --resume
+#   sweep_mpi_test.sh resume    KVSIM MPIEXEC SWEEP_KILL
+#                                              kill -9 a rank mid-sweep, --resume
 #   sweep_mpi_test.sh badinput  KVSIM MPIEXEC   bad spec/trace refused by every rank
+# SWEEP_KILL is tests/mpi/sweep_kill.cc: `kvsim sweep` that SIGKILLs rank
+# KVSIM_SWEEP_TEST_KILL_RANK (default 0) after it checkpoints its
+# KVSIM_SWEEP_TEST_KILL_AFTER-th unit.
 # Traces are tiny synthetic ones (kvsim synth --preset tiny).
 set -u
 MODE="$1"
 KVSIM="$(realpath "$2")"
 MPIEXEC="${3:-mpirun}"
+SWEEP_KILL="$(realpath "${4:-sweep_kill}")"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 COMPARE="python3 $HERE/compare_results.py"
 WORK=$(mktemp -d)
@@ -66,12 +71,13 @@ identical)
   ;;
 
 resume)
+  [ -x "$SWEEP_KILL" ] || { echo "resume needs the sweep_kill binary (4th argument)"; exit 2; }
   mpi 2 "$KVSIM" sweep sweep.yaml -o full.h5 --threads 1 >full.log 2>&1 && ok || fail "full: $(cat full.log)"
   info full.h5
   total=$units_total
   # Rank 1 SIGKILLs itself after checkpointing 3 units; mpirun takes the job down.
   KVSIM_SWEEP_TEST_KILL_AFTER=3 KVSIM_SWEEP_TEST_KILL_RANK=1 \
-    mpi 2 "$KVSIM" sweep sweep.yaml -o res.h5 --threads 1 >kill.log 2>&1 &&
+    mpi 2 "$SWEEP_KILL" sweep.yaml -o res.h5 --threads 1 >kill.log 2>&1 &&
     fail "killed sweep exited 0" || ok
   [ ! -e res.h5 ] && ok || fail "a killed sweep left a results file"
   ls res.h5.ckpt/*.ckpt >/dev/null 2>&1 && ok || fail "no checkpoint files"
@@ -103,8 +109,8 @@ resume)
   $COMPARE full.h5 res.h5 && ok || fail "resumed results differ from the uninterrupted run"
   [ ! -e res.h5.ckpt ] && ok || fail "checkpoint directory left after success"
   # A singleton killed after exactly 5 units, resumed on 2 ranks.
-  KVSIM_SWEEP_TEST_KILL_AFTER=5 "$KVSIM" sweep sweep.yaml -o solo.h5 >solo.log 2>&1 &&
-    fail "killed singleton exited 0" || ok
+  KVSIM_SWEEP_TEST_KILL_AFTER=5 "$SWEEP_KILL" sweep.yaml -o solo.h5 >solo.log 2>&1
+  [ $? -eq 137 ] && ok || fail "singleton not killed by SIGKILL: $(cat solo.log)"
   mpi 2 "$KVSIM" sweep sweep.yaml -o solo.h5 --resume >solo2.log 2>&1 && ok || fail "resume solo: $(cat solo2.log)"
   info solo.h5
   [ "$units_from_checkpoint" = "5" ] && ok || fail "solo: expected 5 units from checkpoint"

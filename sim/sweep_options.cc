@@ -1,0 +1,104 @@
+#include "sim/sweep_options.h"
+
+#include <unistd.h>
+
+#include <boost/program_options.hpp>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "sim/base/errors.h"
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace kvsim::sweep_driver {
+
+Options parse_options(int argc, char** argv) {
+  po::options_description desc("kvsim sweep options");
+  desc.add_options()("sweep,s", po::value<std::string>(), "sweep file (YAML; also positional)")(
+      "out,o", po::value<std::string>(), "results file to write (HDF5), written atomically")(
+      "resume", "reuse the units finished in the checkpoint directory; compute only the rest")(
+      "checkpoint-dir", po::value<std::string>(), "checkpoint directory (default <out>.ckpt)")(
+      "keep-checkpoint", "keep the checkpoint directory after the results are written")(
+      "fsync", po::value<std::string>()->default_value("background"),
+      "checkpoint fsync: background (a thread fsyncs each record right after it is written) "
+      "| unit (each unit waits for its fsync)")(
+      "threads", po::value<int>()->default_value(0),
+      "worker threads per rank (0 = the node's cores / ranks on the node)")(
+      "trace,t", po::value<std::vector<std::string>>()->composing(),
+      "trace file, repeatable: replaces the sweep file's traces")(
+      "dry-run", "print the expanded grid, the units and the plan; run nothing")(
+      "ranks", po::value<int>(), "with --dry-run: plan for this many ranks (default: the job's)")(
+      "quiet,q", "no progress bar and no summary table")(
+      "progress",
+      "draw the progress bar even when stderr is not a terminal (under mpirun the "
+      "ranks' stderr is a pipe: pass this to see it)")("help,h", "show this help")(
+      "config", po::value<std::string>(), "read options from a file of `key = value` lines");
+  po::positional_options_description positional;
+  positional.add("sweep", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).positional(positional).run(), vm);
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream in(path);
+      if (!in) throw IoError("cannot open config file '" + path + "'");
+      po::store(po::parse_config_file(in, desc), vm);
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw ConfigError(std::string("kvsim sweep: ") + e.what() + " (see kvsim sweep --help)");
+  }
+  Options o;
+  o.help = vm.count("help") > 0;
+  std::ostringstream help;
+  help << "usage: kvsim sweep SWEEP.yaml --out results.h5 [options]\n"
+          "       mpirun -np N kvsim sweep SWEEP.yaml --out results.h5 [--resume]\n\n"
+       << desc
+       << "\nThe sweep file format, sharding, checkpoints and cluster use: docs/sweeps.md\n";
+  o.help_text = help.str();
+  if (o.help) return o;
+  if (!vm.count("sweep")) throw ConfigError("kvsim sweep: no sweep file given (see --help)");
+  o.sweep_file = vm["sweep"].as<std::string>();
+  o.dry_run = vm.count("dry-run") > 0;
+  if (vm.count("out")) o.out = vm["out"].as<std::string>();
+  if (o.out.empty() && !o.dry_run) throw ConfigError("kvsim sweep: --out is required");
+  o.checkpoint_dir = vm.count("checkpoint-dir") ? vm["checkpoint-dir"].as<std::string>()
+                                                : (o.out.empty() ? "" : o.out + ".ckpt");
+  if (vm.count("trace")) o.traces = vm["trace"].as<std::vector<std::string>>();
+  o.resume = vm.count("resume") > 0;
+  o.quiet = vm.count("quiet") > 0;
+  o.progress = vm.count("progress") > 0;
+  o.keep_checkpoint = vm.count("keep-checkpoint") > 0;
+  const std::string sync = vm["fsync"].as<std::string>();
+  if (sync == "unit") {
+    o.sync = CheckpointSync::kEachRecord;
+  } else if (sync != "background") {
+    throw ConfigError("--fsync '" + sync + "': expected background or unit");
+  }
+  o.threads = vm["threads"].as<int>();
+  if (o.threads < 0) throw ConfigError("--threads must be >= 0");
+  if (vm.count("ranks")) {
+    if (!o.dry_run) throw ConfigError("--ranks only applies with --dry-run");
+    o.plan_ranks = vm["ranks"].as<int>();
+    if (o.plan_ranks < 1) throw ConfigError("--ranks must be >= 1");
+  }
+  return o;
+}
+
+void check_output_path(const std::string& out) {
+  fs::path parent = fs::path(out).parent_path();
+  if (parent.empty()) parent = ".";
+  if (!fs::is_directory(parent)) {
+    throw IoError("cannot write results '" + out + "': directory '" + parent.string() +
+                  "' does not exist");
+  }
+  if (::access(parent.c_str(), W_OK) != 0) {
+    throw IoError("cannot write results '" + out + "': directory '" + parent.string() +
+                  "' is not writable");
+  }
+  if (fs::is_directory(out)) throw IoError("cannot write results '" + out + "': a directory");
+}
+
+}  // namespace kvsim::sweep_driver
