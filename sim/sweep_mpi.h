@@ -33,8 +33,6 @@ class Mpi {
  public:
   Mpi();
   ~Mpi();
-  Mpi(const Mpi&) = delete;
-  Mpi& operator=(const Mpi&) = delete;
 
   std::string prefix() const { return size > 1 ? "[rank " + std::to_string(rank) + "] " : ""; }
 
@@ -44,6 +42,9 @@ class Mpi {
 
   int rank = 0, size = 1, local_size = 1;
   MPI_Comm progress = MPI_COMM_NULL;
+
+  Mpi(const Mpi&) = delete;  // owns MPI's lifetime and a communicator
+  Mpi& operator=(const Mpi&) = delete;
 
  private:
   bool owner_ = false;

@@ -120,15 +120,12 @@ TEST(Engine, RecordsCoverEveryLayerHeadAndStep) {
 
 TEST(Engine, RefusesBadSequenceAndPolicies) {
   TempDir dir;
-  SynthConfig c = synth_preset("tiny");
-  const std::string path = dir.file("t.h5");
-  write_synth_trace(path, c);
-  TraceReader reader(path);
-  ReplayOptions opt;
-  opt.sequences = {c.sequences};  // one past the last
-  EXPECT_THROW(replay(reader, {PolicySpec::parse("full")}, opt), ConfigError);
-  EXPECT_THROW(replay(reader, {}, {}), ConfigError);
-  EXPECT_THROW(replay(reader, {PolicySpec::parse("uniform:group=48")}, {}), ConfigError);
+  const SynthConfig c = synth_preset("tiny");
+  ReplayOptions past_the_end;
+  past_the_end.sequences = {c.sequences};
+  EXPECT_THROW(testing::replay_synth(c, {"full"}, dir, past_the_end), ConfigError);
+  EXPECT_THROW(testing::replay_synth(c, {}, dir), ConfigError);
+  EXPECT_THROW(testing::replay_synth(c, {"uniform:group=48"}, dir), ConfigError);
 }
 
 // The message of the exception of type E that `f` throws ("" and a failure if
