@@ -30,11 +30,6 @@ namespace kvsim {
 namespace sweep_driver {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
 int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& version,
                   const SweepHooks& hooks) {
   const auto wall_start = Clock::now();

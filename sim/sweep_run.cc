@@ -19,11 +19,6 @@ namespace fs = std::filesystem;
 namespace kvsim::sweep_driver {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
 // Seconds per estimated cost unit on the reference machine (2-core x86-64 dev
 // box, one thread per rank), measured by experiments/sweeps/run_load_test.sh;
 // only used to print time estimates.
@@ -93,6 +88,10 @@ void print_dry_run(const Sweep& sweep, const ShardPlan& plan, const std::vector<
 }
 
 }  // namespace
+
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 std::string fmt(double x, int precision) {
   std::ostringstream os;

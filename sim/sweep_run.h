@@ -4,6 +4,7 @@
 // on; failures during the work take the job down (abort_job).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -16,6 +17,10 @@
 #include "sim/sweep_options.h"
 
 namespace kvsim::sweep_driver {
+
+using Clock = std::chrono::steady_clock;
+// Seconds from `t` to now.
+double since(Clock::time_point t);
 
 // `x` with `precision` significant digits, for the printed tables.
 std::string fmt(double x, int precision = 4);
