@@ -1,4 +1,4 @@
-// GPU replay attention (see kernels.h / cpu_reference.h for the contract).
+// GPU replay attention (contract in kernel_declarations.inc, launch shape in kernels.h).
 //
 // Split-KV decode attention, two kernels:
 //  1. attention_split_kernel, grid (num_q_heads, num_splits), kAttnThreads threads: the block

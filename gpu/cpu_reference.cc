@@ -1,4 +1,4 @@
-// CPU references of the replay hot-path kernels (see cpu_reference.h for the contracts). The
+// CPU references of the replay hot-path kernels (contracts in kernel_declarations.inc). The
 // decode attention is the base layer's double-precision reference (sim/base/attention.h).
 //
 // This file is compiled with -ffp-contract=off (gpu/CMakeLists.txt) so that the float

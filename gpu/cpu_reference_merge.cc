@@ -1,5 +1,6 @@
 // CPU references of the L2-norm top-k selection and of MiniCache's SLERP merge/restore
-// (contracts in gpu/cpu_reference.h; the SLERP math is sim/base/slerp.h, MiniCache's own).
+// (contracts in gpu/kernel_declarations.inc; the SLERP math is sim/base/slerp.h, MiniCache's
+// own).
 // Compiled with -ffp-contract=off (gpu/CMakeLists.txt).
 #include <algorithm>
 #include <array>

@@ -1,4 +1,4 @@
-// GPU key norms and top-k selection for L2-norm eviction (contract in cpu_reference.h).
+// GPU key norms and top-k selection for L2-norm eviction (contract in kernel_declarations.inc).
 //
 //  1. key_norm_kernel: a warp per key row; lane l sums k[c]^2 in double for c = l, l + 32, ...
 //     (x^2 of a float is exact in double, so a fused multiply-add rounds exactly like the

@@ -1,5 +1,5 @@
-// GPU fp16 conversion, code packing, KIVI and SKVQ quantization (contracts in cpu_reference.h,
-// launch shapes in kernels.h).
+// GPU fp16 conversion, code packing, KIVI and SKVQ quantization (contracts in
+// kernel_declarations.inc, launch shapes in kernels.h).
 //
 // Bit-exactness with the CPU references: min/max are exact and -0 is canonicalised to +0 (x + 0),
 // every arithmetic step is an explicitly rounded intrinsic (__fadd_rn, __fsub_rn, __fmul_rn,

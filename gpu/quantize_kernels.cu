@@ -1,4 +1,4 @@
-// GPU group quantization (see cpu_reference.h for the exact rule these kernels reproduce).
+// GPU group quantization (kernel_declarations.inc has the exact rule these kernels reproduce).
 //
 // Bit-exactness with the CPU reference: min/max are exact (and -0 is canonicalised to +0), and
 // every arithmetic step uses an explicitly rounded intrinsic (__fsub_rn, __fdiv_rn, __fmul_rn,

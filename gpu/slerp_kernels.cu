@@ -1,8 +1,9 @@
-// GPU SLERP merge and restore of MiniCache (contract in cpu_reference.h; the math of
-// minicache_slerp() in policies/slerp.h). A warp per row: lanes hold channels l, l + 32, ...; the
-// three dot products are summed in double with explicitly rounded operations and reduced by a
-// butterfly (a different order than the reference's sequential sum: the doubles can differ in their
-// last bits, see kernels.h); every later step follows the reference's expression order.
+// GPU SLERP merge and restore of MiniCache (contract in kernel_declarations.inc; the math of
+// slerp_unit_direction() in sim/base/slerp.h). A warp per row: lanes hold channels l, l + 32,
+// ...; the three dot products are summed in double with explicitly rounded operations and
+// reduced by a butterfly (a different order than the reference's sequential sum: the doubles
+// can differ in their last bits, see kernels.h); every later step follows the reference's
+// expression order.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -38,7 +39,7 @@ __device__ __forceinline__ std::uint16_t to_half_bits(double x) {
   return __half_as_ushort(__float2half_rn(static_cast<float>(x)));
 }
 
-// e_c = wa * xa_c / na + wb * xb_c / nb, in minicache_slerp()'s order (policies/slerp.h).
+// e_c = wa * xa_c / na + wb * xb_c / nb, in slerp_unit_direction()'s order (sim/base/slerp.h).
 __device__ __forceinline__ double direction_component(double wa, double wb, float a, float b,
                                                       double na, double nb) {
   return __dadd_rn(__ddiv_rn(__dmul_rn(wa, static_cast<double>(a)), na),

@@ -19,10 +19,8 @@
 namespace kvsim::gpu {
 namespace {
 
-using testing::attention_case_name;
 using testing::AttentionCase;
 using testing::AttentionData;
-using testing::make_attention_data;
 using testing::random_uniform;
 
 struct Quantized {
@@ -198,7 +196,7 @@ class CpuAttention : public ::testing::TestWithParam<AttentionCase> {};
 // naive double evaluation to float rounding: 2^-23 relative, allowed 1e-6 of max(1, |value|).
 TEST_P(CpuAttention, MatchesNaiveDoubleFormula) {
   const AttentionCase s = GetParam();
-  const AttentionData d = make_attention_data(s, 7);
+  const AttentionData d = testing::make_attention_data(s, 7);
   std::vector<float> out(static_cast<std::size_t>(s.num_q_heads * s.head_dim));
   std::vector<float> lse(static_cast<std::size_t>(s.num_q_heads));
   cpu_reference::replay_attention(d.q.data(), d.k.data(), d.v.data(), s.num_q_heads, s.num_kv_heads,
@@ -221,7 +219,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CpuAttention,
                                            AttentionCase{8, 2, 257, 64, 4.0f},
                                            AttentionCase{2, 1, 1000, 256, 1.0f},
                                            AttentionCase{4, 4, 33, 128, 8.0f}),
-                         attention_case_name);
+                         testing::attention_case_name);
 
 // With one token the softmax weight is exactly 1: out[h] is the v row of h's kv head, which
 // pins down the GQA mapping h -> h / (num_q_heads / num_kv_heads).

@@ -20,10 +20,7 @@
 namespace kvsim::gpu {
 namespace {
 
-using testing::attention_case_name;
 using testing::AttentionCase;
-using testing::AttentionData;
-using testing::make_attention_data;
 using testing::random_uniform;
 
 // --- attention ----------------------------------------------------------------------------
@@ -40,7 +37,7 @@ class GpuAttention : public ::testing::TestWithParam<AttentionCase> {};
 TEST_P(GpuAttention, MatchesCpuReference) {
   KVSIM_SKIP_WITHOUT_CUDA_DEVICE();
   const AttentionCase c = GetParam();
-  const AttentionData data = make_attention_data(c, 11);
+  const testing::AttentionData data = testing::make_attention_data(c, 11);
   const std::vector<float>& q = data.q;
   const std::vector<float>& k = data.k;
   const std::vector<float>& v = data.v;
@@ -86,7 +83,7 @@ INSTANTIATE_TEST_SUITE_P(
                       AttentionCase{8, 2, 257, 256, 4.0f}, AttentionCase{32, 8, 4100, 128, 1.0f},
                       AttentionCase{2, 1, 4100, 64, 8.0f}, AttentionCase{8, 8, 1000, 256, 2.0f},
                       AttentionCase{1, 1, 33, 64, 8.0f}, AttentionCase{2, 1, 200000, 64, 1.0f}),
-    attention_case_name);
+    testing::attention_case_name);
 
 // --- quantization -------------------------------------------------------------------------
 
