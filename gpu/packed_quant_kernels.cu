@@ -410,6 +410,20 @@ unsigned skvq_grid(int64_t num_rows) {
   return static_cast<unsigned>(num_rows < cap ? num_rows : cap);
 }
 
+// The KIVI launchers' prologue: the reference's argument checks, the backend, then the device
+// pointers (x is k, v, k_hat or v_hat). Returns false when there is no token to work on.
+bool kivi_launch_ready(const char* what, const void* x, const char* x_name,
+                       const std::uint32_t* codes, const std::uint16_t* scale,
+                       const std::uint16_t* minv, int num_heads, std::int64_t num_tokens,
+                       int head_dim, int group_size, int bits) {
+  detail::validate_kivi(what, x, codes, scale, minv, num_heads, num_tokens, head_dim, group_size,
+                        bits);
+  require_cuda();
+  if (num_tokens == 0) return false;
+  check_device_pointers(what, {{x, x_name}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  return true;
+}
+
 // Copies the SKVQ layout arrays to the host and checks them like the reference.
 void check_skvq_layout(const char* what, const std::int32_t* perm, const std::int32_t* group_starts,
                        const float* group_clip, int C, int G) {
@@ -468,12 +482,10 @@ void unpack_codes(const std::uint32_t* words, std::int64_t num_rows, std::int64_
 void kivi_quantize_keys(const float* k, int num_heads, std::int64_t num_tokens, int head_dim,
                         int group_size, int bits, std::uint32_t* codes, std::uint16_t* scale,
                         std::uint16_t* minv) {
-  constexpr const char* kWhat = "gpu::kivi_quantize_keys";
-  detail::validate_kivi(kWhat, k, codes, scale, minv, num_heads, num_tokens, head_dim, group_size,
-                        bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_device_pointers(kWhat, {{k, "k"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_quantize_keys", k, "k", codes, scale, minv, num_heads,
+                         num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t groups = num_groups_of(num_tokens, group_size);
   const int64_t blocks = words_per_row(num_tokens, bits);
   const auto levels = static_cast<float>((1 << bits) - 1);
@@ -489,13 +501,10 @@ void kivi_quantize_keys(const float* k, int num_heads, std::int64_t num_tokens, 
 void kivi_dequantize_keys(const std::uint32_t* codes, const std::uint16_t* scale,
                           const std::uint16_t* minv, int num_heads, std::int64_t num_tokens,
                           int head_dim, int group_size, int bits, float* k_hat) {
-  constexpr const char* kWhat = "gpu::kivi_dequantize_keys";
-  detail::validate_kivi(kWhat, k_hat, codes, scale, minv, num_heads, num_tokens, head_dim,
-                        group_size, bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_device_pointers(kWhat,
-                        {{k_hat, "k_hat"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_dequantize_keys", k_hat, "k_hat", codes, scale, minv, num_heads,
+                         num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t groups = num_groups_of(num_tokens, group_size);
   const int64_t blocks = words_per_row(num_tokens, bits);
   kivi_key_dequant_kernel<<<grid_for(num_heads * blocks * head_dim, kThreads, 16), kThreads>>>(
@@ -506,12 +515,10 @@ void kivi_dequantize_keys(const std::uint32_t* codes, const std::uint16_t* scale
 void kivi_quantize_values(const float* v, int num_heads, std::int64_t num_tokens, int head_dim,
                           int group_size, int bits, std::uint32_t* codes, std::uint16_t* scale,
                           std::uint16_t* minv) {
-  constexpr const char* kWhat = "gpu::kivi_quantize_values";
-  detail::validate_kivi(kWhat, v, codes, scale, minv, num_heads, num_tokens, head_dim, group_size,
-                        bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_device_pointers(kWhat, {{v, "v"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_quantize_values", v, "v", codes, scale, minv, num_heads,
+                         num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t rows = static_cast<int64_t>(num_heads) * num_tokens;
   const int64_t groups = num_groups_of(head_dim, group_size);
   const int64_t wpr = words_per_row(head_dim, bits);
@@ -527,13 +534,10 @@ void kivi_quantize_values(const float* v, int num_heads, std::int64_t num_tokens
 void kivi_dequantize_values(const std::uint32_t* codes, const std::uint16_t* scale,
                             const std::uint16_t* minv, int num_heads, std::int64_t num_tokens,
                             int head_dim, int group_size, int bits, float* v_hat) {
-  constexpr const char* kWhat = "gpu::kivi_dequantize_values";
-  detail::validate_kivi(kWhat, v_hat, codes, scale, minv, num_heads, num_tokens, head_dim,
-                        group_size, bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_device_pointers(kWhat,
-                        {{v_hat, "v_hat"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_dequantize_values", v_hat, "v_hat", codes, scale, minv,
+                         num_heads, num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t rows = static_cast<int64_t>(num_heads) * num_tokens;
   const int64_t groups = num_groups_of(head_dim, group_size);
   const int64_t wpr = words_per_row(head_dim, bits);

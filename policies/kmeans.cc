@@ -72,6 +72,7 @@ KmeansRun lloyd(std::span<const double> x, std::span<const double> y, std::vecto
 std::vector<int> kmeans_2d(std::span<const double> x, std::span<const double> y, int k,
                            const KmeansOptions& options) {
   KVSIM_CHECK(x.size() == y.size());
+  KVSIM_CHECK(options.restarts >= 0 && options.max_iterations >= 1);
   const size_t n = x.size();
   if (n == 0) return {};
   const size_t kk = static_cast<size_t>(std::clamp<int64_t>(k, 1, static_cast<int64_t>(n)));
