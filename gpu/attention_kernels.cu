@@ -1,4 +1,4 @@
-// GPU replay attention (see kernels.h / cpu_reference.h for the contract).
+// GPU replay attention (contract in kernel_declarations.inc, launch shape in kernels.h).
 //
 // Split-KV decode attention, two kernels:
 //  1. attention_split_kernel, grid (num_q_heads, num_splits), kAttnThreads threads: the block
@@ -22,14 +22,20 @@
 #include "gpu/cuda_check.cuh"
 #include "gpu/device.h"
 #include "gpu/dispatch.h"
+#include "gpu/kernel_common.cuh"
 #include "gpu/kernels.h"
 #include "gpu/validate.h"
 
 namespace kvsim::gpu {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
+using detail::block_allreduce;
+using detail::ceil_div;
+using detail::kFullMask;
+using detail::kWarpSize;
+using detail::MaxOp;
+using detail::SumOp;
+
 constexpr int kAttnWarps = 4;
 constexpr int kAttnThreads = kAttnWarps * kWarpSize;
 constexpr int kTokensPerIter = 4;                 // tokens a warp has in flight at once
@@ -164,29 +170,6 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
-// All-reduce over a block of NUM_WARPS full warps; `scratch` holds NUM_WARPS floats.
-template <int NUM_WARPS, typename Op>
-__device__ float block_allreduce(float x, float* scratch, Op op) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    x = op(x, __shfl_xor_sync(kFullMask, x, offset));
-  }
-  if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = x;
-  __syncthreads();
-  float result = scratch[0];
-#pragma unroll
-  for (int w = 1; w < NUM_WARPS; ++w) result = op(result, scratch[w]);
-  __syncthreads();  // scratch may be reused by the caller
-  return result;
-}
-
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct SumOp {
-  __device__ float operator()(float a, float b) const { return a + b; }
-};
-
 template <int HEAD_DIM>
 __global__ void __launch_bounds__(HEAD_DIM) attention_combine_kernel(
     const float* __restrict__ part_acc,  // [num_q_heads, num_splits, HEAD_DIM]
@@ -223,31 +206,6 @@ __global__ void __launch_bounds__(HEAD_DIM) attention_combine_kernel(
   if (tid == 0) lse[head] = global_max + logf(global_sum);
 }
 
-// Stream-ordered scratch memory on the default stream, released on scope exit.
-class Workspace {
- public:
-  explicit Workspace(std::size_t bytes) : async_(detail::current_device_supports_memory_pools()) {
-    if (async_) {
-      KVSIM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, 0));
-    } else {
-      KVSIM_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-    }
-  }
-  ~Workspace() {
-    const cudaError_t err = async_ ? cudaFreeAsync(ptr_, 0) : cudaFree(ptr_);
-    if (err != cudaSuccess) (void)cudaGetLastError();
-  }
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  float* floats() { return static_cast<float*>(ptr_); }
-
- private:
-  bool async_;
-  void* ptr_ = nullptr;
-};
-
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-
 }  // namespace
 
 void replay_attention(const float* q, const float* k, const float* v, int num_q_heads,
@@ -257,11 +215,7 @@ void replay_attention(const float* q, const float* k, const float* v, int num_q_
   detail::validate_attention(kWhat, q, k, v, out, lse, num_q_heads, num_kv_heads, num_tokens,
                              head_dim, scale);
   require_cuda();
-  detail::check_device_pointer(q, kWhat, "q");
-  detail::check_device_pointer(k, kWhat, "k");
-  detail::check_device_pointer(v, kWhat, "v");
-  detail::check_device_pointer(out, kWhat, "out");
-  detail::check_device_pointer(lse, kWhat, "lse");
+  detail::check_device_pointers(kWhat, {{q, "q"}, {k, "k"}, {v, "v"}, {out, "out"}, {lse, "lse"}});
 
   // Enough blocks to fill the GPU, but no split shorter than kMinTokensPerSplit. The chunk
   // length is fixed first and the split count derived from it, so no split is empty.
@@ -284,8 +238,8 @@ void replay_attention(const float* q, const float* k, const float* v, int num_q_
       return;
     }
     const std::size_t parts = static_cast<std::size_t>(num_q_heads) * splits;
-    Workspace ws(parts * (kHeadDim + 2) * sizeof(float));
-    float* part_acc = ws.floats();                 // [num_q_heads, splits, kHeadDim]
+    detail::StreamScratch ws(parts * (kHeadDim + 2) * sizeof(float));
+    float* part_acc = ws.as<float>();              // [num_q_heads, splits, kHeadDim]
     float* part_ml = part_acc + parts * kHeadDim;  // [num_q_heads, splits, 2]
     attention_split_kernel<kHeadDim><<<grid, kAttnThreads>>>(q, k, v, q_per_kv, num_tokens,
                                                              tokens_per_split, scale, part_acc,

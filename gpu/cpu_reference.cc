@@ -1,4 +1,5 @@
-// CPU references of the replay hot-path kernels (see cpu_reference.h for the contracts).
+// CPU references of the replay hot-path kernels (contracts in kernel_declarations.inc). The
+// decode attention is the base layer's double-precision reference (sim/base/attention.h).
 //
 // This file is compiled with -ffp-contract=off (gpu/CMakeLists.txt) so that the float
 // expressions of the quantization rule are evaluated exactly as written, like the __f*_rn
@@ -9,10 +10,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <limits>
 #include <vector>
 
 #include "gpu/validate.h"
+#include "sim/base/attention.h"
 #include "sim/base/fp16.h"
 
 namespace kvsim::gpu::cpu_reference {
@@ -25,35 +26,15 @@ void replay_attention(const float* q, const float* k, const float* v, int num_q_
   const int q_per_kv = num_q_heads / num_kv_heads;
   const auto n = static_cast<std::size_t>(num_tokens);
   const auto d_count = static_cast<std::size_t>(head_dim);
-  std::vector<double> scores(n);
   std::vector<double> acc(d_count);
-
   for (int h = 0; h < num_q_heads; ++h) {
-    const std::size_t kv_head = static_cast<std::size_t>(h / q_per_kv);
-    const float* qh = q + static_cast<std::size_t>(h) * d_count;
-    const float* kh = k + kv_head * n * d_count;
-    const float* vh = v + kv_head * n * d_count;
-
-    double max_score = -std::numeric_limits<double>::infinity();
-    for (std::size_t t = 0; t < n; ++t) {
-      const float* kt = kh + t * d_count;
-      double dot = 0.0;
-      for (std::size_t d = 0; d < d_count; ++d) dot += static_cast<double>(qh[d]) * kt[d];
-      scores[t] = static_cast<double>(scale) * dot;
-      max_score = std::max(max_score, scores[t]);
-    }
-
-    std::fill(acc.begin(), acc.end(), 0.0);
-    double sum = 0.0;
-    for (std::size_t t = 0; t < n; ++t) {
-      const double p = std::exp(scores[t] - max_score);  // in (0, 1], 1 at the maximum
-      sum += p;
-      const float* vt = vh + t * d_count;
-      for (std::size_t d = 0; d < d_count; ++d) acc[d] += p * vt[d];
-    }
+    const std::size_t kv_offset = static_cast<std::size_t>(h / q_per_kv) * n * d_count;
+    const double head_lse = kvsim::cpu_reference::attend(q + static_cast<std::size_t>(h) * d_count,
+                                                         k + kv_offset, v + kv_offset, n, head_dim,
+                                                         static_cast<double>(scale), acc.data());
     float* oh = out + static_cast<std::size_t>(h) * d_count;
-    for (std::size_t d = 0; d < d_count; ++d) oh[d] = static_cast<float>(acc[d] / sum);
-    lse[h] = static_cast<float>(max_score + std::log(sum));  // sum >= 1: no log(0)
+    for (std::size_t d = 0; d < d_count; ++d) oh[d] = static_cast<float>(acc[d]);
+    lse[h] = static_cast<float>(head_lse);
   }
 }
 

@@ -1,17 +1,19 @@
 // CPU references of the L2-norm top-k selection and of MiniCache's SLERP merge/restore
-// (contracts in gpu/cpu_reference.h). Compiled with -ffp-contract=off (gpu/CMakeLists.txt).
+// (contracts in gpu/kernel_declarations.inc; the SLERP math is sim/base/slerp.h, MiniCache's
+// own).
+// Compiled with -ffp-contract=off (gpu/CMakeLists.txt).
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <numbers>
 #include <numeric>
 #include <vector>
 
 #include "gpu/cpu_reference.h"
 #include "gpu/validate.h"
 #include "sim/base/fp16.h"
+#include "sim/base/slerp.h"
 
 namespace kvsim::gpu::cpu_reference {
 namespace {
@@ -61,46 +63,19 @@ void slerp_merge(const float* xa, const float* xb, std::int64_t num_rows, int di
                  double* distance, std::uint8_t* merged) {
   detail::validate_slerp_merge("cpu_reference::slerp_merge", xa, xb, num_rows, dim, t, direction,
                                norm_a, norm_b, distance, merged);
-  std::vector<double> e(static_cast<std::size_t>(dim));
+  std::vector<double> unit(static_cast<std::size_t>(dim));
   for (std::int64_t r = 0; r < num_rows; ++r) {
-    const float* a = xa + r * dim;
-    const float* b = xb + r * dim;
     std::uint16_t* dir = direction + r * dim;
-    // From here on, the statements of minicache_slerp() (policies/slerp.h), in the same order.
-    double na = 0, nb = 0, dot = 0;
-    for (int c = 0; c < dim; ++c) {
-      na += static_cast<double>(a[c]) * a[c];
-      nb += static_cast<double>(b[c]) * b[c];
-      dot += static_cast<double>(a[c]) * b[c];
-    }
-    na = std::sqrt(na);
-    nb = std::sqrt(nb);
+    double na = 0, nb = 0;
+    distance[r] = 0.0;
+    const bool ok =
+        slerp_unit_direction(xa + r * dim, xb + r * dim, dim, t, unit.data(), na, nb, distance[r]);
     norm_a[r] = float_to_half_bits(static_cast<float>(na));
     norm_b[r] = float_to_half_bits(static_cast<float>(nb));
-    std::fill(dir, dir + dim, std::uint16_t{0});
-    distance[r] = 0.0;
-    merged[r] = 0;
-    if (na == 0 || nb == 0) continue;
-    const double cosw = std::clamp(dot / (na * nb), -1.0, 1.0);
-    const double w = std::acos(cosw);
-    distance[r] = w / std::numbers::pi;
-    double wa, wb;
-    if (w < 1e-4) {
-      wa = 1 - t;
-      wb = t;
-    } else {
-      wa = std::sin((1 - t) * w) / std::sin(w);
-      wb = std::sin(t * w) / std::sin(w);
-    }
-    double norm_e = 0;
+    merged[r] = ok ? 1 : 0;
     for (int c = 0; c < dim; ++c) {
-      e[c] = wa * a[c] / na + wb * b[c] / nb;
-      norm_e += e[c] * e[c];
+      dir[c] = ok ? float_to_half_bits(static_cast<float>(unit[c])) : std::uint16_t{0};
     }
-    norm_e = std::sqrt(norm_e);
-    if (norm_e == 0) continue;  // opposite vectors with t = 0.5: no direction
-    for (int c = 0; c < dim; ++c) dir[c] = float_to_half_bits(static_cast<float>(e[c] / norm_e));
-    merged[r] = 1;
   }
 }
 

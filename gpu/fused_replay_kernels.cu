@@ -37,6 +37,7 @@
 #include "gpu/cuda_check.cuh"
 #include "gpu/device.h"
 #include "gpu/dispatch.h"
+#include "gpu/kernel_common.cuh"
 #include "gpu/kernels.h"
 #include "gpu/packing.h"
 #include "gpu/validate.h"
@@ -46,8 +47,15 @@ namespace {
 
 using std::int64_t;
 
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
+using detail::block_allreduce;
+using detail::ceil_div;
+using detail::dequant_dev;
+using detail::half_bits_to_float_dev;
+using detail::kFullMask;
+using detail::kWarpSize;
+using detail::MaxOp;
+using detail::SumOp;
+
 constexpr int kTileElems = 2048;      // tokens per tile = kTileElems / HEAD_DIM (8 KiB per array)
 constexpr int kTokensPerIter = 4;     // tokens a warp has in flight at once
 constexpr int kMaxHeadsPerBlock = 8;  // query heads served by one block
@@ -94,18 +102,9 @@ struct Partials {
   float* acc;    // [parts, 2, HEAD_DIM]: exact, then compressed (unnormalised)
 };
 
-__device__ __forceinline__ float half_to_float(std::uint16_t bits) {
-  return __half2float(__ushort_as_half(bits));
-}
 __device__ __forceinline__ float load_exact(const float* p, int64_t i) { return p[i]; }
 __device__ __forceinline__ float load_exact(const std::uint16_t* p, int64_t i) {
-  return half_to_float(p[i]);
-}
-// float(code) * scale16 + min16, explicitly rounded (as kivi_dequantize_* and the reference).
-__device__ __forceinline__ float dequant(std::uint32_t code, std::uint16_t scale_bits,
-                                         std::uint16_t min_bits) {
-  return __fadd_rn(__fmul_rn(static_cast<float>(code), half_to_float(scale_bits)),
-                   half_to_float(min_bits));
+  return half_bits_to_float_dev(p[i]);
 }
 
 // (kMaxThreads, 2): lets the head_dim 256 variant keep its accumulators in registers (84, no
@@ -201,16 +200,16 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
       if (kword >= 0) {
         const std::uint32_t kcode = (p.key_codes[kword + c] >> s_kshift[i]) & key_mask;
         const int64_t kg = s_kgroup[i] + c;
-        s_khat[e] = dequant(kcode, p.key_scale[kg], p.key_min[kg]);
+        s_khat[e] = dequant_dev(kcode, p.key_scale[kg], p.key_min[kg]);
         const int64_t vrow = s_vrow[i];
         const std::uint32_t vcode =
             (p.value_codes[vrow * p.value_wpr + s_vword[c]] >> s_vshift[c]) & value_mask;
         const int64_t vg = vrow * p.value_groups + s_vgroup[c];
-        s_vhat[e] = dequant(vcode, p.value_scale[vg], p.value_min[vg]);
+        s_vhat[e] = dequant_dev(vcode, p.value_scale[vg], p.value_min[vg]);
       } else {
         const int64_t at = s_vrow[i] * HEAD_DIM + c;
-        s_khat[e] = half_to_float(p.key_residual[at]);
-        s_vhat[e] = half_to_float(p.value_residual[at]);
+        s_khat[e] = half_bits_to_float_dev(p.key_residual[at]);
+        s_vhat[e] = half_bits_to_float_dev(p.value_residual[at]);
       }
     }
     __syncthreads();
@@ -312,29 +311,6 @@ __global__ void __launch_bounds__(kMaxThreads, 2)
   }
 }
 
-// All-reduce over a block of NUM_WARPS full warps; `scratch` holds NUM_WARPS values.
-template <int NUM_WARPS, typename T, typename Op>
-__device__ T block_allreduce(T x, T* scratch, Op op) {
-#pragma unroll
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    x = op(x, __shfl_xor_sync(kFullMask, x, offset));
-  }
-  if (threadIdx.x % kWarpSize == 0) scratch[threadIdx.x / kWarpSize] = x;
-  __syncthreads();
-  T result = scratch[0];
-#pragma unroll
-  for (int w = 1; w < NUM_WARPS; ++w) result = op(result, scratch[w]);
-  __syncthreads();  // scratch may be reused by the caller
-  return result;
-}
-
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct SumOp {
-  __device__ double operator()(double a, double b) const { return a + b; }
-};
-
 struct FusedOutputs {
   float* out_hat;        // [Hq, HEAD_DIM]
   float* lse_hat;        // [Hq]
@@ -425,31 +401,6 @@ __global__ void __launch_bounds__(HEAD_DIM)
   }
 }
 
-// Stream-ordered scratch memory on the default stream, released on scope exit.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) : async_(detail::current_device_supports_memory_pools()) {
-    if (async_) {
-      KVSIM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, 0));
-    } else {
-      KVSIM_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-    }
-  }
-  ~Scratch() {
-    const cudaError_t err = async_ ? cudaFreeAsync(ptr_, 0) : cudaFree(ptr_);
-    if (err != cudaSuccess) (void)cudaGetLastError();
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  char* bytes() { return static_cast<char*>(ptr_); }
-
- private:
-  bool async_;
-  void* ptr_ = nullptr;
-};
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 }  // namespace
 
 void fused_replay_attention(const FusedReplayArgs& a) {
@@ -479,9 +430,7 @@ void fused_replay_attention(const FusedReplayArgs& a) {
       {a.cosine, "cosine"},
       {a.kl, "kl"},
       {a.mass_retained, "mass_retained"}};
-  for (const auto& [ptr, name] : pointers) {
-    if (ptr != nullptr) detail::check_device_pointer(ptr, kWhat, name);
-  }
+  detail::check_device_pointers(kWhat, pointers);
 
   FusedParams p{};
   p.q = a.q;
@@ -532,10 +481,10 @@ void fused_replay_attention(const FusedReplayArgs& a) {
   const int parts_per_head = p.num_splits * p.warps_per_head;
   const auto parts = static_cast<std::size_t>(a.num_q_heads) * parts_per_head;
   const auto acc_floats = parts * 2 * static_cast<std::size_t>(a.head_dim);
-  Scratch scratch(parts * 4 * sizeof(double) + parts * 2 * sizeof(float) +
-                  acc_floats * sizeof(float));
+  detail::StreamScratch scratch(parts * 4 * sizeof(double) + parts * 2 * sizeof(float) +
+                                acc_floats * sizeof(float));
   Partials part{};
-  part.sums = reinterpret_cast<double*>(scratch.bytes());
+  part.sums = scratch.as<double>();
   part.maxes = reinterpret_cast<float*>(part.sums + parts * 4);
   part.acc = part.maxes + parts * 2;
   const FusedOutputs outputs{a.out_hat, a.lse_hat, a.out, a.lse,

@@ -1,4 +1,4 @@
-// GPU key norms and top-k selection for L2-norm eviction (contract in cpu_reference.h).
+// GPU key norms and top-k selection for L2-norm eviction (contract in kernel_declarations.inc).
 //
 //  1. key_norm_kernel: a warp per key row; lane l sums k[c]^2 in double for c = l, l + 32, ...
 //     (x^2 of a float is exact in double, so a fused multiply-add rounds exactly like the
@@ -14,11 +14,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
-#include <utility>
 
 #include "gpu/cuda_check.cuh"
 #include "gpu/device.h"
+#include "gpu/kernel_common.cuh"
 #include "gpu/kernels.h"
 #include "gpu/validate.h"
 
@@ -27,8 +26,9 @@ namespace {
 
 using std::int64_t;
 
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
+using detail::kFullMask;
+using detail::kWarpSize;
+
 constexpr int kNormThreads = 256;
 constexpr int kSelectThreads = 1024;
 constexpr int kSelectWarps = kSelectThreads / kWarpSize;
@@ -163,29 +163,6 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
 }
 
-// Stream-ordered scratch memory on the default stream, released on scope exit.
-class Scratch {
- public:
-  explicit Scratch(std::size_t bytes) : async_(detail::current_device_supports_memory_pools()) {
-    if (async_) {
-      KVSIM_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, 0));
-    } else {
-      KVSIM_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-    }
-  }
-  ~Scratch() {
-    const cudaError_t err = async_ ? cudaFreeAsync(ptr_, 0) : cudaFree(ptr_);
-    if (err != cudaSuccess) (void)cudaGetLastError();
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  double* doubles() { return static_cast<double*>(ptr_); }
-
- private:
-  bool async_;
-  void* ptr_ = nullptr;
-};
-
 }  // namespace
 
 void key_norms_topk(const float* k, int num_heads, std::int64_t num_tokens, int head_dim,
@@ -194,22 +171,15 @@ void key_norms_topk(const float* k, int num_heads, std::int64_t num_tokens, int 
   detail::validate_norms_topk(kWhat, k, num_heads, num_tokens, head_dim, keep, norms, kept);
   require_cuda();
   if (num_tokens == 0) return;
-  for (const auto& [ptr, name] : {std::pair<const void*, const char*>{k, "k"},
-                                  std::pair<const void*, const char*>{norms, "norms"},
-                                  std::pair<const void*, const char*>{kept, "kept"}}) {
-    if (ptr != nullptr) detail::check_device_pointer(ptr, kWhat, name);
-  }
+  detail::check_device_pointers(kWhat, {{k, "k"}, {norms, "norms"}, {kept, "kept"}});
   const int64_t rows = static_cast<int64_t>(num_heads) * num_tokens;
-  Scratch sq(static_cast<std::size_t>(rows) * sizeof(double));
-  constexpr int kWarpsPerBlock = kNormThreads / kWarpSize;
-  const int64_t wanted = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  const int64_t cap = static_cast<int64_t>(detail::current_device_sm_count()) * 16;
-  const auto blocks = static_cast<unsigned>(wanted < cap ? wanted : cap);
-  key_norm_kernel<<<blocks, kNormThreads>>>(k, rows, head_dim, norms, sq.doubles());
+  detail::StreamScratch sq(static_cast<std::size_t>(rows) * sizeof(double));
+  const unsigned blocks = detail::grid_for(rows, kNormThreads / kWarpSize, 16);  // a warp per row
+  key_norm_kernel<<<blocks, kNormThreads>>>(k, rows, head_dim, norms, sq.as<double>());
   KVSIM_CUDA_CHECK_LAUNCH("key_norm_kernel");
   if (keep == 0) return;
   topk_select_kernel<<<static_cast<unsigned>(num_heads), kSelectThreads>>>(
-      sq.doubles(), num_tokens, keep, ties == TiePreference::kHigherIndex ? 1 : 0, kept);
+      sq.as<double>(), num_tokens, keep, ties == TiePreference::kHigherIndex ? 1 : 0, kept);
   KVSIM_CUDA_CHECK_LAUNCH("topk_select_kernel");
 }
 

@@ -1,5 +1,5 @@
-// GPU fp16 conversion, code packing, KIVI and SKVQ quantization (contracts in cpu_reference.h,
-// launch shapes in kernels.h).
+// GPU fp16 conversion, code packing, KIVI and SKVQ quantization (contracts in
+// kernel_declarations.inc, launch shapes in kernels.h).
 //
 // Bit-exactness with the CPU references: min/max are exact and -0 is canonicalised to +0 (x + 0),
 // every arithmetic step is an explicitly rounded intrinsic (__fadd_rn, __fsub_rn, __fmul_rn,
@@ -17,6 +17,7 @@
 #include "gpu/cuda_check.cuh"
 #include "gpu/device.h"
 #include "gpu/device_buffer.h"
+#include "gpu/kernel_common.cuh"
 #include "gpu/kernels.h"
 #include "gpu/packing.h"
 #include "gpu/validate.h"
@@ -26,18 +27,16 @@ namespace {
 
 using std::int64_t;
 
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
+using detail::check_device_pointers;
+using detail::dequant_dev;
+using detail::float_to_half_bits_dev;
+using detail::grid_for;
+using detail::half_bits_to_float_dev;
+using detail::kFullMask;
+using detail::kWarpSize;
+
 constexpr int kThreads = 256;
 constexpr int kSkvqThreads = 128;
-
-__device__ __forceinline__ float half_bits_to_float_dev(std::uint16_t bits) {
-  return __half2float(__ushort_as_half(bits));
-}
-
-__device__ __forceinline__ std::uint16_t float_to_half_bits_dev(float x) {
-  return __half_as_ushort(__float2half_rn(x));
-}
 
 // The group parameters of the min/max rule, from the exact min and max of the group.
 __device__ __forceinline__ void rtn_params_dev(float mn, float mx, float levels,
@@ -53,12 +52,6 @@ __device__ __forceinline__ std::uint32_t rtn_code_dev(float x, float mn16, float
   if (scale16 == 0.0f) return 0u;
   const float t = __fdiv_rn(__fsub_rn(x, mn16), scale16);
   return static_cast<std::uint32_t>(rintf(fminf(fmaxf(t, 0.0f), levels)));
-}
-
-__device__ __forceinline__ float dequant_dev(std::uint32_t code, std::uint16_t scale_bits,
-                                             std::uint16_t min_bits) {
-  return __fadd_rn(__fmul_rn(static_cast<float>(code), half_bits_to_float_dev(scale_bits)),
-                   half_bits_to_float_dev(min_bits));
 }
 
 __device__ __forceinline__ int64_t global_thread() {
@@ -411,24 +404,24 @@ __global__ void __launch_bounds__(kSkvqThreads)
 
 // --- launch helpers ---------------------------------------------------------------------------
 
-unsigned grid_for(int64_t work_items, int threads_per_block, int max_blocks_per_sm) {
-  const int64_t wanted = (work_items + threads_per_block - 1) / threads_per_block;
-  const int64_t cap = static_cast<int64_t>(detail::current_device_sm_count()) * max_blocks_per_sm;
-  const int64_t blocks = wanted < cap ? wanted : cap;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
-}
-
 // One block per row, at most 8 per SM (the kernels loop over rows).
 unsigned skvq_grid(int64_t num_rows) {
   const int64_t cap = static_cast<int64_t>(detail::current_device_sm_count()) * 8;
   return static_cast<unsigned>(num_rows < cap ? num_rows : cap);
 }
 
-void check_pointers(const char* what,
-                    std::initializer_list<std::pair<const void*, const char*>> pointers) {
-  for (const auto& [ptr, name] : pointers) {
-    if (ptr != nullptr) detail::check_device_pointer(ptr, what, name);
-  }
+// The KIVI launchers' prologue: the reference's argument checks, the backend, then the device
+// pointers (x is k, v, k_hat or v_hat). Returns false when there is no token to work on.
+bool kivi_launch_ready(const char* what, const void* x, const char* x_name,
+                       const std::uint32_t* codes, const std::uint16_t* scale,
+                       const std::uint16_t* minv, int num_heads, std::int64_t num_tokens,
+                       int head_dim, int group_size, int bits) {
+  detail::validate_kivi(what, x, codes, scale, minv, num_heads, num_tokens, head_dim, group_size,
+                        bits);
+  require_cuda();
+  if (num_tokens == 0) return false;
+  check_device_pointers(what, {{x, x_name}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  return true;
 }
 
 // Copies the SKVQ layout arrays to the host and checks them like the reference.
@@ -455,7 +448,7 @@ void convert_float_to_half(const float* x, std::int64_t count, std::uint16_t* ou
   detail::validate_convert_half(kWhat, x, count, out);
   require_cuda();
   if (count == 0) return;
-  check_pointers(kWhat, {{x, "x"}, {out, "out"}});
+  check_device_pointers(kWhat, {{x, "x"}, {out, "out"}});
   convert_half_kernel<<<grid_for(count, kThreads, 16), kThreads>>>(x, count, out);
   KVSIM_CUDA_CHECK_LAUNCH("convert_half_kernel");
 }
@@ -466,7 +459,7 @@ void pack_codes(const std::uint8_t* codes, std::int64_t num_rows, std::int64_t r
   detail::validate_pack(kWhat, codes, words, num_rows, row_len, bits);
   require_cuda();
   if (num_rows == 0 || row_len == 0) return;
-  check_pointers(kWhat, {{codes, "codes"}, {words, "words"}});
+  check_device_pointers(kWhat, {{codes, "codes"}, {words, "words"}});
   const int64_t wpr = words_per_row(row_len, bits);
   pack_kernel<<<grid_for(num_rows * wpr, kThreads, 16), kThreads>>>(codes, num_rows, row_len, bits,
                                                                     wpr, words);
@@ -479,7 +472,7 @@ void unpack_codes(const std::uint32_t* words, std::int64_t num_rows, std::int64_
   detail::validate_pack(kWhat, codes, words, num_rows, row_len, bits);
   require_cuda();
   if (num_rows == 0 || row_len == 0) return;
-  check_pointers(kWhat, {{codes, "codes"}, {words, "words"}});
+  check_device_pointers(kWhat, {{codes, "codes"}, {words, "words"}});
   const int64_t wpr = words_per_row(row_len, bits);
   unpack_kernel<<<grid_for(num_rows * wpr, kThreads, 16), kThreads>>>(words, num_rows, row_len,
                                                                       bits, wpr, codes);
@@ -489,12 +482,10 @@ void unpack_codes(const std::uint32_t* words, std::int64_t num_rows, std::int64_
 void kivi_quantize_keys(const float* k, int num_heads, std::int64_t num_tokens, int head_dim,
                         int group_size, int bits, std::uint32_t* codes, std::uint16_t* scale,
                         std::uint16_t* minv) {
-  constexpr const char* kWhat = "gpu::kivi_quantize_keys";
-  detail::validate_kivi(kWhat, k, codes, scale, minv, num_heads, num_tokens, head_dim, group_size,
-                        bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_pointers(kWhat, {{k, "k"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_quantize_keys", k, "k", codes, scale, minv, num_heads,
+                         num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t groups = num_groups_of(num_tokens, group_size);
   const int64_t blocks = words_per_row(num_tokens, bits);
   const auto levels = static_cast<float>((1 << bits) - 1);
@@ -510,12 +501,10 @@ void kivi_quantize_keys(const float* k, int num_heads, std::int64_t num_tokens, 
 void kivi_dequantize_keys(const std::uint32_t* codes, const std::uint16_t* scale,
                           const std::uint16_t* minv, int num_heads, std::int64_t num_tokens,
                           int head_dim, int group_size, int bits, float* k_hat) {
-  constexpr const char* kWhat = "gpu::kivi_dequantize_keys";
-  detail::validate_kivi(kWhat, k_hat, codes, scale, minv, num_heads, num_tokens, head_dim,
-                        group_size, bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_pointers(kWhat, {{k_hat, "k_hat"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_dequantize_keys", k_hat, "k_hat", codes, scale, minv, num_heads,
+                         num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t groups = num_groups_of(num_tokens, group_size);
   const int64_t blocks = words_per_row(num_tokens, bits);
   kivi_key_dequant_kernel<<<grid_for(num_heads * blocks * head_dim, kThreads, 16), kThreads>>>(
@@ -526,12 +515,10 @@ void kivi_dequantize_keys(const std::uint32_t* codes, const std::uint16_t* scale
 void kivi_quantize_values(const float* v, int num_heads, std::int64_t num_tokens, int head_dim,
                           int group_size, int bits, std::uint32_t* codes, std::uint16_t* scale,
                           std::uint16_t* minv) {
-  constexpr const char* kWhat = "gpu::kivi_quantize_values";
-  detail::validate_kivi(kWhat, v, codes, scale, minv, num_heads, num_tokens, head_dim, group_size,
-                        bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_pointers(kWhat, {{v, "v"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_quantize_values", v, "v", codes, scale, minv, num_heads,
+                         num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t rows = static_cast<int64_t>(num_heads) * num_tokens;
   const int64_t groups = num_groups_of(head_dim, group_size);
   const int64_t wpr = words_per_row(head_dim, bits);
@@ -547,12 +534,10 @@ void kivi_quantize_values(const float* v, int num_heads, std::int64_t num_tokens
 void kivi_dequantize_values(const std::uint32_t* codes, const std::uint16_t* scale,
                             const std::uint16_t* minv, int num_heads, std::int64_t num_tokens,
                             int head_dim, int group_size, int bits, float* v_hat) {
-  constexpr const char* kWhat = "gpu::kivi_dequantize_values";
-  detail::validate_kivi(kWhat, v_hat, codes, scale, minv, num_heads, num_tokens, head_dim,
-                        group_size, bits);
-  require_cuda();
-  if (num_tokens == 0) return;
-  check_pointers(kWhat, {{v_hat, "v_hat"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
+  if (!kivi_launch_ready("gpu::kivi_dequantize_values", v_hat, "v_hat", codes, scale, minv,
+                         num_heads, num_tokens, head_dim, group_size, bits)) {
+    return;
+  }
   const int64_t rows = static_cast<int64_t>(num_heads) * num_tokens;
   const int64_t groups = num_groups_of(head_dim, group_size);
   const int64_t wpr = words_per_row(head_dim, bits);
@@ -570,13 +555,13 @@ void skvq_quantize(const float* x, std::int64_t num_rows, int num_channels,
                         num_groups, max_int);
   if (group_clip == nullptr) detail::validate_clip(kWhat, clip, "clip");
   require_cuda();
-  check_pointers(kWhat, {{perm, "perm"},
-                         {group_starts, "group_starts"},
-                         {group_clip, "group_clip"},
-                         {x, "x"},
-                         {codes, "codes"},
-                         {scale, "scale"},
-                         {zero, "zero"}});
+  check_device_pointers(kWhat, {{perm, "perm"},
+                                {group_starts, "group_starts"},
+                                {group_clip, "group_clip"},
+                                {x, "x"},
+                                {codes, "codes"},
+                                {scale, "scale"},
+                                {zero, "zero"}});
   check_skvq_layout(kWhat, perm, group_starts, group_clip, num_channels, num_groups);
   if (num_rows == 0) return;
   const int bits = code_bits_for_max(max_int);
@@ -596,12 +581,12 @@ void skvq_dequantize(const std::uint32_t* codes, const std::uint16_t* scale,
   detail::validate_skvq(kWhat, x_hat, codes, scale, zero, perm, group_starts, num_rows,
                         num_channels, num_groups, max_int);
   require_cuda();
-  check_pointers(kWhat, {{perm, "perm"},
-                         {group_starts, "group_starts"},
-                         {x_hat, "x_hat"},
-                         {codes, "codes"},
-                         {scale, "scale"},
-                         {zero, "zero"}});
+  check_device_pointers(kWhat, {{perm, "perm"},
+                                {group_starts, "group_starts"},
+                                {x_hat, "x_hat"},
+                                {codes, "codes"},
+                                {scale, "scale"},
+                                {zero, "zero"}});
   check_skvq_layout(kWhat, perm, group_starts, nullptr, num_channels, num_groups);
   if (num_rows == 0) return;
   const int bits = code_bits_for_max(max_int);

@@ -1,4 +1,4 @@
-// GPU group quantization (see cpu_reference.h for the exact rule these kernels reproduce).
+// GPU group quantization (kernel_declarations.inc has the exact rule these kernels reproduce).
 //
 // Bit-exactness with the CPU reference: min/max are exact (and -0 is canonicalised to +0), and
 // every arithmetic step uses an explicitly rounded intrinsic (__fsub_rn, __fdiv_rn, __fmul_rn,
@@ -12,14 +12,16 @@
 
 #include "gpu/cuda_check.cuh"
 #include "gpu/device.h"
+#include "gpu/kernel_common.cuh"
 #include "gpu/kernels.h"
 #include "gpu/validate.h"
 
 namespace kvsim::gpu {
 namespace {
 
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
+using detail::kFullMask;
+using detail::kWarpSize;
+
 constexpr int kQuantWarps = 8;  // groups per block: one warp per group
 constexpr int kQuantThreads = kQuantWarps * kWarpSize;
 constexpr int kDequantThreads = 256;
@@ -93,13 +95,6 @@ __global__ void __launch_bounds__(kDequantThreads)
   }
 }
 
-unsigned grid_size(std::int64_t work_items, int items_per_block, int max_blocks_per_sm) {
-  const std::int64_t wanted = (work_items + items_per_block - 1) / items_per_block;
-  const std::int64_t cap =
-      static_cast<std::int64_t>(detail::current_device_sm_count()) * max_blocks_per_sm;
-  return static_cast<unsigned>(wanted < cap ? wanted : cap);
-}
-
 }  // namespace
 
 void quantize_groups(const float* x, std::int64_t num_groups, int group_size, int bits,
@@ -108,13 +103,11 @@ void quantize_groups(const float* x, std::int64_t num_groups, int group_size, in
   detail::validate_quantize(kWhat, x, codes, scale, minv, num_groups, group_size, bits);
   require_cuda();
   if (num_groups == 0) return;
-  detail::check_device_pointer(x, kWhat, "x");
-  detail::check_device_pointer(codes, kWhat, "codes");
-  detail::check_device_pointer(scale, kWhat, "scale");
-  detail::check_device_pointer(minv, kWhat, "minv");
+  detail::check_device_pointers(kWhat,
+                                {{x, "x"}, {codes, "codes"}, {scale, "scale"}, {minv, "minv"}});
 
   const auto levels = static_cast<float>((1 << bits) - 1);
-  const unsigned blocks = grid_size(num_groups, kQuantWarps, 16);
+  const unsigned blocks = detail::grid_for(num_groups, kQuantWarps, 16);
   quantize_groups_kernel<<<blocks, kQuantThreads>>>(x, num_groups, group_size, levels, codes,
                                                     reinterpret_cast<__half*>(scale),
                                                     reinterpret_cast<__half*>(minv));
@@ -128,13 +121,11 @@ void dequantize_groups(const std::uint8_t* codes, const std::uint16_t* scale,
   detail::validate_dequantize(kWhat, codes, scale, minv, num_groups, group_size, x_hat);
   require_cuda();
   if (num_groups == 0) return;
-  detail::check_device_pointer(codes, kWhat, "codes");
-  detail::check_device_pointer(scale, kWhat, "scale");
-  detail::check_device_pointer(minv, kWhat, "minv");
-  detail::check_device_pointer(x_hat, kWhat, "x_hat");
+  detail::check_device_pointers(
+      kWhat, {{codes, "codes"}, {scale, "scale"}, {minv, "minv"}, {x_hat, "x_hat"}});
 
   const std::int64_t total = num_groups * group_size;
-  const unsigned blocks = grid_size(total, kDequantThreads, 32);
+  const unsigned blocks = detail::grid_for(total, kDequantThreads, 32);
   dequantize_groups_kernel<<<blocks, kDequantThreads>>>(
       codes, reinterpret_cast<const __half*>(scale), reinterpret_cast<const __half*>(minv), total,
       group_size, x_hat);

@@ -1,8 +1,9 @@
-// GPU SLERP merge and restore of MiniCache (contract in cpu_reference.h; the math of
-// minicache_slerp() in policies/slerp.h). A warp per row: lanes hold channels l, l + 32, ...; the three dot
-// products are summed in double with explicitly rounded operations and reduced by a butterfly
-// (a different order than the reference's sequential sum: the doubles can differ in their last
-// bits, see kernels.h); every later step follows the reference's expression order.
+// GPU SLERP merge and restore of MiniCache (contract in kernel_declarations.inc; the math of
+// slerp_unit_direction() in sim/base/slerp.h). A warp per row: lanes hold channels l, l + 32,
+// ...; the three dot products are summed in double with explicitly rounded operations and
+// reduced by a butterfly (a different order than the reference's sequential sum: the doubles
+// can differ in their last bits, see kernels.h); every later step follows the reference's
+// expression order.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -13,6 +14,7 @@
 
 #include "gpu/cuda_check.cuh"
 #include "gpu/device.h"
+#include "gpu/kernel_common.cuh"
 #include "gpu/kernels.h"
 #include "gpu/validate.h"
 
@@ -21,8 +23,9 @@ namespace {
 
 using std::int64_t;
 
-constexpr int kWarpSize = 32;
-constexpr unsigned kFullMask = 0xFFFFFFFFu;
+using detail::kFullMask;
+using detail::kWarpSize;
+
 constexpr int kThreads = 256;
 constexpr double kPi = 3.14159265358979323846;
 
@@ -36,7 +39,7 @@ __device__ __forceinline__ std::uint16_t to_half_bits(double x) {
   return __half_as_ushort(__float2half_rn(static_cast<float>(x)));
 }
 
-// e_c = wa * xa_c / na + wb * xb_c / nb, in minicache_slerp()'s order (policies/slerp.h).
+// e_c = wa * xa_c / na + wb * xb_c / nb, in slerp_unit_direction()'s order (sim/base/slerp.h).
 __device__ __forceinline__ double direction_component(double wa, double wb, float a, float b,
                                                       double na, double nb) {
   return __dadd_rn(__ddiv_rn(__dmul_rn(wa, static_cast<double>(a)), na),
@@ -124,17 +127,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-unsigned grid_for(int64_t work_items, int items_per_block) {
-  const int64_t wanted = (work_items + items_per_block - 1) / items_per_block;
-  const int64_t cap = static_cast<int64_t>(detail::current_device_sm_count()) * 16;
-  return static_cast<unsigned>(wanted < cap ? wanted : cap);
-}
-
-void check_pointers(const char* what,
-                    std::initializer_list<std::pair<const void*, const char*>> pointers) {
-  for (const auto& [ptr, name] : pointers) detail::check_device_pointer(ptr, what, name);
-}
-
 }  // namespace
 
 void slerp_merge(const float* xa, const float* xb, std::int64_t num_rows, int dim, double t,
@@ -145,14 +137,14 @@ void slerp_merge(const float* xa, const float* xb, std::int64_t num_rows, int di
                                merged);
   require_cuda();
   if (num_rows == 0) return;
-  check_pointers(kWhat, {{xa, "xa"},
-                         {xb, "xb"},
-                         {direction, "direction"},
-                         {norm_a, "norm_a"},
-                         {norm_b, "norm_b"},
-                         {distance, "distance"},
-                         {merged, "merged"}});
-  slerp_merge_kernel<<<grid_for(num_rows, kThreads / kWarpSize), kThreads>>>(
+  detail::check_device_pointers(kWhat, {{xa, "xa"},
+                                        {xb, "xb"},
+                                        {direction, "direction"},
+                                        {norm_a, "norm_a"},
+                                        {norm_b, "norm_b"},
+                                        {distance, "distance"},
+                                        {merged, "merged"}});
+  slerp_merge_kernel<<<detail::grid_for(num_rows, kThreads / kWarpSize, 16), kThreads>>>(
       xa, xb, num_rows, dim, t, direction, norm_a, norm_b, distance, merged);
   KVSIM_CUDA_CHECK_LAUNCH("slerp_merge_kernel");
 }
@@ -163,9 +155,11 @@ void slerp_restore(const std::uint16_t* direction, const std::uint16_t* norm, st
   detail::validate_slerp_restore(kWhat, direction, norm, num_rows, dim, x_hat);
   require_cuda();
   if (num_rows == 0) return;
-  check_pointers(kWhat, {{direction, "direction"}, {norm, "norm"}, {x_hat, "x_hat"}});
+  detail::check_device_pointers(kWhat,
+                                {{direction, "direction"}, {norm, "norm"}, {x_hat, "x_hat"}});
   const int64_t total = num_rows * dim;
-  slerp_restore_kernel<<<grid_for(total, kThreads), kThreads>>>(direction, norm, total, dim, x_hat);
+  slerp_restore_kernel<<<detail::grid_for(total, kThreads, 16), kThreads>>>(direction, norm, total,
+                                                                            dim, x_hat);
   KVSIM_CUDA_CHECK_LAUNCH("slerp_restore_kernel");
 }
 

@@ -1,24 +1,25 @@
+// SKVQ calibration (policies/skvq_calibration.h): the options, the channel grouping (the
+// k-means itself is policies/kmeans.h), the per-channel statistics and the clip search. The
+// calibration files are read and written in the sim layer (sim/skvq_calibration_io.cc).
 #include "policies/skvq_calibration.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <limits>
 #include <numeric>
 
+#include "policies/kmeans.h"
 #include "policies/policy.h"
 #include "sim/base/errors.h"
-#include "sim/base/rng.h"
 
 namespace kvsim {
 
 namespace {
 
-constexpr uint64_t kKmeansSeed = 0x5c1a5eed2024ull;
-constexpr int kKmeansRestarts = 10;
-constexpr int kKmeansIterations = 100;
+// The channel clustering's k-means: fixed, so that a calibration is reproducible.
+constexpr KmeansOptions kChannelKmeans{
+    .seed = 0x5c1a5eed2024ull, .restarts = 10, .max_iterations = 100};
 
 std::string format_bits(double b) {
   char buf[32];
@@ -62,147 +63,9 @@ std::vector<float> skvq_clip_grid() {
 }
 
 // ---------------------------------------------------------------------------
-// k-means
-namespace {
-
-struct KmeansRun {
-  std::vector<int> labels;
-  std::vector<double> cx, cy;
-  double inertia = 0;
-};
-
-KmeansRun lloyd(std::span<const double> x, std::span<const double> y, std::vector<double> cx,
-                std::vector<double> cy) {
-  const size_t n = x.size(), k = cx.size();
-  KmeansRun run;
-  run.labels.assign(n, -1);
-  for (int iter = 0; iter < kKmeansIterations; ++iter) {
-    bool changed = false;
-    for (size_t i = 0; i < n; ++i) {
-      int best = 0;
-      double best_d = std::numeric_limits<double>::infinity();
-      for (size_t c = 0; c < k; ++c) {
-        const double dx = x[i] - cx[c], dy = y[i] - cy[c];
-        const double dist = dx * dx + dy * dy;
-        if (dist < best_d) {  // ties go to the lower cluster
-          best_d = dist;
-          best = static_cast<int>(c);
-        }
-      }
-      if (run.labels[i] != best) {
-        run.labels[i] = best;
-        changed = true;
-      }
-    }
-    if (!changed) break;
-    std::vector<double> sx(k, 0), sy(k, 0);
-    std::vector<int64_t> count(k, 0);
-    for (size_t i = 0; i < n; ++i) {
-      sx[run.labels[i]] += x[i];
-      sy[run.labels[i]] += y[i];
-      ++count[run.labels[i]];
-    }
-    for (size_t c = 0; c < k; ++c) {
-      if (count[c] > 0) {  // an empty cluster keeps its centre
-        cx[c] = sx[c] / static_cast<double>(count[c]);
-        cy[c] = sy[c] / static_cast<double>(count[c]);
-      }
-    }
-  }
-  for (size_t i = 0; i < n; ++i) {
-    const double dx = x[i] - cx[run.labels[i]], dy = y[i] - cy[run.labels[i]];
-    run.inertia += dx * dx + dy * dy;
-  }
-  run.cx = std::move(cx);
-  run.cy = std::move(cy);
-  return run;
-}
-
-}  // namespace
-
+// channel grouping
 std::vector<int> skvq_kmeans(std::span<const double> x, std::span<const double> y, int k) {
-  KVSIM_CHECK(x.size() == y.size());
-  const size_t n = x.size();
-  if (n == 0) return {};
-  const size_t kk = static_cast<size_t>(std::clamp<int64_t>(k, 1, static_cast<int64_t>(n)));
-
-  std::vector<KmeansRun> runs;
-  // Sorted-quantile seeding: the points ordered by range, one centre per quantile.
-  {
-    std::vector<size_t> order(n);
-    std::iota(order.begin(), order.end(), size_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      const double ra = y[a] - x[a], rb = y[b] - x[b];
-      return ra != rb ? ra < rb : x[a] < x[b];
-    });
-    std::vector<double> cx(kk), cy(kk);
-    for (size_t c = 0; c < kk; ++c) {
-      const size_t i = order[std::min(n - 1, (2 * c + 1) * n / (2 * kk))];
-      cx[c] = x[i];
-      cy[c] = y[i];
-    }
-    runs.push_back(lloyd(x, y, std::move(cx), std::move(cy)));
-  }
-  // k-means++ seedings from a fixed seed.
-  Rng rng(kKmeansSeed);
-  for (int r = 0; r < kKmeansRestarts; ++r) {
-    std::vector<double> cx, cy;
-    const size_t first = rng.below(n);
-    cx.push_back(x[first]);
-    cy.push_back(y[first]);
-    std::vector<double> d2(n);
-    while (cx.size() < kk) {
-      double total = 0;
-      for (size_t i = 0; i < n; ++i) {
-        double best = std::numeric_limits<double>::infinity();
-        for (size_t c = 0; c < cx.size(); ++c) {
-          const double dx = x[i] - cx[c], dy = y[i] - cy[c];
-          best = std::min(best, dx * dx + dy * dy);
-        }
-        d2[i] = best;
-        total += best;
-      }
-      size_t pick = 0;
-      if (total > 0) {
-        double u = rng.uniform() * total;
-        pick = n - 1;
-        for (size_t i = 0; i < n; ++i) {
-          if (d2[i] > 0 && u < d2[i]) {
-            pick = i;
-            break;
-          }
-          u -= d2[i];
-        }
-      } else {
-        pick = rng.below(n);  // every point is a centre already: duplicates end up empty
-      }
-      cx.push_back(x[pick]);
-      cy.push_back(y[pick]);
-    }
-    runs.push_back(lloyd(x, y, std::move(cx), std::move(cy)));
-  }
-  size_t best = 0;
-  for (size_t r = 1; r < runs.size(); ++r) {
-    if (runs[r].inertia < runs[best].inertia) best = r;
-  }
-  const KmeansRun& run = runs[best];
-
-  // Renumber the non-empty clusters by centroid range, then centroid min.
-  std::vector<int64_t> count(kk, 0);
-  for (int l : run.labels) ++count[l];
-  std::vector<int> used;
-  for (size_t c = 0; c < kk; ++c) {
-    if (count[c] > 0) used.push_back(static_cast<int>(c));
-  }
-  std::stable_sort(used.begin(), used.end(), [&](int a, int b) {
-    const double ra = run.cy[a] - run.cx[a], rb = run.cy[b] - run.cx[b];
-    return ra != rb ? ra < rb : run.cx[a] < run.cx[b];
-  });
-  std::vector<int> relabel(kk, -1);
-  for (size_t i = 0; i < used.size(); ++i) relabel[used[i]] = static_cast<int>(i);
-  std::vector<int> labels(n);
-  for (size_t i = 0; i < n; ++i) labels[i] = relabel[run.labels[i]];
-  return labels;
+  return kmeans_2d(x, y, k, kChannelKmeans);
 }
 
 SkvqGrouping skvq_group_channels(std::span<const float> mn, std::span<const float> mx, int group,

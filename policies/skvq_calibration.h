@@ -86,7 +86,8 @@ struct SkvqCalibration {
 // ---------------------------------------------------------------------------
 // Building blocks (exposed for tests).
 
-// Deterministic k-means of the points (x[i], y[i]) into at most k clusters:
+// kmeans_2d (policies/kmeans.h) with a fixed seed: deterministic k-means of the
+// points (x[i], y[i]) into at most k clusters:
 // 10 k-means++ seedings from a fixed seed plus one sorted-quantile seeding,
 // Lloyd iterations (at most 100, ties to the lower cluster), the lowest
 // inertia wins. Returns a label per point; clusters are renumbered 0.. in

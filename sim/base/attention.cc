@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 namespace kvsim {
 
@@ -125,27 +124,5 @@ void weighted_sum(const float* probs, int num_queries, const float* values, size
     }
   }
 }
-
-namespace cpu_reference {
-double attend(const float* q, const float* keys, const float* values, size_t n, int d, double scale,
-              double* out) {
-  std::vector<double> s(n);
-  double mx = -std::numeric_limits<double>::infinity();
-  for (size_t i = 0; i < n; ++i) {
-    double dot = 0;
-    for (int c = 0; c < d; ++c) dot += static_cast<double>(q[c]) * keys[i * d + c];
-    s[i] = dot * scale;
-    mx = std::max(mx, s[i]);
-  }
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += std::exp(s[i] - mx);
-  std::fill(out, out + d, 0.0);
-  for (size_t i = 0; i < n; ++i) {
-    const double p = std::exp(s[i] - mx) / sum;
-    for (int c = 0; c < d; ++c) out[c] += p * values[i * d + c];
-  }
-  return mx + std::log(sum);
-}
-}  // namespace cpu_reference
 
 }  // namespace kvsim

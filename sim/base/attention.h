@@ -1,5 +1,5 @@
-// CPU attention kernels of the replay hot path. Each has a plain reference
-// (namespace cpu_reference) that tests compare it against.
+// CPU attention kernels of the replay hot path, and the double-precision reference
+// (namespace cpu_reference) that their tests and the GPU layer's reference use.
 #pragma once
 
 #include <algorithm>
@@ -48,8 +48,9 @@ void weighted_sum(const float* probs, int num_queries, const float* values, size
                   float* out);
 
 namespace cpu_reference {
-// Straightforward double-precision attention of one query over n keys:
-// returns the log-sum-exp and writes out[d].
+// The double-precision attention reference (sim/base/attention_reference.cc), of one
+// query over n keys: s_i = scale * q.k_i, out[d] = sum_i exp(s_i - max s) v_i / sum_i
+// exp(s_i - max s) (accumulated in double, divided once); returns the log-sum-exp.
 double attend(const float* q, const float* keys, const float* values, size_t n, int d, double scale,
               double* out);
 }  // namespace cpu_reference

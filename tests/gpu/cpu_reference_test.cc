@@ -19,6 +19,8 @@
 namespace kvsim::gpu {
 namespace {
 
+using testing::AttentionCase;
+using testing::AttentionData;
 using testing::random_uniform;
 
 struct Quantized {
@@ -163,28 +165,8 @@ TEST(CpuQuantize, RejectsBadArguments) {
 
 // --- attention ----------------------------------------------------------------------------
 
-struct AttentionShape {
-  int num_q_heads;
-  int num_kv_heads;
-  std::int64_t num_tokens;
-  int head_dim;
-  float scale_multiplier;  // scale = multiplier / sqrt(head_dim); larger -> peakier softmax
-};
-
-struct AttentionData {
-  std::vector<float> q, k, v;
-  float scale;
-};
-
-AttentionData make_attention_data(const AttentionShape& s, std::uint32_t seed) {
-  const auto kv_size = static_cast<std::size_t>(s.num_kv_heads * s.num_tokens * s.head_dim);
-  return {random_uniform(static_cast<std::size_t>(s.num_q_heads * s.head_dim), seed),
-          random_uniform(kv_size, seed + 1), random_uniform(kv_size, seed + 2),
-          s.scale_multiplier / std::sqrt(static_cast<float>(s.head_dim))};
-}
-
 // The textbook formula in double, with no max subtraction (fine for these score ranges).
-void naive_attention(const AttentionShape& s, const AttentionData& d, std::vector<double>& out,
+void naive_attention(const AttentionCase& s, const AttentionData& d, std::vector<double>& out,
                      std::vector<double>& lse) {
   const std::size_t n = static_cast<std::size_t>(s.num_tokens);
   const std::size_t hd = static_cast<std::size_t>(s.head_dim);
@@ -208,20 +190,13 @@ void naive_attention(const AttentionShape& s, const AttentionData& d, std::vecto
   }
 }
 
-class CpuAttention : public ::testing::TestWithParam<AttentionShape> {};
-
-std::string attention_shape_name(const ::testing::TestParamInfo<AttentionShape>& info) {
-  const AttentionShape& s = info.param;
-  return "q" + std::to_string(s.num_q_heads) + "_kv" + std::to_string(s.num_kv_heads) + "_n" +
-         std::to_string(s.num_tokens) + "_d" + std::to_string(s.head_dim) + "_x" +
-         std::to_string(static_cast<int>(s.scale_multiplier));
-}
+class CpuAttention : public ::testing::TestWithParam<AttentionCase> {};
 
 // The reference accumulates in double and rounds once to float, so it must agree with the
 // naive double evaluation to float rounding: 2^-23 relative, allowed 1e-6 of max(1, |value|).
 TEST_P(CpuAttention, MatchesNaiveDoubleFormula) {
-  const AttentionShape s = GetParam();
-  const AttentionData d = make_attention_data(s, 7);
+  const AttentionCase s = GetParam();
+  const AttentionData d = testing::make_attention_data(s, 7);
   std::vector<float> out(static_cast<std::size_t>(s.num_q_heads * s.head_dim));
   std::vector<float> lse(static_cast<std::size_t>(s.num_q_heads));
   cpu_reference::replay_attention(d.q.data(), d.k.data(), d.v.data(), s.num_q_heads, s.num_kv_heads,
@@ -239,12 +214,12 @@ TEST_P(CpuAttention, MatchesNaiveDoubleFormula) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuAttention,
-                         ::testing::Values(AttentionShape{1, 1, 1, 64, 1.0f},
-                                           AttentionShape{4, 2, 7, 128, 1.0f},
-                                           AttentionShape{8, 2, 257, 64, 4.0f},
-                                           AttentionShape{2, 1, 1000, 256, 1.0f},
-                                           AttentionShape{4, 4, 33, 128, 8.0f}),
-                         attention_shape_name);
+                         ::testing::Values(AttentionCase{1, 1, 1, 64, 1.0f},
+                                           AttentionCase{4, 2, 7, 128, 1.0f},
+                                           AttentionCase{8, 2, 257, 64, 4.0f},
+                                           AttentionCase{2, 1, 1000, 256, 1.0f},
+                                           AttentionCase{4, 4, 33, 128, 8.0f}),
+                         testing::attention_case_name);
 
 // With one token the softmax weight is exactly 1: out[h] is the v row of h's kv head, which
 // pins down the GQA mapping h -> h / (num_q_heads / num_kv_heads).

@@ -38,15 +38,56 @@ struct ReplayCase {
   float scale_multiplier;   // scale = multiplier / sqrt(head_dim)
 };
 
-std::string case_name(const ::testing::TestParamInfo<ReplayCase>& info) {
+std::string replay_case_name(const ::testing::TestParamInfo<ReplayCase>& info) {
   const ReplayCase& c = info.param;
-  return "q" + std::to_string(c.num_q_heads) + "_kv" + std::to_string(c.num_kv_heads) + "_d" +
-         std::to_string(c.head_dim) + "_nq" + std::to_string(c.quant_tokens) + "_nr" +
-         std::to_string(c.residual_tokens) + "_k" + std::to_string(c.key_bits) + "g" +
-         std::to_string(c.key_group) + "_v" + std::to_string(c.value_bits) + "g" +
-         std::to_string(c.value_group) + (c.exact_f16 ? "_f16" : "_f32") + "_p" +
-         std::to_string(static_cast<int>(c.present_fraction * 100)) + "_x" +
-         std::to_string(static_cast<int>(c.scale_multiplier));
+  return testing::case_name(
+      "q", c.num_q_heads, "_kv", c.num_kv_heads, "_d", c.head_dim, "_nq", c.quant_tokens, "_nr",
+      c.residual_tokens, "_k", c.key_bits, "g", c.key_group, "_v", c.value_bits, "g", c.value_group,
+      c.exact_f16 ? "_f16" : "_f32", "_p", static_cast<int>(c.present_fraction * 100), "_x",
+      static_cast<int>(c.scale_multiplier));
+}
+
+// A FusedReplayArgs of case c over the arrays of `b`: ReplayData's host vectors or
+// DeviceReplay's device buffers (the same member names); `masked`: pass the present mask.
+template <typename Buffers>
+FusedReplayArgs bind_args(const ReplayCase& c, Buffers& b, bool masked) {
+  FusedReplayArgs a;
+  a.num_q_heads = c.num_q_heads;
+  a.num_kv_heads = c.num_kv_heads;
+  a.head_dim = c.head_dim;
+  a.num_quant_tokens = c.quant_tokens;
+  a.num_residual_tokens = c.residual_tokens;
+  a.scale = c.scale_multiplier / std::sqrt(static_cast<float>(c.head_dim));
+  a.key_bits = c.key_bits;
+  a.key_group = c.key_group;
+  a.value_bits = c.value_bits;
+  a.value_group = c.value_group;
+  a.q = b.q.data();
+  a.key_codes = b.k_codes.data();
+  a.key_scale = b.k_scale.data();
+  a.key_min = b.k_min.data();
+  a.value_codes = b.v_codes.data();
+  a.value_scale = b.v_scale.data();
+  a.value_min = b.v_min.data();
+  a.key_residual = b.k_res.data();
+  a.value_residual = b.v_res.data();
+  if (c.exact_f16) {
+    a.key_exact_f16 = b.k_ex16.data();
+    a.value_exact_f16 = b.v_ex16.data();
+  } else {
+    a.key_exact_f32 = b.k_ex.data();
+    a.value_exact_f32 = b.v_ex.data();
+  }
+  a.present = masked ? b.present.data() : nullptr;
+  a.out_hat = b.out_hat.data();
+  a.lse_hat = b.lse_hat.data();
+  a.out = b.out.data();
+  a.lse = b.lse.data();
+  a.rel_err = b.rel_err.data();
+  a.cosine = b.cosine.data();
+  a.kl = b.kl.data();
+  a.mass_retained = b.mass.data();
+  return a;
 }
 
 // Host copies of one (layer, step): a KIVI-packed cache built from random exact K/V, and the
@@ -62,45 +103,7 @@ struct ReplayData {
 
   std::int64_t n() const { return c.quant_tokens + c.residual_tokens; }
 
-  FusedReplayArgs args() {
-    FusedReplayArgs a;
-    a.num_q_heads = c.num_q_heads;
-    a.num_kv_heads = c.num_kv_heads;
-    a.head_dim = c.head_dim;
-    a.num_quant_tokens = c.quant_tokens;
-    a.num_residual_tokens = c.residual_tokens;
-    a.scale = c.scale_multiplier / std::sqrt(static_cast<float>(c.head_dim));
-    a.key_bits = c.key_bits;
-    a.key_group = c.key_group;
-    a.value_bits = c.value_bits;
-    a.value_group = c.value_group;
-    a.q = q.data();
-    a.key_codes = k_codes.data();
-    a.key_scale = k_scale.data();
-    a.key_min = k_min.data();
-    a.value_codes = v_codes.data();
-    a.value_scale = v_scale.data();
-    a.value_min = v_min.data();
-    a.key_residual = k_res.data();
-    a.value_residual = v_res.data();
-    if (c.exact_f16) {
-      a.key_exact_f16 = k_ex16.data();
-      a.value_exact_f16 = v_ex16.data();
-    } else {
-      a.key_exact_f32 = k_ex.data();
-      a.value_exact_f32 = v_ex.data();
-    }
-    a.present = present.empty() ? nullptr : present.data();
-    a.out_hat = out_hat.data();
-    a.lse_hat = lse_hat.data();
-    a.out = out.data();
-    a.lse = lse.data();
-    a.rel_err = rel_err.data();
-    a.cosine = cosine.data();
-    a.kl = kl.data();
-    a.mass_retained = mass.data();
-    return a;
-  }
+  FusedReplayArgs args() { return bind_args(c, *this, !present.empty()); }
 };
 
 // Keys and values with per-channel offsets and spreads (outlier channels, a mean the output
@@ -322,7 +325,7 @@ INSTANTIATE_TEST_SUITE_P(
                       ReplayCase{3, 1, 128, 100, 0, 3, 20, 5, 24, true, 0.6, 2.0f},
                       ReplayCase{8, 8, 64, 33, 30, 4, 16, 4, 64, true, 1.0, 4.0f},
                       ReplayCase{2, 1, 256, 300, 128, 1, 32, 2, 32, false, 0.8, 1.0f}),
-    case_name);
+    replay_case_name);
 
 // Residual only, with the exact cache in fp16: K^ = K and V^ = V bit for bit, so the two
 // attentions are the same computation: zero KL and error, cosine 1, full mass.
@@ -461,35 +464,7 @@ struct DeviceReplay {
         kl(r.kl.size()),
         mass(r.mass.size()) {}
 
-  FusedReplayArgs args(ReplayData& r) {
-    FusedReplayArgs a = r.args();  // the shape; the pointers are replaced
-    a.q = q.data();
-    a.key_codes = k_codes.data();
-    a.key_scale = k_scale.data();
-    a.key_min = k_min.data();
-    a.value_codes = v_codes.data();
-    a.value_scale = v_scale.data();
-    a.value_min = v_min.data();
-    a.key_residual = k_res.data();
-    a.value_residual = v_res.data();
-    if (r.c.exact_f16) {
-      a.key_exact_f16 = k_ex16.data();
-      a.value_exact_f16 = v_ex16.data();
-    } else {
-      a.key_exact_f32 = k_ex.data();
-      a.value_exact_f32 = v_ex.data();
-    }
-    a.present = r.present.empty() ? nullptr : present.data();
-    a.out_hat = out_hat.data();
-    a.lse_hat = lse_hat.data();
-    a.out = out.data();
-    a.lse = lse.data();
-    a.rel_err = rel_err.data();
-    a.cosine = cosine.data();
-    a.kl = kl.data();
-    a.mass_retained = mass.data();
-    return a;
-  }
+  FusedReplayArgs args(const ReplayData& r) { return bind_args(r.c, *this, !r.present.empty()); }
 };
 
 class GpuFusedReplay : public ::testing::TestWithParam<ReplayCase> {};
@@ -576,7 +551,7 @@ INSTANTIATE_TEST_SUITE_P(
                       ReplayCase{8, 8, 256, 777, 128, 6, 32, 7, 32, false, 1.0, 8.0f},
                       ReplayCase{2, 1, 128, 40000, 128, 2, 32, 2, 32, true, 1.0, 1.0f},
                       ReplayCase{2, 1, 64, 131067, 5, 4, 32, 4, 32, false, 0.95, 2.0f}),
-    case_name);
+    replay_case_name);
 
 // A kv head without present tokens on the device: the -inf maxima must not poison anything.
 TEST(GpuFusedReplayCases, KvHeadWithoutPresentTokens) {

@@ -20,26 +20,12 @@
 namespace kvsim::gpu {
 namespace {
 
+using testing::AttentionCase;
 using testing::random_uniform;
 
 // --- attention ----------------------------------------------------------------------------
 
-struct AttentionCase {
-  int num_q_heads;
-  int num_kv_heads;
-  std::int64_t num_tokens;
-  int head_dim;
-  float scale_multiplier;  // scale = multiplier / sqrt(head_dim)
-};
-
 class GpuAttention : public ::testing::TestWithParam<AttentionCase> {};
-
-std::string attention_case_name(const ::testing::TestParamInfo<AttentionCase>& info) {
-  const AttentionCase& c = info.param;
-  return "q" + std::to_string(c.num_q_heads) + "_kv" + std::to_string(c.num_kv_heads) + "_n" +
-         std::to_string(c.num_tokens) + "_d" + std::to_string(c.head_dim) + "_x" +
-         std::to_string(static_cast<int>(c.scale_multiplier));
-}
 
 // Tolerance. The GPU accumulates in float32 in a different order (per-lane FMAs, a butterfly
 // over the warp, per-warp online softmax over at most a few hundred tokens here, then merges
@@ -51,14 +37,11 @@ std::string attention_case_name(const ::testing::TestParamInfo<AttentionCase>& i
 TEST_P(GpuAttention, MatchesCpuReference) {
   KVSIM_SKIP_WITHOUT_CUDA_DEVICE();
   const AttentionCase c = GetParam();
-  const std::size_t kv_size = static_cast<std::size_t>(c.num_kv_heads) *
-                              static_cast<std::size_t>(c.num_tokens) *
-                              static_cast<std::size_t>(c.head_dim);
-  const std::vector<float> q =
-      random_uniform(static_cast<std::size_t>(c.num_q_heads * c.head_dim), 11);
-  const std::vector<float> k = random_uniform(kv_size, 12);
-  const std::vector<float> v = random_uniform(kv_size, 13);
-  const float scale = c.scale_multiplier / std::sqrt(static_cast<float>(c.head_dim));
+  const testing::AttentionData data = testing::make_attention_data(c, 11);
+  const std::vector<float>& q = data.q;
+  const std::vector<float>& k = data.k;
+  const std::vector<float>& v = data.v;
+  const float scale = data.scale;
 
   std::vector<float> ref_out(q.size()), ref_lse(static_cast<std::size_t>(c.num_q_heads));
   cpu_reference::replay_attention(q.data(), k.data(), v.data(), c.num_q_heads, c.num_kv_heads,
@@ -100,7 +83,7 @@ INSTANTIATE_TEST_SUITE_P(
                       AttentionCase{8, 2, 257, 256, 4.0f}, AttentionCase{32, 8, 4100, 128, 1.0f},
                       AttentionCase{2, 1, 4100, 64, 8.0f}, AttentionCase{8, 8, 1000, 256, 2.0f},
                       AttentionCase{1, 1, 33, 64, 8.0f}, AttentionCase{2, 1, 200000, 64, 1.0f}),
-    attention_case_name);
+    testing::attention_case_name);
 
 // --- quantization -------------------------------------------------------------------------
 
@@ -114,8 +97,7 @@ class GpuQuantize : public ::testing::TestWithParam<QuantCase> {};
 
 std::string quant_case_name(const ::testing::TestParamInfo<QuantCase>& info) {
   const QuantCase& c = info.param;
-  return "g" + std::to_string(c.num_groups) + "_s" + std::to_string(c.group_size) + "_b" +
-         std::to_string(c.bits);
+  return testing::case_name("g", c.num_groups, "_s", c.group_size, "_b", c.bits);
 }
 
 // Random groups; every 17th group is constant (the scale16 == 0 path) and every 5th is shifted

@@ -211,9 +211,8 @@ INSTANTIATE_TEST_SUITE_P(
                       TopKCase{4, 32768, 128, 16384, 0}, TopKCase{2, 131072, 64, 1000, 0}),
     [](const auto& info) {
       const TopKCase& c = info.param;
-      return "h" + std::to_string(c.heads) + "_n" + std::to_string(c.tokens) + "_d" +
-             std::to_string(c.head_dim) + "_k" + std::to_string(c.keep) + "_p" +
-             std::to_string(c.distinct_rows);
+      return testing::case_name("h", c.heads, "_n", c.tokens, "_d", c.head_dim, "_k", c.keep, "_p",
+                                c.distinct_rows);
     });
 
 }  // namespace

@@ -463,9 +463,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuPack,
                                            PackCase{1000, 128, 2}, PackCase{4, 4097, 8},
                                            PackCase{64, 1000, 6}, PackCase{333, 129, 4}),
                          [](const auto& info) {
-                           return "r" + std::to_string(info.param.rows) + "_l" +
-                                  std::to_string(info.param.len) + "_b" +
-                                  std::to_string(info.param.bits);
+                           return testing::case_name("r", info.param.rows, "_l", info.param.len,
+                                                     "_b", info.param.bits);
                          });
 
 struct KiviCase {
@@ -476,9 +475,8 @@ struct KiviCase {
 
 std::string kivi_name(const ::testing::TestParamInfo<KiviCase>& info) {
   const KiviCase& c = info.param;
-  return "h" + std::to_string(c.heads) + "_n" + std::to_string(c.tokens) + "_d" +
-         std::to_string(c.head_dim) + "_g" + std::to_string(c.group) + "_b" +
-         std::to_string(c.bits);
+  return testing::case_name("h", c.heads, "_n", c.tokens, "_d", c.head_dim, "_g", c.group, "_b",
+                            c.bits);
 }
 
 class GpuKivi : public ::testing::TestWithParam<KiviCase> {};
@@ -502,46 +500,54 @@ void expect_halves_equal(const std::vector<std::uint16_t>& gpu,
   EXPECT_EQ(gpu, ref) << what;
 }
 
+// The two KIVI sides share signatures; a side names its reference and launchers.
+struct KiviSide {
+  const char* scale_name;
+  const char* min_name;
+  const char* hat_name;
+  Kivi (*quantize_on_cpu)(const std::vector<float>&, int, std::int64_t, int, int, int);
+  decltype(&kivi_quantize_keys) quantize;
+  decltype(&kivi_dequantize_keys) dequantize;
+  decltype(&cpu_reference::kivi_dequantize_keys) dequantize_on_cpu;
+};
+
+constexpr KiviSide kKiviKeys{"key scale",
+                             "key min",
+                             "k_hat",
+                             kivi_keys,
+                             kivi_quantize_keys,
+                             kivi_dequantize_keys,
+                             cpu_reference::kivi_dequantize_keys};
+constexpr KiviSide kKiviValues{"value scale",
+                               "value min",
+                               "v_hat",
+                               kivi_values,
+                               kivi_quantize_values,
+                               kivi_dequantize_values,
+                               cpu_reference::kivi_dequantize_values};
+
 TEST_P(GpuKivi, KeysAndValuesBitIdenticalToCpu) {
   KVSIM_SKIP_WITHOUT_CUDA_DEVICE();
   const KiviCase c = GetParam();
   const std::vector<float> x = channel_structured(c.heads * c.tokens, c.head_dim, 17 + c.bits);
   DeviceBuffer<float> d_x{std::span<const float>(x)};
   DeviceBuffer<float> d_x_hat(x.size());
-
-  // Keys.
-  const Kivi ref_k = kivi_keys(x, c.heads, c.tokens, c.head_dim, c.group, c.bits);
-  DeviceBuffer<std::uint32_t> dk_codes(ref_k.codes.size());
-  DeviceBuffer<std::uint16_t> dk_scale(ref_k.scale.size()), dk_min(ref_k.minv.size());
-  kivi_quantize_keys(d_x.data(), c.heads, c.tokens, c.head_dim, c.group, c.bits, dk_codes.data(),
-                     dk_scale.data(), dk_min.data());
-  EXPECT_EQ(dk_codes.to_host(), ref_k.codes);
-  expect_halves_equal(dk_scale.to_host(), ref_k.scale, "key scale");
-  expect_halves_equal(dk_min.to_host(), ref_k.minv, "key min");
-  std::vector<float> ref_k_hat(x.size());
-  cpu_reference::kivi_dequantize_keys(ref_k.codes.data(), ref_k.scale.data(), ref_k.minv.data(),
-                                      c.heads, c.tokens, c.head_dim, c.group, c.bits,
-                                      ref_k_hat.data());
-  kivi_dequantize_keys(dk_codes.data(), dk_scale.data(), dk_min.data(), c.heads, c.tokens,
-                       c.head_dim, c.group, c.bits, d_x_hat.data());
-  expect_finite_and_equal(d_x_hat.to_host(), ref_k_hat, "k_hat");
-
-  // Values.
-  const Kivi ref_v = kivi_values(x, c.heads, c.tokens, c.head_dim, c.group, c.bits);
-  DeviceBuffer<std::uint32_t> dv_codes(ref_v.codes.size());
-  DeviceBuffer<std::uint16_t> dv_scale(ref_v.scale.size()), dv_min(ref_v.minv.size());
-  kivi_quantize_values(d_x.data(), c.heads, c.tokens, c.head_dim, c.group, c.bits, dv_codes.data(),
-                       dv_scale.data(), dv_min.data());
-  EXPECT_EQ(dv_codes.to_host(), ref_v.codes);
-  expect_halves_equal(dv_scale.to_host(), ref_v.scale, "value scale");
-  expect_halves_equal(dv_min.to_host(), ref_v.minv, "value min");
-  std::vector<float> ref_v_hat(x.size());
-  cpu_reference::kivi_dequantize_values(ref_v.codes.data(), ref_v.scale.data(), ref_v.minv.data(),
-                                        c.heads, c.tokens, c.head_dim, c.group, c.bits,
-                                        ref_v_hat.data());
-  kivi_dequantize_values(dv_codes.data(), dv_scale.data(), dv_min.data(), c.heads, c.tokens,
-                         c.head_dim, c.group, c.bits, d_x_hat.data());
-  expect_finite_and_equal(d_x_hat.to_host(), ref_v_hat, "v_hat");
+  for (const KiviSide& side : {kKiviKeys, kKiviValues}) {
+    const Kivi ref = side.quantize_on_cpu(x, c.heads, c.tokens, c.head_dim, c.group, c.bits);
+    DeviceBuffer<std::uint32_t> d_codes(ref.codes.size());
+    DeviceBuffer<std::uint16_t> d_scale(ref.scale.size()), d_min(ref.minv.size());
+    side.quantize(d_x.data(), c.heads, c.tokens, c.head_dim, c.group, c.bits, d_codes.data(),
+                  d_scale.data(), d_min.data());
+    EXPECT_EQ(d_codes.to_host(), ref.codes) << side.hat_name;
+    expect_halves_equal(d_scale.to_host(), ref.scale, side.scale_name);
+    expect_halves_equal(d_min.to_host(), ref.minv, side.min_name);
+    std::vector<float> ref_hat(x.size());
+    side.dequantize_on_cpu(ref.codes.data(), ref.scale.data(), ref.minv.data(), c.heads, c.tokens,
+                           c.head_dim, c.group, c.bits, ref_hat.data());
+    side.dequantize(d_codes.data(), d_scale.data(), d_min.data(), c.heads, c.tokens, c.head_dim,
+                    c.group, c.bits, d_x_hat.data());
+    expect_finite_and_equal(d_x_hat.to_host(), ref_hat, side.hat_name);
+  }
 }
 
 // Odd token counts (partial last groups and word blocks), widths whose words have unused bits
@@ -624,9 +630,8 @@ INSTANTIATE_TEST_SUITE_P(
                       SkvqCase{77, 37, 5, 7, true}, SkvqCase{10000, 64, 4, 1, false}),
     [](const auto& info) {
       const SkvqCase& c = info.param;
-      return "r" + std::to_string(c.rows) + "_c" + std::to_string(c.channels) + "_g" +
-             std::to_string(c.groups) + "_m" + std::to_string(c.max_int) +
-             (c.per_group_clip ? "_clips" : "");
+      return testing::case_name("r", c.rows, "_c", c.channels, "_g", c.groups, "_m", c.max_int,
+                                c.per_group_clip ? "_clips" : "");
     });
 
 TEST(GpuConvertHalf, BitIdenticalToCpu) {

@@ -308,8 +308,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuSlerp,
                                            SlerpCase{50, 33, 1.0}, SlerpCase{20000, 128, 0.25}),
                          [](const auto& info) {
                            const SlerpCase& c = info.param;
-                           return "r" + std::to_string(c.rows) + "_d" + std::to_string(c.dim) +
-                                  "_t" + std::to_string(static_cast<int>(c.t * 100));
+                           return testing::case_name("r", c.rows, "_d", c.dim, "_t",
+                                                     static_cast<int>(c.t * 100));
                          });
 
 }  // namespace
