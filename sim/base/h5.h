@@ -61,6 +61,11 @@ std::string read_attr_string(hid_t obj, const std::string& name, const std::stri
 int64_t read_attr_int(hid_t obj, const std::string& name, const std::string& context);
 double read_attr_double(hid_t obj, const std::string& name, const std::string& context);
 bool has_attr(hid_t obj, const std::string& name);
+// 1-D array of variable-length UTF-8 strings (replaces an attribute of that name).
+void write_attr(hid_t obj, const std::string& name, const std::vector<std::string>& values);
+// A string attribute, scalar or 1-D, as a list.
+std::vector<std::string> read_attr_strings(hid_t obj, const std::string& name,
+                                           const std::string& context);
 
 // --- datasets ---------------------------------------------------------------
 std::vector<hsize_t> dataset_shape(hid_t dataset);
@@ -73,5 +78,13 @@ void write_vector(hid_t location, const std::string& name, const std::vector<dou
 void write_vector(hid_t location, const std::string& name, const std::vector<std::string>& values);
 std::vector<int32_t> read_int32_vector(hid_t location, const std::string& name,
                                        const std::string& context);
+std::vector<int64_t> read_int64_vector(hid_t location, const std::string& name,
+                                       const std::string& context);
+std::vector<float> read_float_vector(hid_t location, const std::string& name,
+                                     const std::string& context);
+std::vector<double> read_double_vector(hid_t location, const std::string& name,
+                                       const std::string& context);
+std::vector<std::string> read_string_vector(hid_t location, const std::string& name,
+                                            const std::string& context);
 
 }  // namespace kvsim::h5
