@@ -195,7 +195,8 @@ struct AggregateRow {
   double mean = 0, p50 = 0, p95 = 0, max = 0;
 };
 const Column<AggregateRow> kAggregateColumns[] = {
-    {"metric", &AggregateRow::metric, "", ""},  // doc: aggregated_metrics_doc()
+    {"metric", &AggregateRow::metric, "",
+     "the record column described: each `steps` and `kv` column with a mean in `/summary`"},
     {"scope", &AggregateRow::scope, "", "`overall`, `layer`, `head` (per layer and head)"},
     {"layer", &AggregateRow::layer, "", "original layer index, `-1` for `overall`"},
     {"head", &AggregateRow::head, "",
@@ -208,14 +209,6 @@ const Column<AggregateRow> kAggregateColumns[] = {
 };
 
 bool aggregated(Summary summary) { return summary == Summary::kMean || summary == Summary::kMeanP95; }
-
-std::string aggregated_metrics_doc() {
-  std::string names;
-  auto add = [&](const char* name) { names += (names.empty() ? "`" : ", `") + std::string(name) + "`"; };
-  for (const auto& c : kStepColumns) if (aggregated(c.summary)) add(c.name);
-  for (const auto& c : kKvColumns) if (aggregated(c.summary)) add(c.name);
-  return "the record column: " + names;
-}
 
 void add_aggregate(std::vector<AggregateRow>& rows, const char* metric, const char* scope,
                    int layer, int head, std::vector<double>& values) {
@@ -322,8 +315,13 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     write_columns<SummaryKeys>(summary.get(), keys, kSummaryKeyColumns);
     std::vector<std::string> names;
     for (size_t c = 0; c < columns.size(); ++c) {
-      write_column(summary.get(), summary_column_doc(summary_columns()[c]), columns[c]);
-      names.push_back(summary_columns()[c].name);
+      const SummaryColumn& column = summary_columns()[c];
+      write_column(summary.get(), summary_column_doc(column), columns[c]);
+      if (!column.label.empty()) {  // the header tables show (CLI, kvsim_tables.py)
+        h5::Handle dataset = h5::open_dataset(summary.get(), column.name, "results");
+        h5::write_attr(dataset.get(), "label", column.label);
+      }
+      names.push_back(column.name);
     }
     append_column_names(summary.get(), names);
     if (extend) extend(root);
@@ -349,11 +347,9 @@ std::vector<TableDoc> results_tables() {
   tables.push_back({"counters", "/runs/NNNN/counters",
                     "policy-specific counters, one row per counter",
                     column_docs<CounterRow>(kCounterColumns)});
-  TableDoc aggregates{"aggregates", "/runs/NNNN/aggregates",
-                      "statistics, one row per (metric, scope, layer, head)",
-                      column_docs<AggregateRow>(kAggregateColumns)};
-  aggregates.columns[0].doc = aggregated_metrics_doc();
-  tables.push_back(aggregates);
+  tables.push_back({"aggregates", "/runs/NNNN/aggregates",
+                    "statistics, one row per (metric, scope, layer, head)",
+                    column_docs<AggregateRow>(kAggregateColumns)});
   return tables;
 }
 
