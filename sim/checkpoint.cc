@@ -79,9 +79,8 @@ void get_records(ByteReader& in, std::vector<Record>& records, Columns<Record> c
   size_t min_record_bytes = 0;  // a string takes at least its length field
   for (const Column<Record>& c : columns) {
     visit_cell(c, Record{}, [&](const auto& v) {
-      min_record_bytes += std::is_same_v<std::decay_t<decltype(v)>, std::string>
-                              ? sizeof(uint64_t)
-                              : sizeof(v);
+      min_record_bytes +=
+          std::is_same_v<std::decay_t<decltype(v)>, std::string> ? sizeof(uint64_t) : sizeof(v);
     });
   }
   const uint64_t n = in.get<uint64_t>();

@@ -405,12 +405,12 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           rec.kl = static_cast<float>(std::max(kl, 0.0));
           // The compressed top token: largest score, lowest position among equal
           // scores (checked explicitly: a merging store's positions need not ascend).
+          const int32_t* pos = cache.positions.data();
           size_t top = 0;
           for (size_t i = 1; i < n; ++i) {
-            const int32_t* pos = cache.positions.data();
             if (cs[i] > cs[top] || (cs[i] == cs[top] && pos[i] < pos[top])) top = i;
           }
-          rec.top1_agreement = n > 0 && cache.positions[top] == ex.top1[next_measured * Hq + qh];
+          rec.top1_agreement = n > 0 && pos[top] == ex.top1[next_measured * Hq + qh];
           result.steps.push_back(rec);
         }
         double kdiff = 0, knorm = 0, vdiff = 0, vnorm = 0;

@@ -292,8 +292,9 @@ int cmd_policies(int argc, char** argv) {
 
 int cmd_schema(int argc, char** argv) {
   po::options_description desc("kvsim schema options");
-  desc.add_options()("markdown", "print every table of the results file as Markdown "
-                                 "(the blocks of docs/results-format.md)");
+  desc.add_options()("markdown",
+                     "print every table of the results file as Markdown "
+                     "(the blocks of docs/results-format.md)");
   bool help = false;
   auto vm = parse("schema", desc, argc, argv, nullptr, help);
   if (help || !vm.count("markdown")) {
@@ -326,8 +327,9 @@ int run(int argc, char** argv) {
               << (gpu::cuda_compiled() ? "built" : "not built") << ")\n";
     return 0;
   }
-  throw ConfigError("unknown command '" + command +
-                    "' (valid: replay, sweep, synth, inspect, calibrate, policies, schema, version)");
+  throw ConfigError(
+      "unknown command '" + command +
+      "' (valid: replay, sweep, synth, inspect, calibrate, policies, schema, version)");
 }
 
 }  // namespace

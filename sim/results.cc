@@ -53,8 +53,7 @@ std::vector<double> column_values(const Column<Record>& column,
 // The statistics (kMean, kMeanP95) or the sums (kSum) of one record table.
 template <typename Record>
 void add_record_rules(std::vector<SummaryRule>& rules, const std::string& table,
-                      Columns<Record> columns, std::vector<Record> RunResult::* records,
-                      bool sums) {
+                      Columns<Record> columns, std::vector<Record> RunResult::*records, bool sums) {
   for (const Column<Record>& c : columns) {
     const std::string name = c.name, where = "`" + table + "/" + name + "`";
     const std::string label = c.label ? c.label : "";
@@ -71,7 +70,8 @@ void add_record_rules(std::vector<SummaryRule>& rules, const std::string& table,
                        [c, records](const RunResult& run, const RunSummary&) {
                          double sum = 0;
                          for (const Record& r : run.*records) sum += numeric_cell(c, r);
-                         return sum / static_cast<double>(std::max<size_t>((run.*records).size(), 1));
+                         return sum /
+                                static_cast<double>(std::max<size_t>((run.*records).size(), 1));
                        }});
     } else if (!sums && c.summary == Summary::kMeanP95) {
       // The mean of the sorted sample (compute_stats), as the percentile.
@@ -83,9 +83,8 @@ void add_record_rules(std::vector<SummaryRule>& rules, const std::string& table,
                          std::vector<double> v = column_values(c, run.*records);
                          return compute_stats(v).mean;
                        }});
-      rules.push_back({{name + "_p95", c.unit,
-                        "95th percentile (linear interpolation) of " + where, p95_label,
-                        c.precision},
+      rules.push_back({{name + "_p95", c.unit, "95th percentile (linear interpolation) of " + where,
+                        p95_label, c.precision},
                        [c, records](const RunResult& run, const RunSummary&) {
                          std::vector<double> v = column_values(c, run.*records);
                          return compute_stats(v).p95;
@@ -104,12 +103,12 @@ std::vector<SummaryRule> build_summary_rules() {
   add_record_rules(rules, "kv", kv, &RunResult::kv, false);
   add_record_rules(rules, "steps", steps, &RunResult::steps, true);
   add_record_rules(rules, "kv", kv, &RunResult::kv, true);
-  rules.push_back({{"memory_ratio", "",
-                    "`(data_bits + meta_bits) / fp16_bits` (1.0 = fp16; lower is smaller)",
-                    "memory vs fp16"},
-                   [](const RunResult&, const RunSummary& s) {
-                     return ratio(s["data_bits"] + s["meta_bits"], s["fp16_bits"]);
-                   }});
+  rules.push_back(
+      {{"memory_ratio", "", "`(data_bits + meta_bits) / fp16_bits` (1.0 = fp16; lower is smaller)",
+        "memory vs fp16"},
+       [](const RunResult&, const RunSummary& s) {
+         return ratio(s["data_bits"] + s["meta_bits"], s["fp16_bits"]);
+       }});
   rules.push_back({{"memory_ratio_ideal", "",
                     "`ideal_bits / fp16_bits`: the payload at its ideal rate; differs from "
                     "`memory_ratio` only for ternary (1.5-bit) codes",
@@ -208,7 +207,9 @@ const Column<AggregateRow> kAggregateColumns[] = {
     {"max", &AggregateRow::max, "", "largest sample"},
 };
 
-bool aggregated(Summary summary) { return summary == Summary::kMean || summary == Summary::kMeanP95; }
+bool aggregated(Summary summary) {
+  return summary == Summary::kMean || summary == Summary::kMeanP95;
+}
 
 void add_aggregate(std::vector<AggregateRow>& rows, const char* metric, const char* scope,
                    int layer, int head, std::vector<double>& values) {
@@ -219,7 +220,7 @@ void add_aggregate(std::vector<AggregateRow>& rows, const char* metric, const ch
 // Overall, per-layer and per-(layer, head) rows of every aggregated column of a record table.
 template <typename Record>
 void aggregate_records(std::vector<AggregateRow>& rows, Columns<Record> columns,
-                       const std::vector<Record>& records, int32_t Record::* head) {
+                       const std::vector<Record>& records, int32_t Record::*head) {
   for (const Column<Record>& c : columns) {
     if (!aggregated(c.summary)) continue;
     std::vector<double> all;

@@ -8,19 +8,9 @@
 namespace kvsim {
 
 const char* column_type_name(ColumnType type) {
-  switch (type) {
-    case ColumnType::kInt32:
-      return "int32";
-    case ColumnType::kInt64:
-      return "int64";
-    case ColumnType::kFloat32:
-      return "float32";
-    case ColumnType::kFloat64:
-      return "float64";
-    case ColumnType::kString:
-      return "string";
-  }
-  return "?";
+  // In the order of ColumnType (and of Column::member's alternatives).
+  static constexpr const char* kNames[] = {"int32", "int64", "float32", "float64", "string"};
+  return kNames[static_cast<size_t>(type)];
 }
 
 std::vector<TableDoc> all_tables() {

@@ -798,8 +798,8 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
       policy.cells.push_back(runs[i].spec);
     }
     os << "\n";
-    print_summary_table(os, many ? std::vector{run_column, trace, policy}
-                                 : std::vector{run_column, policy}, runs);
+    print_summary_table(
+        os, many ? std::vector{run_column, trace, policy} : std::vector{run_column, policy}, runs);
     double io = 0, validate = 0, exact = 0, unit_s = 0, ckpt = 0, fsync = 0, work = 0;
     for (const auto& s : all_stats) {
       io += s.io_seconds, validate += s.validate_seconds, exact += s.exact_seconds;

@@ -46,8 +46,7 @@ const Column<ConfigRow> kConfigColumns[] = {
     {"config", &ConfigRow::config, "", "index of the configuration in the expanded grid"},
     {"spec", &ConfigRow::spec, "", "the spec after substituting the grid values"},
     {"resolved", &ConfigRow::resolved, "", "the canonical spec with every parameter"},
-    {"origin", &ConfigRow::origin, "",
-     "where it came from (`sweep.yaml:12 bits=2 group=32`)"},
+    {"origin", &ConfigRow::origin, "", "where it came from (`sweep.yaml:12 bits=2 group=32`)"},
     {"prefill_attention_rows", &ConfigRow::prefill_attention_rows, "tokens",
      "prompt rows of exact attention its stages ask for (`-1`: all)"},
     {"decode_attention", &ConfigRow::decode_attention, "",
@@ -148,8 +147,8 @@ void add_sweep_objects(hid_t root, const Sweep& sweep, const std::vector<RunResu
   std::vector<TraceRow> traces;
   for (size_t t = 0; t < sweep.traces.size(); ++t) {
     const TraceMeta& meta = sweep.traces[t]->meta();
-    traces.push_back({static_cast<int32_t>(t), sweep.trace_paths[t], meta.trace_id,
-                      meta.model_name, sweep.traces[t]->num_sequences()});
+    traces.push_back({static_cast<int32_t>(t), sweep.trace_paths[t], meta.trace_id, meta.model_name,
+                      sweep.traces[t]->num_sequences()});
   }
   write_table<TraceRow>(root, "traces", traces, kTraceColumns);
   if (sweep.traces.size() > 1 && !h5::exists(root, "sequences")) {

@@ -35,8 +35,8 @@ void expect_same_rows(const std::vector<Record>& a, const std::vector<Record>& b
       std::visit(
           [&](auto member) {
             if (!same_bits(a[i].*member, b[i].*member)) {
-              ADD_FAILURE() << table << " row " << i << " column " << c.name << ": "
-                            << a[i].*member << " != " << b[i].*member;
+              ADD_FAILURE() << table << " row " << i << " column " << c.name << ": " << a[i].*member
+                            << " != " << b[i].*member;
               ++reported;
             }
           },

@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "sim/base/attention.h"
 #include "record_testing.h"
+#include "sim/base/attention.h"
 #include "test_util.h"
 
 namespace kvsim {

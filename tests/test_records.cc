@@ -5,9 +5,9 @@
 
 #include <set>
 
+#include "record_testing.h"
 #include "sim/checkpoint.h"
 #include "sim/results.h"
-#include "record_testing.h"
 #include "test_util.h"
 
 namespace kvsim {
@@ -23,10 +23,10 @@ TEST(Schema, KeepsEveryVersion1ColumnAndType) {
       {"cosine", ColumnType::kFloat32}, {"mass_retained", ColumnType::kFloat32},
       {"kl", ColumnType::kFloat32}};
   const std::vector<std::pair<const char*, ColumnType>> kv = {
-      {"sequence", ColumnType::kInt32},    {"layer", ColumnType::kInt32},
-      {"kv_head", ColumnType::kInt32},     {"step", ColumnType::kInt32},
-      {"kept_tokens", ColumnType::kInt32}, {"data_bits", ColumnType::kInt64},
-      {"meta_bits", ColumnType::kInt64},   {"fp16_bits", ColumnType::kInt64},
+      {"sequence", ColumnType::kInt32},     {"layer", ColumnType::kInt32},
+      {"kv_head", ColumnType::kInt32},      {"step", ColumnType::kInt32},
+      {"kept_tokens", ColumnType::kInt32},  {"data_bits", ColumnType::kInt64},
+      {"meta_bits", ColumnType::kInt64},    {"fp16_bits", ColumnType::kInt64},
       {"ideal_bits", ColumnType::kFloat64}, {"key_err", ColumnType::kFloat32},
       {"value_err", ColumnType::kFloat32}};
   // Old columns keep their positions; new ones come after them.
@@ -40,10 +40,11 @@ TEST(Schema, KeepsEveryVersion1ColumnAndType) {
   }
   std::vector<std::string> summary;
   for (const auto& c : summary_columns()) summary.push_back(c.name);
-  const std::vector<std::string> v1 = {
-      "rel_err_mean", "rel_err_p95",  "cosine_mean",  "mass_retained_mean", "kl_mean",
-      "key_err_mean", "value_err_mean", "data_bits",  "meta_bits",          "fp16_bits",
-      "memory_ratio", "memory_ratio_ideal", "bits_per_element", "seconds"};
+  const std::vector<std::string> v1 = {"rel_err_mean",       "rel_err_p95",  "cosine_mean",
+                                       "mass_retained_mean", "kl_mean",      "key_err_mean",
+                                       "value_err_mean",     "data_bits",    "meta_bits",
+                                       "fp16_bits",          "memory_ratio", "memory_ratio_ideal",
+                                       "bits_per_element",   "seconds"};
   auto at = summary.begin();
   for (const auto& name : v1) {  // in this order, other columns between them allowed
     at = std::find(at, summary.end(), name);
@@ -100,13 +101,7 @@ struct Top1Example {
   ExactLayer exact;
 
   Top1Example() {
-    meta.model_name = "hand";
-    meta.num_model_layers = 1;
-    meta.layer_ids = {0};
-    meta.sliding_window = {0};
-    meta.num_q_heads = meta.num_kv_heads = 1;
-    meta.head_dim = 2;
-    meta.attn_scale = 1.0;
+    meta = testing::hand_meta(2, 1.0);
     layer.num_tokens = 4;
     layer.head_dim = 2;
     layer.k = {2, 0, 1, 0, 2, 0, 0, 0};
@@ -115,8 +110,8 @@ struct Top1Example {
     exact = compute_exact(meta, layer, measured);
   }
   StepRecord replay(const std::string& spec) const {
-    const RunResult r = replay_shard(meta, 0, 3, {0}, {&layer}, {&exact},
-                                     PolicySpec::parse(spec), {}, measured, 0);
+    const RunResult r =
+        replay_shard(meta, 0, 3, {0}, {&layer}, {&exact}, PolicySpec::parse(spec), {}, measured, 0);
     EXPECT_EQ(r.steps.size(), 1u);
     return r.steps.at(0);
   }
@@ -140,7 +135,8 @@ TEST(TopOneAgreement, LosslessPolicyAlwaysAgreesOnSyntheticTraces) {
   testing::TempDir dir;
   ReplayOptions all;
   all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(synth_preset("tiny"), {"full", "streamingllm:sinks=0,window=4"}, dir, all);
+  const auto runs = testing::replay_synth(synth_preset("tiny"),
+                                          {"full", "streamingllm:sinks=0,window=4"}, dir, all);
   int agree = 0;
   for (const auto& s : runs[0].steps) EXPECT_EQ(s.top1_agreement, 1);
   for (const auto& s : runs[1].steps) agree += s.top1_agreement;

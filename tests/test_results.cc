@@ -2,9 +2,9 @@
 
 #include <filesystem>
 
+#include "record_testing.h"
 #include "sim/base/h5.h"
 #include "sim/results.h"
-#include "record_testing.h"
 #include "test_util.h"
 
 namespace kvsim {
@@ -23,22 +23,6 @@ TEST(Stats, PercentilesInterpolateLikeNumpy) {
 }
 
 // --- reading a table back --------------------------------------------------------------
-std::vector<int32_t> read_back(hid_t g, const std::string& name, int32_t) {
-  return h5::read_int32_vector(g, name, "r");
-}
-std::vector<int64_t> read_back(hid_t g, const std::string& name, int64_t) {
-  return h5::read_int64_vector(g, name, "r");
-}
-std::vector<float> read_back(hid_t g, const std::string& name, float) {
-  return h5::read_float_vector(g, name, "r");
-}
-std::vector<double> read_back(hid_t g, const std::string& name, double) {
-  return h5::read_double_vector(g, name, "r");
-}
-std::vector<std::string> read_back(hid_t g, const std::string& name, const std::string&) {
-  return h5::read_string_vector(g, name, "r");
-}
-
 // The stored HDF5 type of a column is the schema's (class and size).
 void expect_stored_type(hid_t g, const std::string& name, ColumnType type) {
   h5::Handle dataset = h5::open_dataset(g, name, "r");
@@ -79,7 +63,7 @@ void expect_table_reads_back(hid_t group, const std::vector<Record>& records,
     std::visit(
         [&](auto member) {
           using T = std::remove_cvref_t<decltype(records[0].*member)>;
-          const auto values = read_back(group, c.name, T{});
+          const auto values = h5::read_vector<T>(group, c.name, "r");
           ASSERT_EQ(values.size(), records.size());
           for (size_t i = 0; i < records.size(); ++i) {
             ASSERT_TRUE(testing::same_bits(values[i], records[i].*member)) << "row " << i;
@@ -119,10 +103,11 @@ TEST(Results, EveryRecordColumnReadsBack) {
     expect_table_reads_back<StepRecord>(steps.get(), w.runs[r].steps, kStepColumns);
     h5::Handle kv = h5::open_group(f.get(), "runs/000" + std::to_string(r) + "/kv", "r");
     expect_table_reads_back<KvRecord>(kv.get(), w.runs[r].kv, kKvColumns);
-    h5::Handle counters = h5::open_group(f.get(), "runs/000" + std::to_string(r) + "/counters", "r");
+    h5::Handle counters =
+        h5::open_group(f.get(), "runs/000" + std::to_string(r) + "/counters", "r");
     std::map<std::string, double> back;
-    const auto names = h5::read_string_vector(counters.get(), "name", "r");
-    const auto values = h5::read_double_vector(counters.get(), "value", "r");
+    const auto names = h5::read_vector<std::string>(counters.get(), "name", "r");
+    const auto values = h5::read_vector<double>(counters.get(), "value", "r");
     ASSERT_EQ(names.size(), values.size());
     for (size_t i = 0; i < names.size(); ++i) back[names[i]] = values[i];
     EXPECT_EQ(back, w.runs[r].counters);
@@ -146,15 +131,15 @@ TEST(Results, EverySummaryColumnReadsBack) {
   for (const auto& c : summary_columns()) names.push_back(c.name);
   EXPECT_EQ(h5::read_attr_strings(summary.get(), "columns", "r"), names);
   EXPECT_EQ(h5::read_int32_vector(summary.get(), "run", "r"), (std::vector<int32_t>{0, 1, 2}));
-  EXPECT_EQ(h5::read_string_vector(summary.get(), "spec", "r"),
+  EXPECT_EQ(h5::read_vector<std::string>(summary.get(), "spec", "r"),
             (std::vector<std::string>{"full", "uniform:bits=2", w.runs[2].spec}));
-  EXPECT_EQ(h5::read_string_vector(summary.get(), "resolved", "r")[1],
+  EXPECT_EQ(h5::read_vector<std::string>(summary.get(), "resolved", "r")[1],
             "uniform:bits=2,group=32,k_axis=token,v_axis=token");
   for (size_t c = 0; c < summary_columns().size(); ++c) {
     const SummaryColumn& column = summary_columns()[c];
     SCOPED_TRACE(column.name);
     expect_stored_type(summary.get(), column.name, ColumnType::kFloat64);
-    const auto values = h5::read_double_vector(summary.get(), column.name, "r");
+    const auto values = h5::read_vector<double>(summary.get(), column.name, "r");
     ASSERT_EQ(values.size(), w.runs.size());
     for (size_t r = 0; r < w.runs.size(); ++r) {
       EXPECT_TRUE(testing::same_bits(values[r], summarize(w.runs[r]).values[c])) << "run " << r;
@@ -162,21 +147,21 @@ TEST(Results, EverySummaryColumnReadsBack) {
   }
   // The numbers themselves: fp16 is 1.0 of fp16; uniform 2-bit, group 32 over
   // d = 32 stores (2 + 32/32) bits per element.
-  const auto ratio = h5::read_double_vector(summary.get(), "memory_ratio", "r");
+  const auto ratio = h5::read_vector<double>(summary.get(), "memory_ratio", "r");
   EXPECT_DOUBLE_EQ(ratio[0], 1.0);
   EXPECT_DOUBLE_EQ(ratio[1], 3.0 / 16.0);
-  EXPECT_DOUBLE_EQ(h5::read_double_vector(summary.get(), "top1_agreement_mean", "r")[0], 1.0);
+  EXPECT_DOUBLE_EQ(h5::read_vector<double>(summary.get(), "top1_agreement_mean", "r")[0], 1.0);
 }
 
 TEST(Results, AggregatesHoldEveryScopeOfEveryMetric) {
   WrittenResults w;
   h5::Handle f = h5::open_file_readonly(w.out);
   h5::Handle agg = h5::open_group(f.get(), "runs/0001/aggregates", "r");
-  const auto metric = h5::read_string_vector(agg.get(), "metric", "r");
-  const auto scope = h5::read_string_vector(agg.get(), "scope", "r");
-  const auto count = h5::read_int64_vector(agg.get(), "count", "r");
-  const auto mean = h5::read_double_vector(agg.get(), "mean", "r");
-  const auto p95 = h5::read_double_vector(agg.get(), "p95", "r");
+  const auto metric = h5::read_vector<std::string>(agg.get(), "metric", "r");
+  const auto scope = h5::read_vector<std::string>(agg.get(), "scope", "r");
+  const auto count = h5::read_vector<int64_t>(agg.get(), "count", "r");
+  const auto mean = h5::read_vector<double>(agg.get(), "mean", "r");
+  const auto p95 = h5::read_vector<double>(agg.get(), "p95", "r");
   const RunResult& run = w.runs[1];
   const SynthConfig c = synth_preset("tiny");
   // Per metric: overall, each layer, each (layer, head).

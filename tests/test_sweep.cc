@@ -11,13 +11,13 @@
 #include <random>
 #include <tuple>
 
+#include "record_testing.h"
 #include "sim/base/errors.h"
 #include "sim/base/h5.h"
 #include "sim/calibration.h"
 #include "sim/checkpoint.h"
 #include "sim/results.h"
 #include "sim/sweep.h"
-#include "record_testing.h"
 #include "test_util.h"
 
 namespace kvsim {

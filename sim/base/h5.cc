@@ -1,6 +1,7 @@
 #include "sim/base/h5.h"
 
 #include <cstring>
+#include <type_traits>
 
 namespace kvsim::h5 {
 
@@ -162,9 +163,9 @@ void write_attr(hid_t obj, const std::string& name, const std::vector<std::strin
   Handle type = utf8_string_type();
   const hsize_t n = values.size();
   Handle space = checked(H5Screate_simple(1, &n, nullptr), "H5Screate_simple");
-  Handle attr = checked(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT,
-                                   H5P_DEFAULT),
-                        "cannot create attribute '" + name + "'");
+  Handle attr =
+      checked(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+              "cannot create attribute '" + name + "'");
   check(H5Awrite(attr.get(), type.get(), ptrs.data()), "cannot write attribute '" + name + "'");
 }
 
@@ -283,53 +284,44 @@ Handle open_vector(hid_t location, const std::string& name, const std::string& c
 }
 
 template <typename T>
-std::vector<T> read_numeric_vector(hid_t location, const std::string& name,
-                                   const std::string& context, hid_t mem_type) {
-  hsize_t n = 0;
-  Handle dset = open_vector(location, name, context, n);
-  std::vector<T> out(n);
-  if (!out.empty()) {
-    if (H5Dread(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0) {
-      throw FormatError(context + ": cannot read '" + name + "' (truncated or corrupt file)");
-    }
-  }
-  return out;
+hid_t native_type() {
+  if constexpr (std::is_same_v<T, int32_t>) return H5T_NATIVE_INT32;
+  if constexpr (std::is_same_v<T, int64_t>) return H5T_NATIVE_INT64;
+  if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
+  if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
 }
 
 }  // namespace
 
-std::vector<int32_t> read_int32_vector(hid_t location, const std::string& name,
-                                       const std::string& context) {
-  return read_numeric_vector<int32_t>(location, name, context, H5T_NATIVE_INT32);
-}
-std::vector<int64_t> read_int64_vector(hid_t location, const std::string& name,
-                                       const std::string& context) {
-  return read_numeric_vector<int64_t>(location, name, context, H5T_NATIVE_INT64);
-}
-std::vector<float> read_float_vector(hid_t location, const std::string& name,
-                                     const std::string& context) {
-  return read_numeric_vector<float>(location, name, context, H5T_NATIVE_FLOAT);
-}
-std::vector<double> read_double_vector(hid_t location, const std::string& name,
-                                       const std::string& context) {
-  return read_numeric_vector<double>(location, name, context, H5T_NATIVE_DOUBLE);
-}
-
-std::vector<std::string> read_string_vector(hid_t location, const std::string& name,
-                                            const std::string& context) {
+template <typename T>
+std::vector<T> read_vector(hid_t location, const std::string& name, const std::string& context) {
   hsize_t n = 0;
   Handle dset = open_vector(location, name, context, n);
-  Handle type = utf8_string_type();
-  std::vector<char*> ptrs(n, nullptr);
-  if (n > 0 && H5Dread(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) {
-    throw FormatError(context + ": cannot read strings '" + name + "'");
+  if constexpr (std::is_same_v<T, std::string>) {
+    Handle type = utf8_string_type();
+    std::vector<char*> ptrs(n, nullptr);
+    if (n > 0 && H5Dread(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) {
+      throw FormatError(context + ": cannot read strings '" + name + "'");
+    }
+    std::vector<std::string> out;
+    for (char* p : ptrs) {
+      out.emplace_back(p ? p : "");
+      H5free_memory(p);
+    }
+    return out;
+  } else {
+    std::vector<T> out(n);
+    if (n > 0 &&
+        H5Dread(dset.get(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0) {
+      throw FormatError(context + ": cannot read '" + name + "' (truncated or corrupt file)");
+    }
+    return out;
   }
-  std::vector<std::string> out;
-  for (char* p : ptrs) {
-    out.emplace_back(p ? p : "");
-    H5free_memory(p);
-  }
-  return out;
 }
+template std::vector<int32_t> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<int64_t> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<float> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<double> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<std::string> read_vector(hid_t, const std::string&, const std::string&);
 
 }  // namespace kvsim::h5

@@ -76,15 +76,13 @@ void write_vector(hid_t location, const std::string& name, const std::vector<int
 void write_vector(hid_t location, const std::string& name, const std::vector<float>& values);
 void write_vector(hid_t location, const std::string& name, const std::vector<double>& values);
 void write_vector(hid_t location, const std::string& name, const std::vector<std::string>& values);
-std::vector<int32_t> read_int32_vector(hid_t location, const std::string& name,
-                                       const std::string& context);
-std::vector<int64_t> read_int64_vector(hid_t location, const std::string& name,
-                                       const std::string& context);
-std::vector<float> read_float_vector(hid_t location, const std::string& name,
-                                     const std::string& context);
-std::vector<double> read_double_vector(hid_t location, const std::string& name,
-                                       const std::string& context);
-std::vector<std::string> read_string_vector(hid_t location, const std::string& name,
-                                            const std::string& context);
+// A 1-D dataset converted to T: int32_t, int64_t, float, double or std::string.
+// Throws FormatError when it is missing, not 1-D or unreadable.
+template <typename T>
+std::vector<T> read_vector(hid_t location, const std::string& name, const std::string& context);
+inline std::vector<int32_t> read_int32_vector(hid_t location, const std::string& name,
+                                              const std::string& context) {
+  return read_vector<int32_t>(location, name, context);
+}
 
 }  // namespace kvsim::h5
