@@ -41,12 +41,25 @@ def summary_table(results_or_summary: Results | pd.DataFrame) -> pd.DataFrame:
 
     Rows sorted by memory ratio (ties by run index; NaN last). Values are unchanged.
     """
-    s = (results_or_summary.summary if isinstance(results_or_summary, Results)
-         else results_or_summary)
-    s = s.sort_values(["memory_ratio", "run"], kind="mergesort", na_position="last")
+    loaded = (results_or_summary.summary if isinstance(results_or_summary, Results)
+              else results_or_summary)
+    s = loaded.sort_values(["memory_ratio", "run"], kind="mergesort", na_position="last")
     first = [c for c, _ in REPORT_COLUMNS if c in s.columns]
     first += [c for c in SUMMARY_COLUMNS if c in s.columns and c not in first]
-    return s[first + [c for c in s.columns if c not in first]].reset_index(drop=True)
+    table = s[first + [c for c in s.columns if c not in first]].reset_index(drop=True)
+    table.attrs = dict(loaded.attrs)  # units, docs, labels (read_table)
+    return table
+
+
+def report_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(column, header) of the report's Markdown table: REPORT_COLUMNS, then every other
+    column the file labels for the CLI table (table.attrs["labels"], schema order), so a
+    metric added to the schema with a label shows up here too."""
+    cols = [(c, h) for c, h in REPORT_COLUMNS if c in table.columns]
+    shown = {c for c, _ in cols}
+    labels = table.attrs.get("labels", {})
+    cols += [(c, labels[c]) for c in table.columns if c in labels and c not in shown]
+    return cols
 def pareto_frontier(df: pd.DataFrame, x: str = "bits_per_element",
                     y: str = "rel_err_mean") -> pd.DataFrame:
     """Rows of df that no other row dominates, where lower x and lower y are better.
@@ -127,8 +140,9 @@ def _md_cell(text: str) -> str:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """The report columns of a summary_table() as a GitHub Markdown table."""
-    cols = [(c, h) for c, h in REPORT_COLUMNS if c in table.columns]
+    """The report columns (report_columns()) of a summary_table() as a GitHub Markdown
+    table."""
+    cols = report_columns(table)
     numeric = [c != "spec" for c, _ in cols]
     lines = ["| " + " | ".join(h for _, h in cols) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]

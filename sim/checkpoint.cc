@@ -42,23 +42,87 @@ std::string ByteReader::get_string() {
 }
 
 // ---------------------------------------------------------------------------
+namespace {
+
+template <typename Record>
+void fingerprint_columns(uint64_t& hash, Columns<Record> columns) {
+  for (const Column<Record>& c : columns) {
+    hash = fnv1a64(c.name, std::strlen(c.name) + 1, hash);  // with the NUL: names stay apart
+    const uint8_t type = static_cast<uint8_t>(c.type());
+    hash = fnv1a64(&type, 1, hash);
+  }
+  const uint8_t end = 0xff;
+  hash = fnv1a64(&end, 1, hash);
+}
+
+// The cells of each record in schema order, each as its own type (strings as
+// put_string writes them).
+template <typename Record>
+void put_records(ByteWriter& out, const std::vector<Record>& records, Columns<Record> columns) {
+  out.put<uint64_t>(records.size());
+  for (const Record& r : records) {
+    for (const Column<Record>& c : columns) {
+      visit_cell(c, r, [&](const auto& v) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(v)>, std::string>) {
+          out.put_string(v);
+        } else {
+          out.put(v);
+        }
+      });
+    }
+  }
+}
+
+template <typename Record>
+void get_records(ByteReader& in, std::vector<Record>& records, Columns<Record> columns,
+                 const char* what) {
+  size_t min_record_bytes = 0;  // a string takes at least its length field
+  for (const Column<Record>& c : columns) {
+    visit_cell(c, Record{}, [&](const auto& v) {
+      min_record_bytes +=
+          std::is_same_v<std::decay_t<decltype(v)>, std::string> ? sizeof(uint64_t) : sizeof(v);
+    });
+  }
+  const uint64_t n = in.get<uint64_t>();
+  if (n > in.remaining() / std::max<size_t>(min_record_bytes, 1)) {
+    throw FormatError(std::string("bad ") + what + " count");
+  }
+  records.resize(n);
+  for (Record& r : records) {
+    for (const Column<Record>& c : columns) {
+      visit_cell(c, r, [&](auto& v) {
+        using T = std::remove_cvref_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          v = in.get_string();
+        } else {
+          v = in.get<T>();
+        }
+      });
+    }
+  }
+}
+
+}  // namespace
+
+uint64_t record_columns_fingerprint() {
+  static const uint64_t hash = [] {
+    uint64_t h = fnv1a64(nullptr, 0);
+    fingerprint_columns<StepRecord>(h, kStepColumns);
+    fingerprint_columns<KvRecord>(h, kKvColumns);
+    return h;
+  }();
+  return hash;
+}
+
 void serialize_unit(ByteWriter& out, const UnitKey& key, const RunResult& part) {
   out.put(key.trace);
   out.put(key.sequence);
   out.put(key.group);
   out.put(key.config);
+  out.put(record_columns_fingerprint());
   out.put(part.seconds);
-  out.put<uint64_t>(part.steps.size());
-  for (const StepRecord& r : part.steps) {
-    out.put(r.sequence), out.put(r.layer), out.put(r.q_head), out.put(r.kv_head), out.put(r.step);
-    out.put(r.rel_err), out.put(r.cosine), out.put(r.mass_retained), out.put(r.kl);
-  }
-  out.put<uint64_t>(part.kv.size());
-  for (const KvRecord& r : part.kv) {
-    out.put(r.sequence), out.put(r.layer), out.put(r.kv_head), out.put(r.step);
-    out.put(r.kept_tokens), out.put(r.data_bits), out.put(r.meta_bits), out.put(r.fp16_bits);
-    out.put(r.ideal_bits), out.put(r.key_err), out.put(r.value_err);
-  }
+  put_records<StepRecord>(out, part.steps, kStepColumns);
+  put_records<KvRecord>(out, part.kv, kKvColumns);
   out.put<uint64_t>(part.counters.size());
   for (const auto& [name, value] : part.counters) {
     out.put_string(name);
@@ -66,34 +130,24 @@ void serialize_unit(ByteWriter& out, const UnitKey& key, const RunResult& part) 
   }
 }
 
-void deserialize_unit(ByteReader& in, UnitKey& key, RunResult& part) {
+UnitKey deserialize_unit_key(ByteReader& in) {
+  UnitKey key;
   key.trace = in.get<int32_t>();
   key.sequence = in.get<int32_t>();
   key.group = in.get<int32_t>();
   key.config = in.get<int32_t>();
+  if (in.get<uint64_t>() != record_columns_fingerprint()) {
+    throw FormatError("the records have other columns (written by another kvsim version)");
+  }
+  return key;
+}
+
+void deserialize_unit(ByteReader& in, UnitKey& key, RunResult& part) {
+  key = deserialize_unit_key(in);
   part = RunResult{};
   part.seconds = in.get<double>();
-  constexpr size_t kStepBytes = 5 * 4 + 4 * 4;
-  constexpr size_t kKvBytes = 5 * 4 + 3 * 8 + 8 + 2 * 4;
-  const uint64_t n_steps = in.get<uint64_t>();
-  if (n_steps > in.remaining() / kStepBytes) throw FormatError("bad step record count");
-  part.steps.resize(n_steps);
-  for (StepRecord& r : part.steps) {
-    r.sequence = in.get<int32_t>(), r.layer = in.get<int32_t>(), r.q_head = in.get<int32_t>();
-    r.kv_head = in.get<int32_t>(), r.step = in.get<int32_t>();
-    r.rel_err = in.get<float>(), r.cosine = in.get<float>(), r.mass_retained = in.get<float>();
-    r.kl = in.get<float>();
-  }
-  const uint64_t n_kv = in.get<uint64_t>();
-  if (n_kv > in.remaining() / kKvBytes) throw FormatError("bad kv record count");
-  part.kv.resize(n_kv);
-  for (KvRecord& r : part.kv) {
-    r.sequence = in.get<int32_t>(), r.layer = in.get<int32_t>(), r.kv_head = in.get<int32_t>();
-    r.step = in.get<int32_t>(), r.kept_tokens = in.get<int32_t>();
-    r.data_bits = in.get<int64_t>(), r.meta_bits = in.get<int64_t>();
-    r.fp16_bits = in.get<int64_t>(), r.ideal_bits = in.get<double>();
-    r.key_err = in.get<float>(), r.value_err = in.get<float>();
-  }
+  get_records<StepRecord>(in, part.steps, kStepColumns, "step record");
+  get_records<KvRecord>(in, part.kv, kKvColumns, "kv record");
   const uint64_t n_counters = in.get<uint64_t>();
   for (uint64_t i = 0; i < n_counters; ++i) {
     std::string name = in.get_string();
@@ -262,10 +316,7 @@ void scan_checkpoint_bytes(const std::vector<char>& bytes, uint64_t sweep_hash, 
     if (load_payloads) {
       deserialize_unit(in, unit.key, unit.part);
     } else {
-      unit.key.trace = in.get<int32_t>();
-      unit.key.sequence = in.get<int32_t>();
-      unit.key.group = in.get<int32_t>();
-      unit.key.config = in.get<int32_t>();
+      unit.key = deserialize_unit_key(in);
     }
     ++scan.records;
     if (!scan.keys.insert(unit.key).second) {

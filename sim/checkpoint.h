@@ -4,7 +4,7 @@
 //
 // Record layout (little-endian, as written by x86-64/aarch64 hosts):
 //   0  magic       "KVSC"
-//   4  version     u32 = 1
+//   4  version     u32 = 2
 //   8  sweep_hash  u64   identity of the sweep (specs, traces, measure, seed)
 //  16  length      u64   payload bytes
 //  24  checksum    u64   FNV-1a 64 of bytes 8..23 and the payload
@@ -82,13 +82,21 @@ struct UnitKey {
   auto operator<=>(const UnitKey&) const = default;
 };
 
-// The unit's key and partial result (records, counters, seconds), bit-exact.
+// Identity of the record columns (names and types of kStepColumns and
+// kKvColumns, sim/records.h): a payload of records with other columns is refused.
+uint64_t record_columns_fingerprint();
+
+// The unit's key, record_columns_fingerprint(), and its partial result
+// (seconds, then each record's cells in schema order, then the counters), bit-exact.
 void serialize_unit(ByteWriter& out, const UnitKey& key, const RunResult& part);
-// Throws FormatError on a malformed payload.
+// Throws FormatError on a malformed payload or one of other record columns.
 void deserialize_unit(ByteReader& in, UnitKey& key, RunResult& part);
+// Reads only the key (and checks the fingerprint); throws FormatError.
+UnitKey deserialize_unit_key(ByteReader& in);
 
 inline constexpr uint32_t kCheckpointMagic = 0x4353564bu;  // "KVSC" in file byte order
-inline constexpr uint32_t kCheckpointVersion = 1;
+// 2: the payload carries record_columns_fingerprint() after the key.
+inline constexpr uint32_t kCheckpointVersion = 2;
 inline constexpr size_t kCheckpointHeaderBytes = 32;
 
 // One finished unit read back from a checkpoint.

@@ -169,6 +169,7 @@ ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
   ex.slot = layer.slot;
   ex.out.assign(measured.size() * Hq * d, 0.f);
   ex.lse.assign(measured.size() * Hq, 0.0);
+  ex.top1.assign(measured.size() * Hq, -1);
   std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
   for (size_t m = 0; m < measured.size(); ++m) {
     const int64_t t = measured[m];
@@ -181,6 +182,9 @@ ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
       score_rows(qbuf.data(), group, keys, n, d, static_cast<float>(meta.attn_scale),
                  scores.data());
       for (int j = 0; j < group; ++j) {
+        const float* row = scores.data() + j * n;
+        ex.top1[m * Hq + h * group + j] =
+            static_cast<int32_t>(lo + (std::max_element(row, row + n) - row));  // first maximum
         ex.lse[m * Hq + h * group + j] = softmax_inplace(scores.data() + j * n, n);
       }
       weighted_sum(scores.data(), group, layer.value(h, static_cast<int>(lo)), n, d,
@@ -399,6 +403,14 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           rec.cosine = static_cast<float>(on > 0 && ohn > 0 ? dot / std::sqrt(on * ohn) : 0.0);
           rec.mass_retained = static_cast<float>(std::min(mass, 1.0));
           rec.kl = static_cast<float>(std::max(kl, 0.0));
+          // The compressed top token: largest score, lowest position among equal
+          // scores (checked explicitly: a merging store's positions need not ascend).
+          const int32_t* pos = cache.positions.data();
+          size_t top = 0;
+          for (size_t i = 1; i < n; ++i) {
+            if (cs[i] > cs[top] || (cs[i] == cs[top] && pos[i] < pos[top])) top = i;
+          }
+          rec.top1_agreement = n > 0 && pos[top] == ex.top1[next_measured * Hq + qh];
           result.steps.push_back(rec);
         }
         double kdiff = 0, knorm = 0, vdiff = 0, vnorm = 0;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "policies/policy.h"
+#include "sim/records.h"
 #include "trace/trace.h"
 
 namespace kvsim {
@@ -28,20 +29,6 @@ struct MeasureRule {
   // measures every decode step up to 256 of them, else a uniform stride that
   // gives about 256 steps; the last decode step is always included.
   std::vector<int64_t> steps(int64_t prompt_len, int64_t num_tokens) const;
-};
-
-// Fidelity at one (sequence, layer, query head, measured step).
-struct StepRecord {
-  int32_t sequence, layer, q_head, kv_head, step;
-  float rel_err, cosine, mass_retained, kl;
-};
-
-// Memory and reconstruction at one (sequence, layer, kv head, measured step).
-struct KvRecord {
-  int32_t sequence, layer, kv_head, step, kept_tokens;
-  int64_t data_bits, meta_bits, fp16_bits;
-  double ideal_bits;  // data at its ideal rate + meta (== data + meta unless ternary etc.)
-  float key_err, value_err;
 };
 
 struct RunResult {
@@ -74,6 +61,9 @@ struct ExactLayer {
   int slot = 0;
   std::vector<float> out;   // [measured, num_q_heads, head_dim]
   std::vector<double> lse;  // [measured, num_q_heads]
+  // [measured, num_q_heads]: position of the largest exact score (the lowest
+  // position among equal scores), for StepRecord::top1_agreement.
+  std::vector<int32_t> top1;
 };
 ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
                          const std::vector<int64_t>& measured);

@@ -15,7 +15,9 @@
 #include "sim/inspect.h"
 #include "sim/progress.h"
 #include "sim/results.h"
+#include "sim/schema_doc.h"
 #include "sim/skvq_calibration_io.h"
+#include "sim/summary_table.h"
 #include "sim/sweep.h"
 #include "trace/synth.h"
 
@@ -37,6 +39,7 @@ commands:
   inspect   print a trace's metadata and per-layer statistics
   calibrate compute and save SKVQ's channel reordering (and clip search) on held-out data
   policies  list every policy with its parameters and defaults
+  schema    print the results file's tables and columns (--markdown)
   version   print the version
 )";
 
@@ -65,12 +68,6 @@ po::variables_map parse(const std::string& command, po::options_description& des
     throw ConfigError("kvsim " + command + ": " + e.what() + " (see kvsim " + command + " --help)");
   }
   return vm;
-}
-
-std::string fmt(double x, int precision = 4) {
-  std::ostringstream os;
-  os << std::setprecision(precision) << x;
-  return os.str();
 }
 
 int cmd_replay(int argc, char** argv) {
@@ -133,15 +130,9 @@ int cmd_replay(int argc, char** argv) {
   if (!quiet) {
     std::cout << "\nteacher-forced replay of " << trace_path << " (" << trace.meta().model_name
               << "), measured steps: " << options.measure.describe() << "\n\n";
-    std::cout << "| policy | bits/elem | memory vs fp16 | rel err mean | rel err p95 | cosine | "
-                 "mass kept | KL |\n|---|---|---|---|---|---|---|---|\n";
-    for (const auto& r : runs) {
-      const RunSummary s = summarize(r);
-      std::cout << "| " << r.spec << " | " << fmt(s.bits_per_element()) << " | "
-                << fmt(s.memory_ratio()) << " | " << fmt(s.rel_err_mean) << " | "
-                << fmt(s.rel_err_p95) << " | " << fmt(s.cosine_mean, 6) << " | "
-                << fmt(s.mass_retained_mean) << " | " << fmt(s.kl_mean) << " |\n";
-    }
+    TextColumn policy{"policy", {}};
+    for (const auto& r : runs) policy.cells.push_back(r.spec);
+    print_summary_table(std::cout, {policy}, runs);
     std::cout << "\nresults: " << out << "\n";
   }
   return 0;
@@ -299,6 +290,21 @@ int cmd_policies(int argc, char** argv) {
   return 0;
 }
 
+int cmd_schema(int argc, char** argv) {
+  po::options_description desc("kvsim schema options");
+  desc.add_options()("markdown",
+                     "print every table of the results file as Markdown "
+                     "(the blocks of docs/results-format.md)");
+  bool help = false;
+  auto vm = parse("schema", desc, argc, argv, nullptr, help);
+  if (help || !vm.count("markdown")) {
+    std::cout << desc;
+    return help ? 0 : 2;
+  }
+  std::cout << schema_markdown();
+  return 0;
+}
+
 int run(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
@@ -315,13 +321,15 @@ int run(int argc, char** argv) {
   if (command == "policies") return cmd_policies(sub_argc, sub_argv);
   if (command == "calibrate") return cmd_calibrate(sub_argc, sub_argv);
   if (command == "sweep") return run_sweep_command(sub_argc, sub_argv, kVersion);
+  if (command == "schema") return cmd_schema(sub_argc, sub_argv);
   if (command == "version" || command == "--version") {
     std::cout << "kvsim " << kVersion << " (CUDA kernels "
               << (gpu::cuda_compiled() ? "built" : "not built") << ")\n";
     return 0;
   }
-  throw ConfigError("unknown command '" + command +
-                    "' (valid: replay, sweep, synth, inspect, calibrate, policies, version)");
+  throw ConfigError(
+      "unknown command '" + command +
+      "' (valid: replay, sweep, synth, inspect, calibrate, policies, schema, version)");
 }
 
 }  // namespace

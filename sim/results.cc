@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
-#include <functional>
 #include <map>
+#include <stdexcept>
 
 #include "sim/base/atomic_write.h"
 #include "sim/base/errors.h"
-#include "sim/base/h5.h"
+#include "sim/table_io.h"
 
 namespace kvsim {
 
@@ -33,80 +32,216 @@ Stats compute_stats(std::vector<double>& v) {
   return s;
 }
 
+// --- /summary -------------------------------------------------------------------
+namespace {
+
+// A /summary column and how it is computed from a run (and the columns before it).
+struct SummaryRule {
+  SummaryColumn column;
+  std::function<double(const RunResult&, const RunSummary&)> value;
+};
+
+template <typename Record>
+std::vector<double> column_values(const Column<Record>& column,
+                                  const std::vector<Record>& records) {
+  std::vector<double> values;
+  values.reserve(records.size());
+  for (const Record& r : records) values.push_back(numeric_cell(column, r));
+  return values;
+}
+
+// The statistics (kMean, kMeanP95) or the sums (kSum) of one record table.
+template <typename Record>
+void add_record_rules(std::vector<SummaryRule>& rules, const std::string& table,
+                      Columns<Record> columns, std::vector<Record> RunResult::*records, bool sums) {
+  for (const Column<Record>& c : columns) {
+    const std::string name = c.name, where = "`" + table + "/" + name + "`";
+    const std::string label = c.label ? c.label : "";
+    if (sums && c.summary == Summary::kSum) {
+      rules.push_back({{name, c.unit, where + " summed over the run's rows", label, c.precision},
+                       [c, records](const RunResult& run, const RunSummary&) {
+                         double sum = 0;
+                         for (const Record& r : run.*records) sum += numeric_cell(c, r);
+                         return sum;
+                       }});
+    } else if (!sums && c.summary == Summary::kMean) {
+      rules.push_back({{name + "_mean", c.unit, "mean of " + where + " over the run's rows", label,
+                        c.precision},
+                       [c, records](const RunResult& run, const RunSummary&) {
+                         double sum = 0;
+                         for (const Record& r : run.*records) sum += numeric_cell(c, r);
+                         return sum /
+                                static_cast<double>(std::max<size_t>((run.*records).size(), 1));
+                       }});
+    } else if (!sums && c.summary == Summary::kMeanP95) {
+      // The mean of the sorted sample (compute_stats), as the percentile.
+      const std::string mean_label = label.empty() ? "" : label + " mean";
+      const std::string p95_label = label.empty() ? "" : label + " p95";
+      rules.push_back({{name + "_mean", c.unit, "mean of " + where + " over the run's rows",
+                        mean_label, c.precision},
+                       [c, records](const RunResult& run, const RunSummary&) {
+                         std::vector<double> v = column_values(c, run.*records);
+                         return compute_stats(v).mean;
+                       }});
+      rules.push_back({{name + "_p95", c.unit, "95th percentile (linear interpolation) of " + where,
+                        p95_label, c.precision},
+                       [c, records](const RunResult& run, const RunSummary&) {
+                         std::vector<double> v = column_values(c, run.*records);
+                         return compute_stats(v).p95;
+                       }});
+    }
+  }
+}
+
+double ratio(double num, double den) { return den > 0 ? num / den : 0; }
+
+std::vector<SummaryRule> build_summary_rules() {
+  std::vector<SummaryRule> rules;
+  const Columns<StepRecord> steps = kStepColumns;
+  const Columns<KvRecord> kv = kKvColumns;
+  add_record_rules(rules, "steps", steps, &RunResult::steps, false);
+  add_record_rules(rules, "kv", kv, &RunResult::kv, false);
+  add_record_rules(rules, "steps", steps, &RunResult::steps, true);
+  add_record_rules(rules, "kv", kv, &RunResult::kv, true);
+  rules.push_back(
+      {{"memory_ratio", "", "`(data_bits + meta_bits) / fp16_bits` (1.0 = fp16; lower is smaller)",
+        "memory vs fp16"},
+       [](const RunResult&, const RunSummary& s) {
+         return ratio(s["data_bits"] + s["meta_bits"], s["fp16_bits"]);
+       }});
+  rules.push_back({{"memory_ratio_ideal", "",
+                    "`ideal_bits / fp16_bits`: the payload at its ideal rate; differs from "
+                    "`memory_ratio` only for ternary (1.5-bit) codes",
+                    ""},
+                   [](const RunResult&, const RunSummary& s) {
+                     return ratio(s["ideal_bits"], s["fp16_bits"]);
+                   }});
+  rules.push_back({{"bits_per_element", "bits",
+                    "`16 * memory_ratio`: average bits per cached K or V element", "bits/elem"},
+                   [](const RunResult&, const RunSummary& s) { return 16 * s["memory_ratio"]; }});
+  rules.push_back({{"seconds", "s", "wall time of the run", ""},
+                   [](const RunResult& run, const RunSummary&) { return run.seconds; }});
+  return rules;
+}
+
+const std::vector<SummaryRule>& summary_rules() {
+  static const std::vector<SummaryRule> rules = build_summary_rules();
+  return rules;
+}
+
+// /summary's first columns.
+struct SummaryKeys {
+  int32_t run = 0;
+  std::string spec, resolved;
+};
+const Column<SummaryKeys> kSummaryKeyColumns[] = {
+    {"run", &SummaryKeys::run, "", "index of the run; its group is `/runs/NNNN` (4 digits)"},
+    {"spec", &SummaryKeys::spec, "", "the spec as the user wrote it"},
+    {"resolved", &SummaryKeys::resolved, "",
+     "the canonical spec with every parameter, defaults included"},
+};
+
+}  // namespace
+
+const std::vector<SummaryColumn>& summary_columns() {
+  static const std::vector<SummaryColumn> columns = [] {
+    std::vector<SummaryColumn> out;
+    for (const auto& rule : summary_rules()) out.push_back(rule.column);
+    return out;
+  }();
+  return columns;
+}
+
+double RunSummary::operator[](std::string_view column) const {
+  const auto& columns = summary_columns();
+  for (size_t i = 0; i < columns.size() && i < values.size(); ++i) {
+    if (columns[i].name == column) return values[i];
+  }
+  throw std::out_of_range("no /summary column '" + std::string(column) + "'");
+}
+
 RunSummary summarize(const RunResult& run) {
   RunSummary s;
-  std::vector<double> rel;
-  double cos = 0, mass = 0, kl = 0, kerr = 0, verr = 0;
-  for (const auto& r : run.steps) {
-    rel.push_back(r.rel_err);
-    cos += r.cosine;
-    mass += r.mass_retained;
-    kl += r.kl;
-  }
-  for (const auto& k : run.kv) {
-    kerr += k.key_err;
-    verr += k.value_err;
-    s.data_bits += static_cast<double>(k.data_bits);
-    s.meta_bits += static_cast<double>(k.meta_bits);
-    s.fp16_bits += static_cast<double>(k.fp16_bits);
-    s.ideal_bits += k.ideal_bits;
-  }
-  const double ns = std::max<size_t>(run.steps.size(), 1), nk = std::max<size_t>(run.kv.size(), 1);
-  const Stats st = compute_stats(rel);
-  s.rel_err_mean = st.mean;
-  s.rel_err_p95 = st.p95;
-  s.cosine_mean = cos / ns;
-  s.mass_retained_mean = mass / ns;
-  s.kl_mean = kl / ns;
-  s.key_err_mean = kerr / nk;
-  s.value_err_mean = verr / nk;
+  for (const auto& rule : summary_rules()) s.values.push_back(rule.value(run, s));
   return s;
 }
 
+// --- the other tables -------------------------------------------------------------
+const Column<SequenceRow> kSequenceColumns[4] = {
+    {"trace_index", &SequenceRow::trace_index, "",
+     "index of the trace in `/traces` (only in a sweep over several traces)"},
+    {"sequence", &SequenceRow::sequence, "", "index in the trace"},
+    {"prompt_len", &SequenceRow::prompt_len, "tokens",
+     "prefill length `P`: steps `t >= P` are decode steps (`t - P` is the decode step index)"},
+    {"num_tokens", &SequenceRow::num_tokens, "tokens", "`T`"},
+};
+
 namespace {
+
+struct CounterRow {
+  std::string name;
+  double value = 0;
+};
+const Column<CounterRow> kCounterColumns[] = {
+    {"name", &CounterRow::name, "", "counter name, e.g. `minicache.merged`"},
+    {"value", &CounterRow::value, "", "summed over every shard of the run"},
+};
+
+struct AggregateRow {
+  std::string metric, scope;
+  int32_t layer = 0, head = 0;
+  int64_t count = 0;
+  double mean = 0, p50 = 0, p95 = 0, max = 0;
+};
+const Column<AggregateRow> kAggregateColumns[] = {
+    {"metric", &AggregateRow::metric, "",
+     "the record column described: each `steps` and `kv` column with a mean in `/summary`"},
+    {"scope", &AggregateRow::scope, "", "`overall`, `layer`, `head` (per layer and head)"},
+    {"layer", &AggregateRow::layer, "", "original layer index, `-1` for `overall`"},
+    {"head", &AggregateRow::head, "",
+     "query head for `steps` metrics, KV head for `kv` metrics; `-1` unless scope is `head`"},
+    {"count", &AggregateRow::count, "", "number of samples"},
+    {"mean", &AggregateRow::mean, "", "mean of the samples"},
+    {"p50", &AggregateRow::p50, "", "median (linear interpolation)"},
+    {"p95", &AggregateRow::p95, "", "95th percentile (linear interpolation)"},
+    {"max", &AggregateRow::max, "", "largest sample"},
+};
+
+bool aggregated(Summary summary) {
+  return summary == Summary::kMean || summary == Summary::kMeanP95;
+}
+
+void add_aggregate(std::vector<AggregateRow>& rows, const char* metric, const char* scope,
+                   int layer, int head, std::vector<double>& values) {
+  const Stats s = compute_stats(values);
+  rows.push_back({metric, scope, layer, head, s.count, s.mean, s.p50, s.p95, s.max});
+}
+
+// Overall, per-layer and per-(layer, head) rows of every aggregated column of a record table.
+template <typename Record>
+void aggregate_records(std::vector<AggregateRow>& rows, Columns<Record> columns,
+                       const std::vector<Record>& records, int32_t Record::*head) {
+  for (const Column<Record>& c : columns) {
+    if (!aggregated(c.summary)) continue;
+    std::vector<double> all;
+    std::map<int, std::vector<double>> per_layer;
+    std::map<std::pair<int, int>, std::vector<double>> per_head;
+    for (const Record& r : records) {
+      const double x = numeric_cell(c, r);
+      all.push_back(x);
+      per_layer[r.layer].push_back(x);
+      per_head[{r.layer, r.*head}].push_back(x);
+    }
+    add_aggregate(rows, c.name, "overall", -1, -1, all);
+    for (auto& [l, v] : per_layer) add_aggregate(rows, c.name, "layer", l, -1, v);
+    for (auto& [lh, v] : per_head) add_aggregate(rows, c.name, "head", lh.first, lh.second, v);
+  }
+}
 
 std::string run_name(size_t i) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "%04zu", i);
   return buf;
-}
-
-struct AggregateTable {
-  std::vector<std::string> metric, scope;
-  std::vector<int32_t> layer, head;
-  std::vector<int64_t> count;
-  std::vector<double> mean, p50, p95, max;
-  void add(const std::string& m, const std::string& sc, int l, int h, std::vector<double>& vals) {
-    const Stats s = compute_stats(vals);
-    metric.push_back(m);
-    scope.push_back(sc);
-    layer.push_back(l);
-    head.push_back(h);
-    count.push_back(s.count);
-    mean.push_back(s.mean);
-    p50.push_back(s.p50);
-    p95.push_back(s.p95);
-    max.push_back(s.max);
-  }
-};
-
-// Adds overall, per-layer and per-(layer, head) rows for one metric.
-template <typename Record>
-void aggregate_metric(AggregateTable& table, const std::string& name,
-                      const std::vector<Record>& records, std::function<double(const Record&)> get,
-                      std::function<int(const Record&)> head_of) {
-  std::vector<double> all;
-  std::map<int, std::vector<double>> per_layer;
-  std::map<std::pair<int, int>, std::vector<double>> per_head;
-  for (const auto& r : records) {
-    const double x = get(r);
-    all.push_back(x);
-    per_layer[r.layer].push_back(x);
-    per_head[{r.layer, head_of(r)}].push_back(x);
-  }
-  table.add(name, "overall", -1, -1, all);
-  for (auto& [l, v] : per_layer) table.add(name, "layer", l, -1, v);
-  for (auto& [lh, v] : per_head) table.add(name, "head", lh.first, lh.second, v);
 }
 
 void write_run(hid_t parent, size_t index, const RunResult& run) {
@@ -116,97 +251,36 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
   h5::write_attr(group.get(), "stages", run.stages);
   h5::write_attr(group.get(), "seed", static_cast<int64_t>(run.seed));
   {
+    std::vector<CounterRow> rows;
+    for (const auto& [name, value] : run.counters) rows.push_back({name, value});
     h5::Handle counters = h5::create_group(group.get(), "counters");
-    std::vector<std::string> names;
-    std::vector<double> values;
-    for (const auto& [k, v] : run.counters) names.push_back(k), values.push_back(v);
-    h5::write_vector(counters.get(), "name", names);
-    h5::write_vector(counters.get(), "value", values);
+    write_columns<CounterRow>(counters.get(), rows, kCounterColumns);
   }
-
   {
     h5::Handle steps = h5::create_group(group.get(), "steps");
-    const size_t n = run.steps.size();
-    std::vector<int32_t> seq(n), layer(n), qh(n), kvh(n), step(n);
-    std::vector<float> rel(n), cos(n), mass(n), kl(n);
-    for (size_t i = 0; i < n; ++i) {
-      const auto& r = run.steps[i];
-      seq[i] = r.sequence, layer[i] = r.layer, qh[i] = r.q_head, kvh[i] = r.kv_head;
-      step[i] = r.step, rel[i] = r.rel_err, cos[i] = r.cosine, mass[i] = r.mass_retained;
-      kl[i] = r.kl;
-    }
-    const hid_t g = steps.get();
-    h5::write_vector(g, "sequence", seq);
-    h5::write_vector(g, "layer", layer);
-    h5::write_vector(g, "q_head", qh);
-    h5::write_vector(g, "kv_head", kvh);
-    h5::write_vector(g, "step", step);
-    h5::write_vector(g, "rel_err", rel);
-    h5::write_vector(g, "cosine", cos);
-    h5::write_vector(g, "mass_retained", mass);
-    h5::write_vector(g, "kl", kl);
+    write_columns<StepRecord>(steps.get(), run.steps, kStepColumns);
   }
   {
-    h5::Handle kvg = h5::create_group(group.get(), "kv");
-    const size_t n = run.kv.size();
-    std::vector<int32_t> seq(n), layer(n), kvh(n), step(n), kept(n);
-    std::vector<int64_t> data(n), meta(n), fp16(n);
-    std::vector<double> ideal(n);
-    std::vector<float> kerr(n), verr(n);
-    for (size_t i = 0; i < n; ++i) {
-      const auto& r = run.kv[i];
-      seq[i] = r.sequence, layer[i] = r.layer, kvh[i] = r.kv_head, step[i] = r.step;
-      kept[i] = r.kept_tokens, data[i] = r.data_bits, meta[i] = r.meta_bits;
-      fp16[i] = r.fp16_bits, kerr[i] = r.key_err, verr[i] = r.value_err;
-      ideal[i] = r.ideal_bits;
-    }
-    const hid_t g = kvg.get();
-    h5::write_vector(g, "sequence", seq);
-    h5::write_vector(g, "layer", layer);
-    h5::write_vector(g, "kv_head", kvh);
-    h5::write_vector(g, "step", step);
-    h5::write_vector(g, "kept_tokens", kept);
-    h5::write_vector(g, "data_bits", data);
-    h5::write_vector(g, "meta_bits", meta);
-    h5::write_vector(g, "fp16_bits", fp16);
-    h5::write_vector(g, "ideal_bits", ideal);
-    h5::write_vector(g, "key_err", kerr);
-    h5::write_vector(g, "value_err", verr);
+    h5::Handle kv = h5::create_group(group.get(), "kv");
+    write_columns<KvRecord>(kv.get(), run.kv, kKvColumns);
   }
   {
-    AggregateTable t;
-    auto q_head = [](const StepRecord& r) { return static_cast<int>(r.q_head); };
-    auto kv_head = [](const KvRecord& r) { return static_cast<int>(r.kv_head); };
-    aggregate_metric<StepRecord>(
-        t, "rel_err", run.steps, [](auto& r) { return r.rel_err; }, q_head);
-    aggregate_metric<StepRecord>(
-        t, "cosine", run.steps, [](auto& r) { return r.cosine; }, q_head);
-    aggregate_metric<StepRecord>(
-        t, "mass_retained", run.steps, [](auto& r) { return r.mass_retained; }, q_head);
-    aggregate_metric<StepRecord>(
-        t, "kl", run.steps, [](auto& r) { return r.kl; }, q_head);
-    aggregate_metric<KvRecord>(
-        t, "key_err", run.kv, [](auto& r) { return r.key_err; }, kv_head);
-    aggregate_metric<KvRecord>(
-        t, "value_err", run.kv, [](auto& r) { return r.value_err; }, kv_head);
-    h5::Handle agg = h5::create_group(group.get(), "aggregates");
-    const hid_t g = agg.get();
-    h5::write_vector(g, "metric", t.metric);
-    h5::write_vector(g, "scope", t.scope);
-    h5::write_vector(g, "layer", t.layer);
-    h5::write_vector(g, "head", t.head);
-    h5::write_vector(g, "count", t.count);
-    h5::write_vector(g, "mean", t.mean);
-    h5::write_vector(g, "p50", t.p50);
-    h5::write_vector(g, "p95", t.p95);
-    h5::write_vector(g, "max", t.max);
+    std::vector<AggregateRow> rows;
+    aggregate_records<StepRecord>(rows, kStepColumns, run.steps, &StepRecord::q_head);
+    aggregate_records<KvRecord>(rows, kKvColumns, run.kv, &KvRecord::kv_head);
+    h5::Handle aggregates = h5::create_group(group.get(), "aggregates");
+    write_columns<AggregateRow>(aggregates.get(), rows, kAggregateColumns);
   }
+}
+
+ColumnDoc summary_column_doc(const SummaryColumn& c) {
+  return {c.name, ColumnType::kFloat64, c.unit, c.doc};
 }
 
 }  // namespace
 
 void write_results(const std::string& path, const TraceMeta& meta, const ResultsContext& context,
-                   const std::vector<RunResult>& runs) {
+                   const std::vector<RunResult>& runs, const ResultsExtension& extend) {
   atomic_write(path, [&](const std::string& tmp) {
     h5::Handle file = h5::create_file(tmp);
     const hid_t root = file.get();
@@ -220,49 +294,64 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     h5::write_attr(root, "measured_steps", context.measured_steps);
 
     if (!context.sequences.empty()) {
-      h5::Handle seqs = h5::create_group(root, "sequences");
-      std::vector<int32_t> index, prompt, tokens;
+      std::vector<SequenceRow> rows;
       for (size_t i = 0; i < context.sequences.size(); ++i) {
-        index.push_back(static_cast<int32_t>(i));
-        prompt.push_back(static_cast<int32_t>(context.sequences[i].prompt_len));
-        tokens.push_back(static_cast<int32_t>(context.sequences[i].num_tokens));
+        const SequenceInfo& info = context.sequences[i];
+        rows.push_back({0, static_cast<int32_t>(i), static_cast<int32_t>(info.prompt_len),
+                        static_cast<int32_t>(info.num_tokens)});
       }
-      h5::write_vector(seqs.get(), "sequence", index);
-      h5::write_vector(seqs.get(), "prompt_len", prompt);
-      h5::write_vector(seqs.get(), "num_tokens", tokens);
+      h5::Handle seqs = h5::create_group(root, "sequences");
+      write_columns(seqs.get(), rows, Columns<SequenceRow>(kSequenceColumns).subspan(1));
     }
     h5::Handle runs_group = h5::create_group(root, "runs");
-    std::vector<int32_t> index;
-    std::vector<std::string> spec, resolved;
-    std::map<std::string, std::vector<double>> columns;
+    std::vector<SummaryKeys> keys;
+    std::vector<std::vector<double>> columns(summary_columns().size());
     for (size_t i = 0; i < runs.size(); ++i) {
       write_run(runs_group.get(), i, runs[i]);
+      keys.push_back({static_cast<int32_t>(i), runs[i].spec, runs[i].resolved});
       const RunSummary s = summarize(runs[i]);
-      index.push_back(static_cast<int32_t>(i));
-      spec.push_back(runs[i].spec);
-      resolved.push_back(runs[i].resolved);
-      columns["rel_err_mean"].push_back(s.rel_err_mean);
-      columns["rel_err_p95"].push_back(s.rel_err_p95);
-      columns["cosine_mean"].push_back(s.cosine_mean);
-      columns["mass_retained_mean"].push_back(s.mass_retained_mean);
-      columns["kl_mean"].push_back(s.kl_mean);
-      columns["key_err_mean"].push_back(s.key_err_mean);
-      columns["value_err_mean"].push_back(s.value_err_mean);
-      columns["data_bits"].push_back(s.data_bits);
-      columns["meta_bits"].push_back(s.meta_bits);
-      columns["fp16_bits"].push_back(s.fp16_bits);
-      columns["memory_ratio"].push_back(s.memory_ratio());
-      columns["memory_ratio_ideal"].push_back(s.memory_ratio_ideal());
-      columns["bits_per_element"].push_back(s.bits_per_element());
-      columns["seconds"].push_back(runs[i].seconds);
+      for (size_t c = 0; c < columns.size(); ++c) columns[c].push_back(s.values[c]);
     }
     h5::Handle summary = h5::create_group(root, "summary");
-    h5::write_vector(summary.get(), "run", index);
-    h5::write_vector(summary.get(), "spec", spec);
-    h5::write_vector(summary.get(), "resolved", resolved);
-    for (const auto& [name, values] : columns) h5::write_vector(summary.get(), name, values);
+    write_columns<SummaryKeys>(summary.get(), keys, kSummaryKeyColumns);
+    std::vector<std::string> names;
+    for (size_t c = 0; c < columns.size(); ++c) {
+      const SummaryColumn& column = summary_columns()[c];
+      write_column(summary.get(), summary_column_doc(column), columns[c]);
+      if (!column.label.empty()) {  // the header tables show (CLI, kvsim_tables.py)
+        h5::Handle dataset = h5::open_dataset(summary.get(), column.name, "results");
+        h5::write_attr(dataset.get(), "label", column.label);
+      }
+      names.push_back(column.name);
+    }
+    append_column_names(summary.get(), names);
+    if (extend) extend(root);
     h5::check(H5Fflush(root, H5F_SCOPE_GLOBAL), "cannot flush '" + tmp + "'");
   });
+}
+
+std::vector<TableDoc> results_tables() {
+  std::vector<TableDoc> tables;
+  tables.push_back({"sequences", "/sequences", "one row per sequence of the trace",
+                    column_docs<SequenceRow>(Columns<SequenceRow>(kSequenceColumns).subspan(1))});
+  TableDoc summary{"summary", "/summary", "one row per policy run",
+                   column_docs<SummaryKeys>(kSummaryKeyColumns)};
+  for (const auto& c : summary_columns()) summary.columns.push_back(summary_column_doc(c));
+  tables.push_back(summary);
+  tables.push_back({"steps", "/runs/NNNN/steps",
+                    "fidelity, one row per (sequence, layer, query head, measured step)",
+                    column_docs<StepRecord>(kStepColumns)});
+  tables.push_back({"kv", "/runs/NNNN/kv",
+                    "memory and reconstruction, one row per (sequence, layer, kv head, measured "
+                    "step)",
+                    column_docs<KvRecord>(kKvColumns)});
+  tables.push_back({"counters", "/runs/NNNN/counters",
+                    "policy-specific counters, one row per counter",
+                    column_docs<CounterRow>(kCounterColumns)});
+  tables.push_back({"aggregates", "/runs/NNNN/aggregates",
+                    "statistics, one row per (metric, scope, layer, head)",
+                    column_docs<AggregateRow>(kAggregateColumns)});
+  return tables;
 }
 
 }  // namespace kvsim

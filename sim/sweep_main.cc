@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "sim/results.h"
+#include "sim/summary_table.h"
 #include "sim/sweep.h"
 #include "sim/sweep_mpi.h"
 #include "sim/sweep_options.h"
@@ -121,18 +122,15 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
     if (opt.quiet) return;
     std::ostream& os = std::cout;
     const bool many = sweep.traces.size() > 1;
-    os << "\n| run |" << (many ? " trace |" : "")
-       << " policy | bits/elem | memory vs fp16 | rel err mean | rel err p95 | cosine | mass kept "
-          "| KL |\n|---|"
-       << (many ? "---|" : "") << "---|---|---|---|---|---|---|---|\n";
+    TextColumn run_column{"run", {}}, trace{"trace", {}}, policy{"policy", {}};
     for (size_t i = 0; i < runs.size(); ++i) {
-      const RunSummary s = summarize(runs[i]);
-      os << "| " << i << " | " << (many ? sweep.trace_paths[i / sweep.specs.size()] + " | " : "")
-         << runs[i].spec << " | " << fmt(s.bits_per_element()) << " | " << fmt(s.memory_ratio())
-         << " | " << fmt(s.rel_err_mean) << " | " << fmt(s.rel_err_p95) << " | "
-         << fmt(s.cosine_mean, 6) << " | " << fmt(s.mass_retained_mean) << " | " << fmt(s.kl_mean)
-         << " |\n";
+      run_column.cells.push_back(std::to_string(i));
+      trace.cells.push_back(sweep.trace_paths[i / sweep.specs.size()]);
+      policy.cells.push_back(runs[i].spec);
     }
+    os << "\n";
+    print_summary_table(
+        os, many ? std::vector{run_column, trace, policy} : std::vector{run_column, policy}, runs);
     double io = 0, validate = 0, exact = 0, unit_s = 0, ckpt = 0, fsync = 0, work = 0;
     for (const auto& s : all_stats) {
       io += s.io_seconds, validate += s.validate_seconds, exact += s.exact_seconds;

@@ -19,18 +19,7 @@ using testing::mean_key_err;
 using testing::mean_rel_err;
 using testing::TempDir;
 
-TraceMeta hand_meta(int d) {
-  TraceMeta m;
-  m.model_name = "hand";
-  m.num_model_layers = 1;
-  m.layer_ids = {0};
-  m.sliding_window = {0};
-  m.num_q_heads = 1;
-  m.num_kv_heads = 1;
-  m.head_dim = d;
-  m.attn_scale = 0.5;
-  return m;
-}
+using testing::hand_meta;
 
 // Keys and values of 1 KV head, rows [T, d].
 LayerData hand_layer(const std::vector<std::vector<float>>& k,

@@ -164,19 +164,7 @@ TEST(SkvqKmeans, GroupSizesFollowTheClusters) {
 
 // ---------------------------------------------------------------------------
 // The [sink | quantized | window] layout on a hand-made head.
-
-TraceMeta hand_meta(int d) {
-  TraceMeta m;
-  m.model_name = "hand";
-  m.num_model_layers = 1;
-  m.layer_ids = {0};
-  m.sliding_window = {0};
-  m.num_q_heads = 1;
-  m.num_kv_heads = 1;
-  m.head_dim = d;
-  m.attn_scale = 0.5;
-  return m;
-}
+using testing::hand_meta;
 
 LayerData ramp_layer(int tokens, int d) {
   LayerData l;

@@ -11,6 +11,7 @@
 #include <random>
 #include <tuple>
 
+#include "record_testing.h"
 #include "sim/base/errors.h"
 #include "sim/base/h5.h"
 #include "sim/calibration.h"
@@ -22,6 +23,7 @@
 namespace kvsim {
 namespace {
 
+using testing::expect_same_records;
 using testing::TempDir;
 
 std::vector<std::string> specs_of(const std::vector<SweepConfig>& configs) {
@@ -227,28 +229,6 @@ TEST(Sweep, IdentityChangesWithTheSweep) {
             resolve_sweep(fx.file("  - 'uniform:bits=4'\n"), {}).hash);
 }
 
-void expect_same_records(const RunResult& a, const RunResult& b) {
-  ASSERT_EQ(a.steps.size(), b.steps.size());
-  ASSERT_EQ(a.kv.size(), b.kv.size());
-  for (size_t i = 0; i < a.steps.size(); ++i) {
-    const auto &x = a.steps[i], &y = b.steps[i];
-    ASSERT_EQ(std::tie(x.sequence, x.layer, x.q_head, x.kv_head, x.step),
-              std::tie(y.sequence, y.layer, y.q_head, y.kv_head, y.step));
-    ASSERT_EQ(0, std::memcmp(&x.rel_err, &y.rel_err, 4 * sizeof(float))) << "step record " << i;
-  }
-  for (size_t i = 0; i < a.kv.size(); ++i) {
-    const auto &x = a.kv[i], &y = b.kv[i];
-    ASSERT_EQ(std::tie(x.sequence, x.layer, x.kv_head, x.step, x.kept_tokens, x.data_bits,
-                       x.meta_bits, x.fp16_bits),
-              std::tie(y.sequence, y.layer, y.kv_head, y.step, y.kept_tokens, y.data_bits,
-                       y.meta_bits, y.fp16_bits));
-    ASSERT_EQ(0, std::memcmp(&x.ideal_bits, &y.ideal_bits, sizeof(double)));
-    ASSERT_EQ(0, std::memcmp(&x.key_err, &y.key_err, sizeof(float)));
-    ASSERT_EQ(0, std::memcmp(&x.value_err, &y.value_err, sizeof(float)));
-  }
-  EXPECT_EQ(a.counters, b.counters);
-}
-
 // Units computed in any order (as ranks would) and assembled in canonical
 // order give exactly what `kvsim replay` computes for each trace.
 TEST(Sweep, UnitsAssembleToTheReplayResults) {
@@ -322,8 +302,8 @@ RunResult sample_part(int salt) {
   RunResult r;
   r.seconds = 0.25 * salt;
   for (int i = 0; i < 3 + salt; ++i) {
-    r.steps.push_back({1, 2, i, i / 2, 100 + i, 0.1f * i, 0.9f, 0.8f, 1e-7f * salt});
-    r.kv.push_back({1, 2, i, 100 + i, 50, int64_t{1} << 40, 77, 999, 1234.5, 0.01f, 0.02f});
+    r.steps.push_back(testing::sample_record<StepRecord>(kStepColumns, salt, i));
+    r.kv.push_back(testing::sample_record<KvRecord>(kKvColumns, salt, i));
   }
   r.counters["minicache.merged"] = 3.0 * salt;
   return r;

@@ -29,6 +29,20 @@ class TempDir {
 
 inline SynthConfig tiny_config() { return synth_preset("tiny"); }
 
+// Metadata of a hand-made trace: one layer, one query head, one KV head.
+inline TraceMeta hand_meta(int head_dim, double attn_scale = 0.5) {
+  TraceMeta m;
+  m.model_name = "hand";
+  m.num_model_layers = 1;
+  m.layer_ids = {0};
+  m.sliding_window = {0};
+  m.num_q_heads = 1;
+  m.num_kv_heads = 1;
+  m.head_dim = head_dim;
+  m.attn_scale = attn_scale;
+  return m;
+}
+
 // Replays `specs` over a synthetic trace written to `dir`.
 inline std::vector<RunResult> replay_synth(const SynthConfig& config,
                                            const std::vector<std::string>& specs,

@@ -1,6 +1,7 @@
 #include "sim/base/h5.h"
 
 #include <cstring>
+#include <type_traits>
 
 namespace kvsim::h5 {
 
@@ -155,6 +156,40 @@ void write_attr(hid_t obj, const std::string& name, double value) {
 
 bool has_attr(hid_t obj, const std::string& name) { return H5Aexists(obj, name.c_str()) > 0; }
 
+void write_attr(hid_t obj, const std::string& name, const std::vector<std::string>& values) {
+  if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
+  std::vector<const char*> ptrs;
+  for (const auto& v : values) ptrs.push_back(v.c_str());
+  Handle type = utf8_string_type();
+  const hsize_t n = values.size();
+  Handle space = checked(H5Screate_simple(1, &n, nullptr), "H5Screate_simple");
+  Handle attr =
+      checked(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT),
+              "cannot create attribute '" + name + "'");
+  check(H5Awrite(attr.get(), type.get(), ptrs.data()), "cannot write attribute '" + name + "'");
+}
+
+std::vector<std::string> read_attr_strings(hid_t obj, const std::string& name,
+                                           const std::string& context) {
+  Handle attr = open_attr(obj, name, context);
+  Handle space = checked<FormatError>(H5Aget_space(attr.get()), "H5Aget_space");
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  Handle file_type = checked<FormatError>(H5Aget_type(attr.get()), "H5Aget_type");
+  if (n < 0 || H5Tget_class(file_type.get()) != H5T_STRING ||
+      H5Tis_variable_str(file_type.get()) <= 0) {
+    throw FormatError(context + ": attribute '" + name + "' must be variable-length strings");
+  }
+  Handle type = utf8_string_type();
+  std::vector<char*> ptrs(static_cast<size_t>(n), nullptr);
+  check(H5Aread(attr.get(), type.get(), ptrs.data()), context + ": cannot read " + name);
+  std::vector<std::string> out;
+  for (char* p : ptrs) {
+    out.emplace_back(p ? p : "");
+    H5free_memory(p);
+  }
+  return out;
+}
+
 std::string read_attr_string(hid_t obj, const std::string& name, const std::string& context) {
   Handle attr = open_attr(obj, name, context);
   Handle file_type = checked<FormatError>(H5Aget_type(attr.get()), "H5Aget_type");
@@ -236,18 +271,57 @@ void write_vector(hid_t location, const std::string& name, const std::vector<std
   }
 }
 
-std::vector<int32_t> read_int32_vector(hid_t location, const std::string& name,
-                                       const std::string& context) {
+namespace {
+
+// Opens a 1-D dataset; returns it and its length.
+Handle open_vector(hid_t location, const std::string& name, const std::string& context,
+                   hsize_t& length) {
   Handle dset = open_dataset(location, name, context);
   const auto dims = dataset_shape(dset.get());
   if (dims.size() != 1) throw FormatError(context + ": '" + name + "' must be 1-D");
-  std::vector<int32_t> out(dims[0]);
-  if (!out.empty()) {
-    if (H5Dread(dset.get(), H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0) {
+  length = dims[0];
+  return dset;
+}
+
+template <typename T>
+hid_t native_type() {
+  if constexpr (std::is_same_v<T, int32_t>) return H5T_NATIVE_INT32;
+  if constexpr (std::is_same_v<T, int64_t>) return H5T_NATIVE_INT64;
+  if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
+  if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<T> read_vector(hid_t location, const std::string& name, const std::string& context) {
+  hsize_t n = 0;
+  Handle dset = open_vector(location, name, context, n);
+  if constexpr (std::is_same_v<T, std::string>) {
+    Handle type = utf8_string_type();
+    std::vector<char*> ptrs(n, nullptr);
+    if (n > 0 && H5Dread(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) {
+      throw FormatError(context + ": cannot read strings '" + name + "'");
+    }
+    std::vector<std::string> out;
+    for (char* p : ptrs) {
+      out.emplace_back(p ? p : "");
+      H5free_memory(p);
+    }
+    return out;
+  } else {
+    std::vector<T> out(n);
+    if (n > 0 &&
+        H5Dread(dset.get(), native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0) {
       throw FormatError(context + ": cannot read '" + name + "' (truncated or corrupt file)");
     }
+    return out;
   }
-  return out;
 }
+template std::vector<int32_t> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<int64_t> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<float> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<double> read_vector(hid_t, const std::string&, const std::string&);
+template std::vector<std::string> read_vector(hid_t, const std::string&, const std::string&);
 
 }  // namespace kvsim::h5

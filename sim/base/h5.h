@@ -61,6 +61,11 @@ std::string read_attr_string(hid_t obj, const std::string& name, const std::stri
 int64_t read_attr_int(hid_t obj, const std::string& name, const std::string& context);
 double read_attr_double(hid_t obj, const std::string& name, const std::string& context);
 bool has_attr(hid_t obj, const std::string& name);
+// 1-D array of variable-length UTF-8 strings (replaces an attribute of that name).
+void write_attr(hid_t obj, const std::string& name, const std::vector<std::string>& values);
+// A string attribute, scalar or 1-D, as a list.
+std::vector<std::string> read_attr_strings(hid_t obj, const std::string& name,
+                                           const std::string& context);
 
 // --- datasets ---------------------------------------------------------------
 std::vector<hsize_t> dataset_shape(hid_t dataset);
@@ -71,7 +76,13 @@ void write_vector(hid_t location, const std::string& name, const std::vector<int
 void write_vector(hid_t location, const std::string& name, const std::vector<float>& values);
 void write_vector(hid_t location, const std::string& name, const std::vector<double>& values);
 void write_vector(hid_t location, const std::string& name, const std::vector<std::string>& values);
-std::vector<int32_t> read_int32_vector(hid_t location, const std::string& name,
-                                       const std::string& context);
+// A 1-D dataset converted to T: int32_t, int64_t, float, double or std::string.
+// Throws FormatError when it is missing, not 1-D or unreadable.
+template <typename T>
+std::vector<T> read_vector(hid_t location, const std::string& name, const std::string& context);
+inline std::vector<int32_t> read_int32_vector(hid_t location, const std::string& name,
+                                              const std::string& context) {
+  return read_vector<int32_t>(location, name, context);
+}
 
 }  // namespace kvsim::h5

@@ -5,7 +5,11 @@ Every group, dataset and attribute must be equal -- same dtype, same bytes -- ex
 what records how a run went rather than what it computed: the wall-time column
 /summary/seconds and the /sweep group (ranks, threads, per-unit seconds, units
 taken from a checkpoint). With --subset only the objects of A are checked, so a
-`kvsim replay` file can be compared with a sweep file that has more columns.
+`kvsim replay` file can be compared with a sweep file that has more columns, or an
+older file with one that has a new metric: in a table keyed by a `metric` column
+(/runs/NNNN/aggregates) B may hold rows of metrics A lacks; B's rows of A's metrics
+must then equal A's rows, in order, to the byte; a table's attribute `columns` (its
+column names) in B may go on after A's names.
 
     python3 compare_results.py A.h5 B.h5 [--subset]     exit 0: identical
     python3 compare_results.py --sweep-info A.h5        /sweep attributes as shell variables
@@ -32,6 +36,12 @@ def same_value(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
+def extends(a, b):
+    """Whether the list b starts with the list a (attribute `columns` under --subset)."""
+    a, b = np.asarray(a).reshape(-1).tolist(), np.asarray(b).reshape(-1).tolist()
+    return b[:len(a)] == a
+
+
 def compare(path_a, path_b, subset):
     problems = []
     with h5py.File(path_a, "r") as fa, h5py.File(path_b, "r") as fb:
@@ -42,11 +52,22 @@ def compare(path_a, path_b, subset):
             for key in sorted(keys_a):
                 if key not in ob.attrs:
                     problems.append(f"{name}: attribute {key} missing in B")
+                elif subset and key == "columns" and extends(oa.attrs[key], ob.attrs[key]):
+                    continue
                 elif not same_value(oa.attrs[key], ob.attrs[key]):
                     problems.append(f"{name}: attribute {key}: {oa.attrs[key]!r} != {ob.attrs[key]!r}")
 
+        def rows_of_a(ga, gb):
+            """B's row selection compared with A's rows: all of them, or under --subset
+            in a table keyed by `metric`, those whose metric A has."""
+            if not (subset and "metric" in ga and "metric" in gb):
+                return slice(None)
+            metrics_a = set(ga["metric"].asstr()[()])
+            return np.array([m in metrics_a for m in gb["metric"].asstr()[()]], dtype=bool)
+
         def walk(name, oa, ob):
             check_attrs(name or "/", oa, ob)
+            rows = rows_of_a(oa, ob)
             names_a = {k for k in oa if not excluded(f"{name}/{k}")}
             names_b = {k for k in ob if not excluded(f"{name}/{k}")}
             if not subset and names_a != names_b:
@@ -63,7 +84,7 @@ def compare(path_a, path_b, subset):
                     walk(child, ca, cb)
                 else:
                     check_attrs(child, ca, cb)
-                    if not same_value(ca[()], cb[()]):
+                    if not same_value(ca[()], cb[()][rows] if cb.ndim == 1 else cb[()]):
                         problems.append(f"{child}: values differ")
 
         walk("", fa, fb)
