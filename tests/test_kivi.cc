@@ -83,7 +83,7 @@ TEST(Kivi, HandWorkedCodesResidualAndBits) {
   HeadCache cache;
   cache.head_dim = 4;
   const std::vector<int32_t> prompt = {0, 1, 2, 3, 4, 5};
-  store->insert(0, 0, cache, prompt, layer);
+  store->insert(0, 0, cache, prompt, layer, /*prefill=*/true);
   ASSERT_EQ(cache.size(), 6u);
   const std::vector<std::vector<float>> want_k = {{0, 1, -2, 0}, {0, 1, 0, 0}, {2, 1, 2, 2},
                                                   {3, 1, 4, 6},  {7, 7, 7, 7}, {8, 8, 8, 8}};
@@ -99,7 +99,7 @@ TEST(Kivi, HandWorkedCodesResidualAndBits) {
 
   // Decode t6, t7: the key residual grows to 3, then 4 (no flush before attention);
   // the value FIFO stays at 4 (t2, then t3 quantized).
-  for (int32_t t : {6, 7}) store->insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  for (int32_t t : {6, 7}) store->insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_EQ(row(cache.keys, 7, 4), k[7]);  // residual keys are exact
   EXPECT_EQ(row(cache.keys, 4, 4), k[4]);
   // v2 = [1,1,1,2]: min 1, scale fp16(1/3) = 0.333251953125, 2 -> code 3 -> 1.999755859375
@@ -112,7 +112,7 @@ TEST(Kivi, HandWorkedCodesResidualAndBits) {
   // t8: the full residual (t4..t7) is quantized as one group before t8 joins it.
   //   ch0 [7, 8, 9, 1]: min 1, scale fp16(8/3) = 2.666015625; 7 -> 2.2505 -> 2 -> 6.33203125
   int32_t t8 = 8;
-  store->insert(0, 0, cache, std::span<const int32_t>(&t8, 1), layer);
+  store->insert(0, 0, cache, std::span<const int32_t>(&t8, 1), layer, false);
   const float s = 2.666015625f;
   EXPECT_EQ(cache.keys[4 * 4 + 0], 1 + 2 * s);
   EXPECT_EQ(cache.keys[7 * 4 + 0], 1.f);

@@ -55,7 +55,7 @@ TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
   pipe.store->observe_prefill(0, 0, positions, attention);
   HeadCache cache;
   cache.head_dim = 4;
-  pipe.store->insert(0, 0, cache, positions, hc.layer);
+  pipe.store->insert(0, 0, cache, positions, hc.layer, /*prefill=*/true);
   ASSERT_EQ(cache.size(), 10u);  // nothing evicted
   for (int t = 0; t < 10; ++t) {
     const bool high = t == 3 || t == 5 || t == 8 || t == 9;
@@ -89,8 +89,8 @@ TEST(MiKV, BalancerScalesAreSqrtOfQueryOverKeyRange) {
   for (int i = 0; i < 10; ++i) positions[i] = i;
   HeadCache a, b;
   a.head_dim = b.head_dim = 4;
-  with.store->insert(0, 0, a, positions, hc.layer);
-  without.store->insert(0, 0, b, positions, hc.layer);
+  with.store->insert(0, 0, a, positions, hc.layer, /*prefill=*/true);
+  without.store->insert(0, 0, b, positions, hc.layer, /*prefill=*/true);
   // q.k error of the low-precision tokens is smaller with the balancer.
   double err_with = 0, err_without = 0;
   for (int t = 0; t < 9; ++t) {

@@ -53,8 +53,8 @@ TEST(MiniCache, HandWorkedSlerpMergeAndMemory) {
   HeadCache a, b;
   a.head_dim = b.head_dim = 4;
   const int32_t pos[] = {0};
-  pipe.store->insert(0, 0, a, pos, la);
-  pipe.store->insert(1, 0, b, pos, lb);
+  pipe.store->insert(0, 0, a, pos, la, /*prefill=*/true);
+  pipe.store->insert(1, 0, b, pos, lb, /*prefill=*/true);
   const float e0 = round_to_half(std::sin(0.4f * 3.14159265f / 2));
   const float e1 = round_to_half(std::sin(0.6f * 3.14159265f / 2));
   ASSERT_EQ(a.size(), 1u);

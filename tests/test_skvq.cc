@@ -208,7 +208,7 @@ TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
   HeadCache cache;
   cache.head_dim = d;
   const std::vector<int32_t> prompt = {0, 1, 2, 3, 4, 5, 6, 7};
-  store.insert(0, 0, cache, prompt, layer);
+  store.insert(0, 0, cache, prompt, layer, /*prefill=*/true);
   auto is_raw = [&](int32_t pos) {
     const int64_t r = cache.find(pos);
     return std::equal(cache.key_row(r), cache.key_row(r) + d, layer.key(0, pos)) &&
@@ -231,7 +231,7 @@ TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
   EXPECT_LT(store.memory(0, 0).ideal_data, 0);  // = data (no ternary)
 
   int32_t t = 8;  // the oldest window token (5) is quantized: [0 1 | 2..5 | 6 7 8]
-  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_TRUE(is_quantized(5));
   EXPECT_TRUE(is_raw(8));
   EXPECT_EQ(store.memory(0, 0).data, 5 * 128 + 4 * 16);
@@ -244,15 +244,15 @@ TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
   EXPECT_EQ(store.memory(0, 0).data, 3 * 128 + 3 * 16);
   EXPECT_EQ(store.memory(0, 0).meta, 3 * 2 * 32);
   t = 9;  // the window refills before it quantizes: [1 | 2 4 5 | 6 8 9]
-  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_TRUE(is_raw(6));
   EXPECT_EQ(store.memory(0, 0).data, 4 * 128 + 3 * 16);
   t = 10;  // [1 | 2 4 5 6 | 8 9 10]
-  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_TRUE(is_quantized(6));
   EXPECT_EQ(store.memory(0, 0).data, 4 * 128 + 4 * 16);
   EXPECT_EQ(store.memory(0, 0).meta, 4 * 2 * 32);
-  store.insert(0, 0, cache, {}, layer);  // a new token evicted on arrival: nothing changes
+  store.insert(0, 0, cache, {}, layer, false);  // a new token evicted on arrival: nothing changes
   EXPECT_EQ(store.memory(0, 0).data, 4 * 128 + 4 * 16);
 }
 
@@ -270,8 +270,8 @@ TEST(SkvqLayout, ShortPromptFillsTheSinksFirst) {
   HeadCache cache;
   cache.head_dim = d;
   const std::vector<int32_t> prompt = {0, 1, 2};
-  pipe.store->insert(0, 0, cache, prompt, layer);
-  for (int32_t t = 3; t < 9; ++t) pipe.store->insert(0, 0, cache, std::span(&t, 1), layer);
+  pipe.store->insert(0, 0, cache, prompt, layer, /*prefill=*/true);
+  for (int32_t t = 3; t < 9; ++t) pipe.store->insert(0, 0, cache, std::span(&t, 1), layer, false);
   // [0..4 | 5 6 | 7 8]: two quantized tokens; K 4 bits, V ternary (2 bits packed, log2 3 ideal).
   const MemoryBits m = pipe.store->memory(0, 0);
   EXPECT_EQ(m.data, 7 * 128 + 2 * d * (4 + 2));
