@@ -17,53 +17,9 @@
 namespace kvsim {
 namespace {
 
+using testing::HandShard;
 using testing::TempDir;
 using Positions = std::vector<int32_t>;
-
-// One hand-made layer (original id `layer_id`) of one sequence, and the shard
-// context a stage is built from. Keys/queries are zero until a test sets them.
-struct HandShard {
-  TraceMeta meta;
-  LayerData layer;
-  ShardContext ctx;
-
-  HandShard(int q_heads, int kv_heads, int d, int tokens, int prompt, int layer_id = 5,
-            uint64_t seed = 1) {
-    meta.model_name = "hand";
-    meta.num_model_layers = layer_id + 1;
-    meta.layer_ids = {layer_id};
-    meta.sliding_window = {0};
-    meta.num_q_heads = q_heads;
-    meta.num_kv_heads = kv_heads;
-    meta.head_dim = d;
-    meta.attn_scale = 1.0;
-    layer.slot = 0;
-    layer.num_tokens = tokens;
-    layer.head_dim = d;
-    layer.q.assign(static_cast<size_t>(q_heads) * tokens * d, 0.f);
-    layer.k.assign(static_cast<size_t>(kv_heads) * tokens * d, 0.f);
-    layer.v.assign(static_cast<size_t>(kv_heads) * tokens * d, 0.f);
-    ctx.meta = &meta;
-    ctx.slots = {0};
-    ctx.layers = {&layer};
-    ctx.prompt_len = prompt;
-    ctx.num_tokens = tokens;
-    ctx.seed = seed;
-  }
-  HandShard(const HandShard&) = delete;
-  HandShard& operator=(const HandShard&) = delete;
-
-  void set_key(int kv_head, int t, std::vector<float> x) {
-    std::copy(
-        x.begin(), x.end(),
-        layer.k.begin() + (static_cast<size_t>(kv_head) * layer.num_tokens + t) * layer.head_dim);
-  }
-  void set_query(int q_head, int t, std::vector<float> x) {
-    std::copy(
-        x.begin(), x.end(),
-        layer.q.begin() + (static_cast<size_t>(q_head) * layer.num_tokens + t) * layer.head_dim);
-  }
-};
 
 // The single evict stage of `spec`, built for `ctx`.
 Pipeline make_pipeline(const std::string& spec, const ShardContext& ctx) {
@@ -97,27 +53,10 @@ Positions minus(const Positions& a, const Positions& b) {
   return out;
 }
 
-SynthConfig small() {
-  SynthConfig c = synth_preset("default");
-  c.model_layers = 4;
-  c.tokens = 320;
-  c.prompt_len = 256;
-  return c;
-}
-
 double mean_mass(const RunResult& r) {
   double s = 0;
   for (const auto& x : r.steps) s += x.mass_retained;
   return r.steps.empty() ? 0 : s / r.steps.size();
-}
-
-std::string error_of(const std::string& spec) {
-  try {
-    PolicySpec::parse(spec);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // ---------------------------------------------------------------------------
@@ -316,7 +255,7 @@ TEST(Oracle, WorkedExampleFollowsFutureQueries) {
 // sinks: on the default preset they rank among the lowest ~17% of key norms,
 // so the lowest-norm rule keeps them at a 20% budget, as the paper observes.
 TEST(L2Norm, KeepsLowestNormKeysOfASyntheticLayer) {
-  const SynthConfig c = small();
+  const SynthConfig c = testing::small_synth();
   const TraceMeta meta = synth_meta(c);
   const auto layers = synth_sequence(c, 0);
   for (int slot = 0; slot < meta.num_layers(); ++slot) {
@@ -419,7 +358,7 @@ TEST(Oracle, MatchesIndependentFutureAttentionOnSyntheticLayer) {
 
 TEST(EvictMemory, KeptCountsMatchBudgetFormulas) {
   TempDir dir;
-  const SynthConfig c = small();  // P = 256, T = 320, layers 0..3
+  const SynthConfig c = testing::small_synth();  // P = 256, T = 320, layers 0..3
   const int64_t d = c.head_dim, P = c.prompt_len;
   ReplayOptions all;
   all.measure = MeasureRule::parse("all");
@@ -483,7 +422,7 @@ TEST(EvictMemory, KeptCountsMatchBudgetFormulas) {
 // Evict + quantize: memory is the uniform formula over the kept tokens.
 TEST(EvictMemory, ComposesWithUniform) {
   TempDir dir;
-  const SynthConfig c = small();
+  const SynthConfig c = testing::small_synth();
   const int64_t d = c.head_dim, P = c.prompt_len;
   ReplayOptions all;
   all.measure = MeasureRule::parse("all");
@@ -546,8 +485,8 @@ TEST(EvictMemory, ComposesWithKivi) {
   TempDir dir;
   ReplayOptions all;
   all.measure = MeasureRule::parse("all");
-  const auto runs =
-      testing::replay_synth(small(), {"h2o+kivi", "l2norm+kivi", "h2o", "l2norm"}, dir, all);
+  const auto runs = testing::replay_synth(testing::small_synth(),
+                                          {"h2o+kivi", "l2norm+kivi", "h2o", "l2norm"}, dir, all);
   for (int r = 0; r < 2; ++r) {
     ASSERT_EQ(runs[r].kv.size(), runs[r + 2].kv.size());
     for (size_t i = 0; i < runs[r].kv.size(); ++i) {
@@ -581,7 +520,7 @@ TEST(EvictProperties, OracleBoundsAndRandomFloor) {
                                         "random:ratio=0.2,schedule=cap"};
   std::vector<std::string> specs = once;
   specs.insert(specs.end(), cap.begin(), cap.end());
-  const auto runs = testing::replay_synth(small(), specs, dir, all);
+  const auto runs = testing::replay_synth(testing::small_synth(), specs, dir, all);
   std::map<std::string, double> mass;
   for (size_t i = 0; i < specs.size(); ++i) {
     mass[specs[i]] = mean_mass(runs[i]);
@@ -660,13 +599,13 @@ TEST(EvictParams, BadValuesAreRefusedWithMessages) {
       {"l2norm:skip=[-1]", "out of range"},
   };
   for (const auto& [spec, want] : cases) {
-    const std::string e = error_of(spec);
+    const std::string e = testing::spec_error(spec);
     EXPECT_NE(e.find(want), std::string::npos) << spec << " -> '" << e << "'";
   }
   // Valid edge cases parse.
   for (const char* ok : {"oracle:ratio=0,budget=8", "l2norm:schedule=cap,cap=64", "l2norm:skip=[]",
                          "h2o:heavy=0", "snapkv:kernel=1,pooling=avg", "random:ratio=1"}) {
-    EXPECT_EQ(error_of(ok), "") << ok;
+    EXPECT_EQ(testing::spec_error(ok), "") << ok;
   }
   EXPECT_EQ(PolicySpec::parse("h2o").canonical(),
             "h2o:heavy=0.1,recent=0.1,heavy_tokens=0,recent_tokens=0");

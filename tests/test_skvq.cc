@@ -165,19 +165,6 @@ TEST(SkvqKmeans, GroupSizesFollowTheClusters) {
 // ---------------------------------------------------------------------------
 // The [sink | quantized | window] layout on a hand-made head.
 
-TraceMeta hand_meta(int d) {
-  TraceMeta m;
-  m.model_name = "hand";
-  m.num_model_layers = 1;
-  m.layer_ids = {0};
-  m.sliding_window = {0};
-  m.num_q_heads = 1;
-  m.num_kv_heads = 1;
-  m.head_dim = d;
-  m.attn_scale = 0.5;
-  return m;
-}
-
 LayerData ramp_layer(int tokens, int d) {
   LayerData l;
   l.slot = 0;
@@ -195,13 +182,9 @@ LayerData ramp_layer(int tokens, int d) {
 
 TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
   const int d = 4;
-  const TraceMeta meta = hand_meta(d);
+  const TraceMeta meta = testing::hand_meta(d);
   const LayerData layer = ramp_layer(12, d);
-  ShardContext ctx;
-  ctx.meta = &meta;
-  ctx.slots = {0};
-  ctx.layers = {&layer};
-  ctx.num_tokens = 12;
+  const ShardContext ctx = testing::hand_context(meta, {&layer}, 0, 12);
   Pipeline pipe = Pipeline::create(
       PolicySpec::parse("skvq:reorder=false,group=4,sinks=2,window=3,clip=1"), ctx, {});
   StoreStage& store = *pipe.store;
@@ -258,12 +241,9 @@ TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
 
 TEST(SkvqLayout, ShortPromptFillsTheSinksFirst) {
   const int d = 4;
-  const TraceMeta meta = hand_meta(d);
+  const TraceMeta meta = testing::hand_meta(d);
   const LayerData layer = ramp_layer(10, d);
-  ShardContext ctx;
-  ctx.meta = &meta;
-  ctx.slots = {0};
-  ctx.layers = {&layer};
+  const ShardContext ctx = testing::hand_context(meta, {&layer}, 0, 0);
   Pipeline pipe = Pipeline::create(
       PolicySpec::parse("skvq:reorder=false,group=2,sinks=5,window=2,k_bits=4,v_bits=1.5"), ctx,
       {});
