@@ -50,7 +50,7 @@ namespace {
 class Oracle final : public ScorerStage {
  public:
   Oracle(const Params& p, const ShardContext& ctx)
-      : ScorerStage(options(p, ctx), ctx),
+      : ScorerStage(budget_schedule_options("oracle", p, ctx.prompt_len), ctx),
         meta_(ctx.meta),
         slots_(ctx.slots),
         layers_(ctx.layers),
@@ -61,14 +61,6 @@ class Oracle final : public ScorerStage {
         heads_(ctx.slots.size() * num_kv_heads_) {}
 
  private:
-  static Options options(const Params& p, const ShardContext& ctx) {
-    Options o;
-    o.name = "oracle";
-    o.schedule = evict::parse_schedule(p.get_string("schedule"));
-    o.budget = evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len);
-    return o;
-  }
-
   struct Head {
     std::vector<double> future;  // [T] S(i) over the query rows [first_row, T)
     int64_t first_row = 0;

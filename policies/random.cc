@@ -34,21 +34,14 @@ namespace {
 class RandomEvict final : public ScorerStage {
  public:
   RandomEvict(const Params& p, const ShardContext& ctx)
-      : ScorerStage(options(p, ctx), ctx), num_kv_heads_(ctx.meta->num_kv_heads) {
+      : ScorerStage(budget_schedule_options("random", p, ctx.prompt_len), ctx),
+        num_kv_heads_(ctx.meta->num_kv_heads) {
     for (size_t l = 0; l < ctx.slots.size(); ++l) {
       for (int h = 0; h < num_kv_heads_; ++h) rngs_.emplace_back(derive_seed(ctx.seed, l, h));
     }
   }
 
  private:
-  static Options options(const Params& p, const ShardContext& ctx) {
-    Options o;
-    o.name = "random";
-    o.schedule = evict::parse_schedule(p.get_string("schedule"));
-    o.budget = evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len);
-    return o;
-  }
-
   // Draws the evicted entries by a partial Fisher-Yates shuffle and scores
   // them 0, the others 1: the top-k then keeps exactly the undrawn ones.
   void score(const ScoreView& view, std::span<double> scores) override {

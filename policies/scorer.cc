@@ -108,4 +108,13 @@ CacheBound ScorerStage::max_cache_tokens() const {
   return {most, options_.schedule == evict::Schedule::kOnce};
 }
 
+ScorerStage::Options budget_schedule_options(std::string name, const Params& p,
+                                             int64_t prompt_len) {
+  ScorerStage::Options o;
+  o.name = std::move(name);
+  o.schedule = evict::parse_schedule(p.get_string("schedule"));
+  o.budget = evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), prompt_len);
+  return o;
+}
+
 }  // namespace kvsim

@@ -110,4 +110,8 @@ class ScorerStage : public EvictStage {
   double evicted_ = 0;
 };
 
+// The options of a policy whose parameters are evict::budget_params() and
+// evict::schedule_param(): its budget and schedule, nothing protected.
+ScorerStage::Options budget_schedule_options(std::string name, const Params& p, int64_t prompt_len);
+
 }  // namespace kvsim

@@ -18,33 +18,14 @@ namespace kvsim {
 namespace {
 
 using testing::HandShard;
+using testing::Positions;
+using testing::range;
+using testing::select;
 using testing::TempDir;
-using Positions = std::vector<int32_t>;
 
 // The single evict stage of `spec`, built for `ctx`.
 Pipeline make_pipeline(const std::string& spec, const ShardContext& ctx) {
   return Pipeline::create(PolicySpec::parse(spec), ctx, {});
-}
-
-// Calls select() as the engine does; returns the evicted positions, sorted.
-Positions select(EvictStage& stage, const LayerData& raw, int64_t step, bool prefill,
-                 const Positions& candidates, int kv_head = 0) {
-  ArrivalView view;
-  view.kv_head = kv_head;
-  view.step = step;
-  view.prefill = prefill;
-  view.candidates = candidates;
-  view.raw = &raw;
-  Positions evict;
-  stage.select(view, evict);
-  std::sort(evict.begin(), evict.end());
-  return evict;
-}
-
-Positions range(int32_t lo, int32_t hi) {  // [lo, hi)
-  Positions out(hi - lo);
-  std::iota(out.begin(), out.end(), lo);
-  return out;
 }
 
 Positions minus(const Positions& a, const Positions& b) {

@@ -134,8 +134,7 @@ TEST(Metrics, KlMatchesItsDefinitionOnAQuantizedCache) {
   TempDir dir;
   const SynthConfig c = testing::tiny_config();  // d = 32, 4 q heads, 2 kv heads
   const auto runs = testing::replay_synth(
-      c, {"uniform:bits=2,group=32", "streamingllm:sinks=1,window=8+uniform:bits=2,group=32"},
-      dir);
+      c, {"uniform:bits=2,group=32", "streamingllm:sinks=1,window=8+uniform:bits=2,group=32"}, dir);
   const TraceReader reader(dir.file("trace_" + std::to_string(c.seed) + ".h5"));
   const TraceMeta& meta = reader.meta();
   const int d = meta.head_dim;

@@ -19,7 +19,9 @@ namespace kvsim {
 namespace {
 
 using testing::HandShard;
-using Positions = std::vector<int32_t>;
+using testing::Positions;
+using testing::range;
+using testing::select;
 
 // Scores position p with table[p]; remembers what it was asked.
 class TableScorer final : public ScorerStage {
@@ -43,26 +45,6 @@ class TableScorer final : public ScorerStage {
   std::vector<double> table_;
 };
 
-Positions range(int32_t lo, int32_t hi) {  // [lo, hi)
-  Positions out(hi - lo);
-  std::iota(out.begin(), out.end(), lo);
-  return out;
-}
-
-Positions select(EvictStage& stage, const HandShard& s, int64_t step, bool prefill,
-                 const Positions& candidates, int kv_head = 0) {
-  ArrivalView view;
-  view.kv_head = kv_head;
-  view.step = step;
-  view.prefill = prefill;
-  view.candidates = candidates;
-  view.raw = &s.layer;
-  Positions evict;
-  stage.select(view, evict);
-  std::sort(evict.begin(), evict.end());
-  return evict;
-}
-
 ScorerStage::Options options(int64_t budget, evict::Schedule schedule) {
   ScorerStage::Options o;
   o.name = "table";
@@ -80,11 +62,11 @@ TEST(Scorer, ProtectedEntriesCountInTheBudgetAndTiesEvictTheLowerPosition) {
   o.recent = 2;
   //                       0  1  2  3  4  5  6  7  8  9
   TableScorer stage(o, s.ctx, {0, 1, 0, 5, 0, 0, 5, 9, 0, 0, 0, 0});
-  EXPECT_EQ(select(stage, s, 9, true, range(0, 10)), (Positions{1, 2, 3, 4, 5}));
+  EXPECT_EQ(select(stage, s.layer, 9, true, range(0, 10)), (Positions{1, 2, 3, 4, 5}));
   EXPECT_EQ(stage.asked, range(1, 8));  // neither the sink nor the recent window is scored
   EXPECT_EQ(stage.keep, 2u);
   // Once: decode steps are left alone.
-  EXPECT_EQ(select(stage, s, 10, false, {0, 6, 7, 8, 9, 10}), Positions{});
+  EXPECT_EQ(select(stage, s.layer, 10, false, {0, 6, 7, 8, 9, 10}), Positions{});
   EXPECT_EQ(stage.calls, 1);
   std::map<std::string, double> counters;
   stage.report(counters);
@@ -96,9 +78,9 @@ TEST(Scorer, ProtectedEntriesCountInTheBudgetAndTiesEvictTheLowerPosition) {
 TEST(Scorer, CapKeepsTheArrivingTokenAndSkipsCachesWithinBudget) {
   HandShard s(1, 1, 2, 12, 8);
   TableScorer stage(options(3, evict::Schedule::kCap), s.ctx, {9, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0});
-  EXPECT_EQ(select(stage, s, 7, true, range(0, 3)), Positions{});
+  EXPECT_EQ(select(stage, s.layer, 7, true, range(0, 3)), Positions{});
   EXPECT_EQ(stage.calls, 0);
-  EXPECT_EQ(select(stage, s, 8, false, {0, 1, 2, 8}), Positions{1});
+  EXPECT_EQ(select(stage, s.layer, 8, false, {0, 1, 2, 8}), Positions{1});
   EXPECT_EQ(stage.asked, (Positions{0, 1, 2}));
   EXPECT_EQ(stage.keep, 2u);
 }
@@ -110,7 +92,7 @@ TEST(Scorer, RecentWindowShrinksToTheBudget) {
   ScorerStage::Options o = options(3, evict::Schedule::kOnce);
   o.recent = 6;
   TableScorer stage(o, s.ctx, std::vector<double>(12, 1.0));
-  EXPECT_EQ(select(stage, s, 9, true, range(0, 10)), range(0, 7));
+  EXPECT_EQ(select(stage, s.layer, 9, true, range(0, 10)), range(0, 7));
 }
 
 // H2O's rule: `budget` scored entries besides the protected ones.
@@ -120,7 +102,7 @@ TEST(Scorer, BudgetBesidesProtectedEntries) {
   o.recent = 3;
   o.protected_in_budget = false;
   TableScorer stage(o, s.ctx, {1, 7, 2, 6, 3, 0, 0, 0, 0, 0, 0, 0});
-  EXPECT_EQ(select(stage, s, 9, true, range(0, 10)), (Positions{0, 2, 4, 5, 6}));
+  EXPECT_EQ(select(stage, s.layer, 9, true, range(0, 10)), (Positions{0, 2, 4, 5, 6}));
   const CacheBound bound = stage.max_cache_tokens();
   EXPECT_EQ(bound.tokens, 2 + 3);
   EXPECT_FALSE(bound.plus_decode);
@@ -134,13 +116,13 @@ TEST(Scorer, BudgetsPerHead) {
   std::iota(later_is_better.begin(), later_is_better.end(), 0.0);
   TableScorer stage(options(4, evict::Schedule::kOnce), s.ctx, later_is_better);
   stage.set_budget(0, 1, 2);
-  EXPECT_EQ(select(stage, s, 9, true, range(0, 10), 0), range(0, 6));
-  EXPECT_EQ(select(stage, s, 9, true, range(0, 10), 1), range(0, 8));
+  EXPECT_EQ(select(stage, s.layer, 9, true, range(0, 10), 0), range(0, 6));
+  EXPECT_EQ(select(stage, s.layer, 9, true, range(0, 10), 1), range(0, 8));
   EXPECT_EQ(stage.max_cache_tokens().tokens, 4);
   EXPECT_TRUE(stage.max_cache_tokens().plus_decode);
   EXPECT_EQ(stage.max_cache_tokens().at(11, 10), 4 + 2);
   stage.set_budget(0, 1, ScorerStage::kKeepAll);
-  EXPECT_EQ(select(stage, s, 9, true, range(0, 10), 1), Positions{});
+  EXPECT_EQ(select(stage, s.layer, 9, true, range(0, 10), 1), Positions{});
   EXPECT_FALSE(stage.max_cache_tokens().bounded());
 }
 
@@ -159,7 +141,7 @@ TEST(Scorer, ObservedAttentionIsSummedOverTheGroup) {
     // [group = 2, 3 positions]
     stage.observe_prefill(0, 0, Positions{0, 1, 2}, std::vector<float>{1, 2, 3, 10, 20, 30});
     stage.observe(0, 0, 4, Positions{1, 2}, std::vector<float>{0.5, 0.25, 0.5, 0.25});
-    select(stage, s, 4, false, {0, 1, 2, 4});
+    select(stage, s.layer, 4, false, {0, 1, 2, 4});
     const std::vector<double> want = mode == ScorerStage::Observe::kSum
                                          ? std::vector<double>{11, 23, 33.5, 0, 0, 0}
                                          : std::vector<double>{11, 1, 0.5, 0, 0, 0};

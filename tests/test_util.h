@@ -82,6 +82,29 @@ inline ShardContext hand_context(const TraceMeta& meta, std::vector<const LayerD
   return ctx;
 }
 
+using Positions = std::vector<int32_t>;
+
+inline Positions range(int32_t lo, int32_t hi) {  // [lo, hi)
+  Positions out(hi - lo);
+  for (int32_t p = lo; p < hi; ++p) out[p - lo] = p;
+  return out;
+}
+
+// Calls select() as the engine does; returns the evicted positions, sorted.
+inline Positions select(EvictStage& stage, const LayerData& raw, int64_t step, bool prefill,
+                        const Positions& candidates, int kv_head = 0) {
+  ArrivalView view;
+  view.kv_head = kv_head;
+  view.step = step;
+  view.prefill = prefill;
+  view.candidates = candidates;
+  view.raw = &raw;
+  Positions evict;
+  stage.select(view, evict);
+  std::sort(evict.begin(), evict.end());
+  return evict;
+}
+
 // One hand-made layer (original id `layer_id`, attention scale 1) of one
 // sequence, and the shard context a stage is built from. Q/K/V are zero until
 // a test sets them.
