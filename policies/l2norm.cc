@@ -69,10 +69,7 @@ class L2Norm final : public ScorerStage {
   void score(const ScoreView& view, std::span<double> scores) override {
     const int d = view.raw->head_dim;
     for (size_t i = 0; i < view.candidates.size(); ++i) {
-      const float* k = view.raw->key(view.kv_head, view.candidates[i]);
-      double s = 0;
-      for (int c = 0; c < d; ++c) s += static_cast<double>(k[c]) * k[c];
-      scores[i] = -s;
+      scores[i] = -evict::squared_norm(view.raw->key(view.kv_head, view.candidates[i]), d);
     }
   }
 };

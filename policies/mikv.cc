@@ -143,11 +143,7 @@ class MiKV final : public StoreStage {
 
   HeadState& at(int layer, int head) { return state_[layer * heads_ + head]; }
 
-  double key_norm(const float* k) const {
-    double s = 0;
-    for (int c = 0; c < d_; ++c) s += static_cast<double>(k[c]) * k[c];
-    return std::sqrt(s);
-  }
+  double key_norm(const float* k) const { return std::sqrt(evict::squared_norm(k, d_)); }
 
   // s_c = sqrt(max|q_c| / max|k_c|) over the prompt (the first insert).
   void init_balancer(HeadState& s, int head, const LayerData& raw,

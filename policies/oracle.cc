@@ -119,16 +119,12 @@ class Oracle final : public ScorerStage {
 };
 
 PolicyInfo oracle_info() {
-  PolicyInfo info = policy_info<Oracle>(
-      "oracle", StageKind::kEvict,
+  return budget_schedule_policy<Oracle>(
+      "oracle",
       "LOOKS AHEAD: keep the tokens the recorded future queries attend to most (upper bound of "
       "eviction at a budget)",
-      evict::budget_params(0.2));
-  info.params.push_back(evict::schedule_param(
       "once: select once after prefill by all future decode queries, decode tokens appended; "
-      "cap: at every step evict down to the budget by the queries from that step on"));
-  info.check = [](const Params& p) { evict::check_budget("oracle", p); };
-  return info;
+      "cap: at every step evict down to the budget by the queries from that step on");
 }
 
 }  // namespace

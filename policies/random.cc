@@ -63,15 +63,10 @@ class RandomEvict final : public ScorerStage {
 };
 
 PolicyInfo random_info() {
-  PolicyInfo info = policy_info<RandomEvict>(
-      "random", StageKind::kEvict,
-      "keep a uniformly random subset of the budget's size (seeded): the floor",
-      evict::budget_params(0.2));
-  info.params.push_back(evict::schedule_param(
+  return budget_schedule_policy<RandomEvict>(
+      "random", "keep a uniformly random subset of the budget's size (seeded): the floor",
       "once: sample once after prefill, decode tokens appended; cap: evict at random down to "
-      "the budget at every step"));
-  info.check = [](const Params& p) { evict::check_budget("random", p); };
-  return info;
+      "the budget at every step");
 }
 
 }  // namespace

@@ -110,8 +110,18 @@ class ScorerStage : public EvictStage {
   double evicted_ = 0;
 };
 
-// The options of a policy whose parameters are evict::budget_params() and
-// evict::schedule_param(): its budget and schedule, nothing protected.
+// A scorer whose parameters are `ratio` (default 0.2), `budget` and
+// `schedule` (random, oracle): its registration, and its options (the budget
+// and schedule, nothing protected).
+template <typename StageT>
+PolicyInfo budget_schedule_policy(const std::string& name, std::string summary,
+                                  std::string schedule_help) {
+  PolicyInfo info =
+      policy_info<StageT>(name, StageKind::kEvict, std::move(summary), evict::budget_params(0.2));
+  info.params.push_back(evict::schedule_param(std::move(schedule_help)));
+  info.check = [name](const Params& p) { evict::check_budget(name, p); };
+  return info;
+}
 ScorerStage::Options budget_schedule_options(std::string name, const Params& p, int64_t prompt_len);
 
 }  // namespace kvsim

@@ -341,8 +341,6 @@ TEST(EvictMemory, KeptCountsMatchBudgetFormulas) {
   TempDir dir;
   const SynthConfig c = testing::small_synth();  // P = 256, T = 320, layers 0..3
   const int64_t d = c.head_dim, P = c.prompt_len;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const std::vector<std::string> specs = {
       "h2o",                                  // 26 heavy + 26 recent
       "h2o:heavy_tokens=10,recent_tokens=5",  // 15
@@ -356,7 +354,7 @@ TEST(EvictMemory, KeptCountsMatchBudgetFormulas) {
       "l2norm:schedule=cap",                  // layers 0,1 whole; 128
       "l2norm:schedule=cap,cap=30,skip=[3]",  // layer 3 whole; 30
   };
-  const auto runs = testing::replay_synth(c, specs, dir, all);
+  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
   auto expected = [&](size_t i, const KvRecord& k) -> int64_t {
     const int64_t decode = k.step + 1 - P, whole = k.step + 1;
     switch (i) {
@@ -405,10 +403,9 @@ TEST(EvictMemory, ComposesWithUniform) {
   TempDir dir;
   const SynthConfig c = testing::small_synth();
   const int64_t d = c.head_dim, P = c.prompt_len;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(
-      c, {"h2o+uniform:bits=4", "l2norm+uniform:bits=4", "h2o", "l2norm"}, dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"h2o+uniform:bits=4", "l2norm+uniform:bits=4", "h2o", "l2norm"},
+                            dir, testing::every_step());
   for (int r = 0; r < 2; ++r) {
     for (const auto& k : runs[r].kv) {
       const int64_t n = r == 0 ? 52 : (k.layer <= 1 ? k.step + 1 : 128 + k.step + 1 - P);
@@ -430,16 +427,14 @@ TEST(EvictMemory, SlidingWindowLayers) {
   TempDir dir;
   SynthConfig c = synth_preset("tiny");  // P = 64, T = 96
   c.sliding_window = 24;
-  c.sliding_every = 2;  // even layers local (24), odd layers global
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
+  c.sliding_every = 2;                            // even layers local (24), odd layers global
   const std::vector<std::string> specs = {"h2o",  // 7 heavy + 7 recent
                                           "snapkv",
                                           "oracle",
                                           "random:schedule=cap",
                                           "oracle:schedule=cap",
                                           "l2norm:schedule=cap,skip=[]"};
-  const auto runs = testing::replay_synth(c, specs, dir, all);
+  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
   const int64_t P = c.prompt_len;
   for (size_t i = 0; i < specs.size(); ++i) {
     for (const auto& k : runs[i].kv) {
@@ -464,10 +459,9 @@ TEST(EvictMemory, SlidingWindowLayers) {
 TEST(EvictMemory, ComposesWithKivi) {
   if (!PolicyRegistry::instance().find("kivi")) GTEST_SKIP() << "kivi is not registered";
   TempDir dir;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(testing::small_synth(),
-                                          {"h2o+kivi", "l2norm+kivi", "h2o", "l2norm"}, dir, all);
+  const auto runs =
+      testing::replay_synth(testing::small_synth(), {"h2o+kivi", "l2norm+kivi", "h2o", "l2norm"},
+                            dir, testing::every_step());
   for (int r = 0; r < 2; ++r) {
     ASSERT_EQ(runs[r].kv.size(), runs[r + 2].kv.size());
     for (size_t i = 0; i < runs[r].kv.size(); ++i) {
@@ -492,8 +486,6 @@ TEST(EvictMemory, ComposesWithKivi) {
 //     recent) against oracle/random/l2norm with schedule=cap at 52.
 TEST(EvictProperties, OracleBoundsAndRandomFloor) {
   TempDir dir;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const std::vector<std::string> once = {"oracle:ratio=0.2", "snapkv:ratio=0.2",
                                          "l2norm:keep_ratio=0.2,skip=[]", "random:ratio=0.2"};
   const std::vector<std::string> cap = {"oracle:ratio=0.2,schedule=cap", "h2o",
@@ -501,7 +493,8 @@ TEST(EvictProperties, OracleBoundsAndRandomFloor) {
                                         "random:ratio=0.2,schedule=cap"};
   std::vector<std::string> specs = once;
   specs.insert(specs.end(), cap.begin(), cap.end());
-  const auto runs = testing::replay_synth(testing::small_synth(), specs, dir, all);
+  const auto runs =
+      testing::replay_synth(testing::small_synth(), specs, dir, testing::every_step());
   std::map<std::string, double> mass;
   for (size_t i = 0; i < specs.size(); ++i) {
     mass[specs[i]] = mean_mass(runs[i]);

@@ -139,13 +139,11 @@ TEST(Kivi, ResidualFlushRulesAndMemoryToTheBit) {
   c.prompt_len = 10;
   c.tokens = 24;
   const int64_t d = c.head_dim;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs =
       testing::replay_synth(c,
                             {"kivi:bits=2,group=2,residual=4", "kivi:bits=4,group=8,residual=8",
                              "kivi:bits=2,group=2,residual=4,v_flush=lazy", "kivi"},
-                            dir, all);
+                            dir, testing::every_step());
   // T = 10, R = 4, G = 2: after prefill 8 keys quantized, 2 residual; the
   // residual when attention runs at t = 10, 11, 12, ...: 3, 4, 1, 2, 3, 4, 1, ...
   const std::vector<int64_t> want_rk = {3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4};
@@ -184,9 +182,8 @@ TEST(Kivi, PrefillMultipleOfResidualQuantizesEveryKey) {
   SynthConfig c = testing::tiny_config();
   c.prompt_len = 16;
   c.tokens = 20;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(c, {"kivi:bits=2,group=4,residual=8"}, dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"kivi:bits=2,group=4,residual=8"}, dir, testing::every_step());
   for (const auto& k : runs[0].kv) {
     const int64_t n = k.step + 1;  // 16 keys quantized at prefill, then 1, 2, 3, 4 residual
     const KiviBits want = kivi_formula(n, n - 16, 8, c.head_dim, 2, 4);
@@ -229,10 +226,9 @@ TEST(Kivi, AfterStreamingLlmCountsExactlyTheKeptTokens) {
   SynthConfig c = testing::small_synth();
   c.model_layers = 2;
   const int64_t d = c.head_dim, P = c.prompt_len, S = 4, W = 60, R = 32, G = 8, b = 2;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(
-      c, {"streamingllm:sinks=4,window=60+kivi:bits=2,group=8,residual=32"}, dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"streamingllm:sinks=4,window=60+kivi:bits=2,group=8,residual=32"},
+                            dir, testing::every_step());
 
   auto kept_at = [&](int64_t t) {
     std::set<int32_t> kept;
@@ -320,9 +316,7 @@ TEST(Kivi, ComposesAfterPerHeadEvictionAndMerging) {
     specs.push_back("minicache:start=0+kivi:bits=4,group=8,residual=16");
   }
   if (specs.empty()) GTEST_SKIP() << "no evict or merge stage built";
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(c, specs, dir, all);
+  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
   for (size_t i = 0; i < runs.size(); ++i) {
     EXPECT_GT(mean_rel_err(runs[i]), 0) << specs[i];
     for (const auto& s : runs[i].steps) ASSERT_TRUE(std::isfinite(s.rel_err)) << specs[i];

@@ -127,10 +127,9 @@ TEST(MiKV, NoTokenEvictedAndErrorFallsWithLowBits) {
 // In between, each step adds one low token: +384 data bits, +129 meta bits.
 TEST(MiKV, MemoryMatchesThePapersDefinitionToTheBit) {
   TempDir dir;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(
-      testing::small_synth(), {"mikv:heavy=0.1,recent=0.1,lo_bits=3,group=32"}, dir, all);
+  const auto runs = testing::replay_synth(testing::small_synth(),
+                                          {"mikv:heavy=0.1,recent=0.1,lo_bits=3,group=32"}, dir,
+                                          testing::every_step());
   std::map<std::pair<int, int>, const KvRecord*> previous;  // (layer, kv head) -> last record
   int checked_ends = 0;
   for (const auto& k : runs[0].kv) {

@@ -118,9 +118,7 @@ TEST(MiniCache, RestoresIdenticalLayersExactlyUpToFp16) {
   TempDir dir;
   const std::string path = write_pair_trace(dir, 0.0, "same.h5");
   TraceReader reader(path);
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = replay(reader, {PolicySpec::parse("minicache")}, all);
+  const auto runs = replay(reader, {PolicySpec::parse("minicache")}, testing::every_step());
   EXPECT_EQ(runs[0].counters.at("minicache.retained"), 0);
   for (const auto& k : runs[0].kv) {
     if (k.layer < 2) continue;
@@ -145,10 +143,8 @@ TEST(MiniCache, ErrorGrowsWithLayerDissimilarity) {
 TEST(MiniCache, MemoryToTheBit) {
   TempDir dir;
   SynthConfig c = synth_preset("tiny");
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs =
-      testing::replay_synth(c, {"minicache", "minicache+uniform:bits=4,group=16"}, dir, all);
+  const auto runs = testing::replay_synth(c, {"minicache", "minicache+uniform:bits=4,group=16"},
+                                          dir, testing::every_step());
   const int64_t d = c.head_dim;
   for (const auto& k : runs[0].kv) {
     const int64_t n = k.kept_tokens;

@@ -62,13 +62,11 @@ TEST(Memory, MatchesClosedFormsToTheBit) {
   TempDir dir;
   SynthConfig c = testing::small_synth();
   const int64_t d = c.head_dim;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs = testing::replay_synth(
       c,
       {"full", "uniform:bits=2,group=32", "uniform:bits=3,group=16,k_axis=channel",
        "streamingllm:sinks=4,window=60", "streamingllm:sinks=4,window=60+uniform:bits=4,group=64"},
-      dir, all);
+      dir, testing::every_step());
   for (const auto& k : runs[0].kv) {
     const int64_t n = k.step + 1;
     ASSERT_EQ(k.kept_tokens, n);
@@ -101,9 +99,8 @@ TEST(Memory, MatchesClosedFormsToTheBit) {
 TEST(StreamingLlm, KeepsSinksAndRecentWindowOnly) {
   TempDir dir;
   SynthConfig c = testing::small_synth();
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(c, {"streamingllm:sinks=4,window=28"}, dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"streamingllm:sinks=4,window=28"}, dir, testing::every_step());
   for (const auto& k : runs[0].kv) EXPECT_EQ(k.kept_tokens, 32);
   // The kept set holds the sinks, whose attention mass is large: far more than
   // 32 tokens' uniform share.

@@ -18,7 +18,6 @@
 namespace kvsim {
 namespace {
 
-using testing::HandShard;
 using testing::Positions;
 using testing::range;
 using testing::select;
@@ -56,7 +55,7 @@ ScorerStage::Options options(int64_t budget, evict::Schedule schedule) {
 // 10 prompt tokens, budget 5 with 1 sink and 2 recent: the 2 best of the 7
 // middle tokens stay. Scores tie between 3 and 6: the lower position goes.
 TEST(Scorer, ProtectedEntriesCountInTheBudgetAndTiesEvictTheLowerPosition) {
-  HandShard s(1, 1, 2, 12, 10);
+  testing::HandShard s(1, 1, 2, 12, 10);
   ScorerStage::Options o = options(5, evict::Schedule::kOnce);
   o.sinks = 1;
   o.recent = 2;
@@ -76,7 +75,7 @@ TEST(Scorer, ProtectedEntriesCountInTheBudgetAndTiesEvictTheLowerPosition) {
 // Cap schedule at a decode step: the arriving token is never evicted and
 // takes one place of the budget; a cache within the budget is not scored.
 TEST(Scorer, CapKeepsTheArrivingTokenAndSkipsCachesWithinBudget) {
-  HandShard s(1, 1, 2, 12, 8);
+  testing::HandShard s(1, 1, 2, 12, 8);
   TableScorer stage(options(3, evict::Schedule::kCap), s.ctx, {9, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0});
   EXPECT_EQ(select(stage, s.layer, 7, true, range(0, 3)), Positions{});
   EXPECT_EQ(stage.calls, 0);
@@ -88,7 +87,7 @@ TEST(Scorer, CapKeepsTheArrivingTokenAndSkipsCachesWithinBudget) {
 // A recent window larger than the budget shrinks to the budget (SnapKV's
 // clamp), so the cache never exceeds it.
 TEST(Scorer, RecentWindowShrinksToTheBudget) {
-  HandShard s(1, 1, 2, 12, 10);
+  testing::HandShard s(1, 1, 2, 12, 10);
   ScorerStage::Options o = options(3, evict::Schedule::kOnce);
   o.recent = 6;
   TableScorer stage(o, s.ctx, std::vector<double>(12, 1.0));
@@ -97,7 +96,7 @@ TEST(Scorer, RecentWindowShrinksToTheBudget) {
 
 // H2O's rule: `budget` scored entries besides the protected ones.
 TEST(Scorer, BudgetBesidesProtectedEntries) {
-  HandShard s(1, 1, 2, 12, 10);
+  testing::HandShard s(1, 1, 2, 12, 10);
   ScorerStage::Options o = options(2, evict::Schedule::kCap);
   o.recent = 3;
   o.protected_in_budget = false;
@@ -111,7 +110,7 @@ TEST(Scorer, BudgetBesidesProtectedEntries) {
 // Budgets per (layer, kv head): a wrapper gives head 1 its own; kKeepAll
 // leaves a head whole and makes the stage's cache unbounded.
 TEST(Scorer, BudgetsPerHead) {
-  HandShard s(2, 2, 2, 12, 10);
+  testing::HandShard s(2, 2, 2, 12, 10);
   std::vector<double> later_is_better(12);
   std::iota(later_is_better.begin(), later_is_better.end(), 0.0);
   TableScorer stage(options(4, evict::Schedule::kOnce), s.ctx, later_is_better);
@@ -129,7 +128,7 @@ TEST(Scorer, BudgetsPerHead) {
 // Observed attention reaches score() by position, summed over the group's
 // query heads: accumulated (kSum) or replaced by each observation (kLatest).
 TEST(Scorer, ObservedAttentionIsSummedOverTheGroup) {
-  HandShard s(2, 1, 2, 6, 4);  // two query heads share the kv head
+  testing::HandShard s(2, 1, 2, 6, 4);  // two query heads share the kv head
   for (auto mode : {ScorerStage::Observe::kSum, ScorerStage::Observe::kLatest}) {
     ScorerStage::Options o = options(1, evict::Schedule::kCap);
     o.observe = mode;
@@ -156,8 +155,6 @@ TEST(Scorer, ObservedAttentionIsSummedOverTheGroup) {
 TEST(CacheBounds, DeclaredBoundsHoldAndAreReached) {
   testing::TempDir dir;
   const SynthConfig c = testing::small_synth();  // P = 256, T = 320
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const std::vector<std::string> specs = {
       "streamingllm:sinks=4,window=28",
       "h2o",
@@ -167,7 +164,7 @@ TEST(CacheBounds, DeclaredBoundsHoldAndAreReached) {
       "l2norm:keep_ratio=0.1,skip=[]",
       "l2norm:schedule=cap,cap=30,skip=[]",
       "streamingllm:sinks=4,window=100+h2o:heavy_tokens=10,recent_tokens=5"};
-  const auto runs = testing::replay_synth(c, specs, dir, all);
+  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
   const TraceReader reader(dir.file("trace_" + std::to_string(c.seed) + ".h5"));
   for (size_t i = 0; i < specs.size(); ++i) {
     const PolicyTraits traits =

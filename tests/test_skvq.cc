@@ -275,14 +275,12 @@ TEST(SkvqMemory, MatchesTheFormulaToTheBit) {
   TempDir dir;
   SynthConfig c = testing::tiny_config();  // d = 32, 2 kv heads, P = 64, T = 96
   const int64_t d = c.head_dim;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs = testing::replay_synth(
       c,
       {"skvq:reorder=false,group=8,window=16,sinks=5",
        "skvq:reorder=false,group=32,window=8,sinks=2,k_bits=4,v_bits=1.5,meta=fp8",
        "skvq:reorder=false,group=64,scope=layer,window=8,k_bits=3", "skvq:group=32,window=8"},
-      dir, all);
+      dir, testing::every_step());
   for (const auto& k : runs[0].kv) {  // 2 + 2 bits, 4 groups a side, fp16 metadata
     const Layout l = layout(k.step + 1, 5, 16);
     EXPECT_EQ(k.data_bits, l.fp16 * 2 * d * 16 + l.quantized * d * (2 + 2)) << k.step;
@@ -398,10 +396,8 @@ TEST(SkvqCalibration, ReorderedMemoryCountsGroupsAndIndex) {
   TempDir dir;
   const std::string path = dir.file("model.h5");
   write_model_trace(path, 2, 1, 64, 48);
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const std::string params = "group=16,window=8,sinks=5";
-  const auto runs = replay_file(path, {"skvq:" + params}, all);
+  const auto runs = replay_file(path, {"skvq:" + params}, testing::every_step());
   TraceReader reader(path);
   const int64_t d = 64;
   // Leave-one-out: sequence s is calibrated on the other one, exactly as calibrate_skvq does.
@@ -569,14 +565,12 @@ TEST(SkvqComposition, AfterEvictionCountsTheKeptTokens) {
   TempDir dir;
   SynthConfig c = testing::tiny_config();
   const int64_t d = c.head_dim;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs = testing::replay_synth(
       c,
       {"streamingllm:sinks=4,window=28+skvq:reorder=false,group=8,sinks=5,window=16",
        "streamingllm:sinks=4,window=28+skvq:reorder=false,group=64,scope=layer,window=16",
        "test_per_head_evict+skvq:reorder=false,group=8,window=16"},
-      dir, all);
+      dir, testing::every_step());
   // streamingllm keeps 32 tokens: {0..3} and the last 28. The store's sinks are the first 5
   // it received at prefill (0..3 and 36); at the first decode step streamingllm evicts 36,
   // a store sink, which is not replaced. From then on: 4 sinks + 16 window fp16, 12 quantized.

@@ -136,6 +136,13 @@ struct HandShard {
   }
 };
 
+// Replay options that measure every decode step (memory checked at each).
+inline ReplayOptions every_step() {
+  ReplayOptions options;
+  options.measure = MeasureRule::parse("all");
+  return options;
+}
+
 // Replays `specs` over a synthetic trace written to `dir`.
 inline std::vector<RunResult> replay_synth(const SynthConfig& config,
                                            const std::vector<std::string>& specs,
