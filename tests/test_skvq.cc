@@ -180,16 +180,29 @@ LayerData ramp_layer(int tokens, int d) {
   return l;
 }
 
-TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
-  const int d = 4;
-  const TraceMeta meta = testing::hand_meta(d);
-  const LayerData layer = ramp_layer(12, d);
-  const ShardContext ctx = testing::hand_context(meta, {&layer}, 0, 12);
-  Pipeline pipe = Pipeline::create(
-      PolicySpec::parse("skvq:reorder=false,group=4,sinks=2,window=3,clip=1"), ctx, {});
-  StoreStage& store = *pipe.store;
+// One hand-made head (d = 4) of `tokens` ramp tokens and the store of `spec`.
+struct RampHead {
+  static constexpr int d = 4;
+  TraceMeta meta = testing::hand_meta(d);
+  LayerData layer;
+  ShardContext ctx;
+  Pipeline pipe;
   HeadCache cache;
-  cache.head_dim = d;
+  RampHead(int tokens, const std::string& spec) : layer(ramp_layer(tokens, d)) {
+    ctx = testing::hand_context(meta, {&layer}, 0, tokens);
+    pipe = Pipeline::create(PolicySpec::parse(spec), ctx, {});
+    cache.head_dim = d;
+  }
+  RampHead(const RampHead&) = delete;
+  RampHead& operator=(const RampHead&) = delete;
+};
+
+TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
+  RampHead head(12, "skvq:reorder=false,group=4,sinks=2,window=3,clip=1");
+  const int d = RampHead::d;
+  const LayerData& layer = head.layer;
+  StoreStage& store = *head.pipe.store;
+  HeadCache& cache = head.cache;
   const std::vector<int32_t> prompt = {0, 1, 2, 3, 4, 5, 6, 7};
   store.insert(0, 0, cache, prompt, layer, /*prefill=*/true);
   auto is_raw = [&](int32_t pos) {
@@ -240,20 +253,15 @@ TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
 }
 
 TEST(SkvqLayout, ShortPromptFillsTheSinksFirst) {
-  const int d = 4;
-  const TraceMeta meta = testing::hand_meta(d);
-  const LayerData layer = ramp_layer(10, d);
-  const ShardContext ctx = testing::hand_context(meta, {&layer}, 0, 0);
-  Pipeline pipe = Pipeline::create(
-      PolicySpec::parse("skvq:reorder=false,group=2,sinks=5,window=2,k_bits=4,v_bits=1.5"), ctx,
-      {});
-  HeadCache cache;
-  cache.head_dim = d;
+  RampHead head(10, "skvq:reorder=false,group=2,sinks=5,window=2,k_bits=4,v_bits=1.5");
+  const int d = RampHead::d;
+  StoreStage& store = *head.pipe.store;
   const std::vector<int32_t> prompt = {0, 1, 2};
-  pipe.store->insert(0, 0, cache, prompt, layer, /*prefill=*/true);
-  for (int32_t t = 3; t < 9; ++t) pipe.store->insert(0, 0, cache, std::span(&t, 1), layer, false);
+  store.insert(0, 0, head.cache, prompt, head.layer, /*prefill=*/true);
+  for (int32_t t = 3; t < 9; ++t)
+    store.insert(0, 0, head.cache, std::span(&t, 1), head.layer, false);
   // [0..4 | 5 6 | 7 8]: two quantized tokens; K 4 bits, V ternary (2 bits packed, log2 3 ideal).
-  const MemoryBits m = pipe.store->memory(0, 0);
+  const MemoryBits m = store.memory(0, 0);
   EXPECT_EQ(m.data, 7 * 128 + 2 * d * (4 + 2));
   EXPECT_EQ(m.meta, 2 * (2 + 2) * 32);  // d/2 = 2 groups per side
   EXPECT_DOUBLE_EQ(m.ideal_data, 7 * 128 + 2 * d * (4 + std::log2(3.0)));
