@@ -1,7 +1,7 @@
 // Helpers shared by the score-based eviction policies (h2o, snapkv, random,
 // oracle, l2norm): token budgets from a fraction of the prompt, the common
-// `ratio`/`budget`/`schedule` parameters, deterministic top-k selection and
-// SnapKV's 1-D pooling. Header-only; everything is in kvsim::evict.
+// `ratio`/`budget`/`schedule` parameters, deterministic top-k selection, key
+// norms and SnapKV's 1-D pooling. Header-only; everything is in kvsim::evict.
 #pragma once
 
 #include <algorithm>
@@ -92,6 +92,14 @@ void evict_all_but_top(std::span<const int32_t> candidates, std::span<const doub
 inline void evict_all_but_top(std::span<const int32_t> candidates, std::span<const double> scores,
                               size_t keep, std::vector<int32_t>& evict) {
   evict_all_but_top(candidates, scores, keep, evict, [](size_t) { return false; });
+}
+
+// sum x_c^2 over n channels, accumulated in double in channel order (the L2
+// norm's square, as l2norm and MiKV's l2norm importance score keys).
+inline double squared_norm(const float* x, int n) {
+  double s = 0;
+  for (int c = 0; c < n; ++c) s += static_cast<double>(x[c]) * x[c];
+  return s;
 }
 
 enum class Pooling { kMax, kAvg };

@@ -13,7 +13,7 @@ class FullStore final : public StoreStage {
         tokens_(ctx.slots.size(), std::vector<int64_t>(ctx.meta->num_kv_heads, 0)) {}
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
-              const LayerData& raw) override {
+              const LayerData& raw, bool /*prefill*/) override {
     for (int32_t pos : positions) cache.append(pos, raw.key(head, pos), raw.value(head, pos));
     tokens_[layer][head] += static_cast<int64_t>(positions.size());
   }
@@ -30,14 +30,9 @@ class FullStore final : public StoreStage {
 };
 
 PolicyInfo full_info() {
-  PolicyInfo info;
-  info.name = "full";
-  info.kind = StageKind::kQuantize;
-  info.summary = "fp16 reference cache: keeps every entry as stored in the trace (zero error)";
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<FullStore>(p, ctx);
-  };
-  return info;
+  return policy_info<FullStore>(
+      "full", StageKind::kQuantize,
+      "fp16 reference cache: keeps every entry as stored in the trace (zero error)");
 }
 
 }  // namespace

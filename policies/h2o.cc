@@ -13,8 +13,8 @@
 // whole group, so its entries are scored by the whole group).
 // The cache keeps the `recent` most recent positions (the newest included) and
 // the `heavy` highest-scoring of the older ones; everything else is evicted at
-// prefill and at every decode step. An evicted token's score is forgotten (set
-// to 0) and the token never returns.
+// prefill and at every decode step. An evicted token never returns (its score
+// is never read again).
 //
 // Interpretations (methods.md leaves these open):
 //   - budgets: heavy = ceil(heavy * P), recent = max(1, ceil(recent * P)), P the
@@ -37,98 +37,58 @@
 // 2*16*d bits per kept token); at most heavy + recent tokens per (layer, kv head).
 // Cost: prefill attention of every prompt row, O(P^2 d) per kv head, plus the
 // policy's own attention at every decode step.
-#include <cmath>
-
-#include "policies/evict_budget.h"
-#include "policies/policy.h"
+#include "policies/scorer.h"
 
 namespace kvsim {
 namespace {
 
-class H2o final : public EvictStage {
+class H2o final : public ScorerStage {
  public:
-  H2o(const Params& p, const ShardContext& ctx)
-      : num_kv_heads_(ctx.meta->num_kv_heads), group_(ctx.group_size()) {
-    const int64_t P = ctx.prompt_len;
-    heavy_ = p.get_int("heavy_tokens") > 0 ? p.get_int("heavy_tokens")
-                                           : evict::fraction_tokens(p.get_float("heavy"), P);
-    recent_ = p.get_int("recent_tokens") > 0
-                  ? p.get_int("recent_tokens")
-                  : std::max<int64_t>(1, evict::fraction_tokens(p.get_float("recent"), P));
-    scores_.assign(ctx.slots.size() * num_kv_heads_,
-                   std::vector<double>(static_cast<size_t>(ctx.num_tokens), 0.0));
-  }
-
-  int64_t prefill_attention_rows() const override { return -1; }
-  bool needs_decode_attention() const override { return true; }
-
-  void observe_prefill(int local, int kv_head, std::span<const int32_t> positions,
-                       std::span<const float> attention) override {
-    accumulate(local, kv_head, positions, attention);
-  }
-  void observe(int local, int kv_head, int64_t, std::span<const int32_t> positions,
-               std::span<const float> probs) override {
-    accumulate(local, kv_head, positions, probs);
-  }
-
-  void select(const ArrivalView& view, std::vector<int32_t>& evict) override {
-    std::vector<double>& score = scores_[view.local_layer * num_kv_heads_ + view.kv_head];
-    const int64_t oldest_recent = view.step - recent_ + 1;
-    std::vector<int32_t> old;
-    std::vector<double> old_scores;
-    for (int32_t pos : view.candidates) {
-      if (pos < oldest_recent) {
-        old.push_back(pos);
-        old_scores.push_back(score[pos]);
-      }
-    }
-    const size_t before = evict.size();
-    evict::evict_all_but_top(old, old_scores, static_cast<size_t>(heavy_), evict);
-    for (size_t i = before; i < evict.size(); ++i) score[evict[i]] = 0.0;  // forgotten
-    evicted_ += static_cast<double>(evict.size() - before);
-  }
-
-  void report(std::map<std::string, double>& counters) const override {
-    counters["h2o.evicted_tokens"] += evicted_;
-  }
+  H2o(const Params& p, const ShardContext& ctx) : ScorerStage(options(p, ctx), ctx) {}
 
  private:
-  void accumulate(int local, int kv_head, std::span<const int32_t> positions,
-                  std::span<const float> attention) {
-    std::vector<double>& score = scores_[local * num_kv_heads_ + kv_head];
-    const size_t n = positions.size();
-    for (int j = 0; j < group_; ++j) {
-      for (size_t i = 0; i < n; ++i) score[positions[i]] += attention[j * n + i];
-    }
+  // The budget is the heavy hitters, kept besides the recent window; scores
+  // are the attention accumulated over every prompt row and decode step.
+  static Options options(const Params& p, const ShardContext& ctx) {
+    const int64_t P = ctx.prompt_len;
+    Options o;
+    o.name = "h2o";
+    o.schedule = evict::Schedule::kCap;
+    o.budget = p.get_int("heavy_tokens") > 0 ? p.get_int("heavy_tokens")
+                                             : evict::fraction_tokens(p.get_float("heavy"), P);
+    o.recent = p.get_int("recent_tokens") > 0
+                   ? p.get_int("recent_tokens")
+                   : std::max<int64_t>(1, evict::fraction_tokens(p.get_float("recent"), P));
+    o.protected_in_budget = false;
+    o.observe = Observe::kSum;
+    o.prefill_rows = -1;
+    o.decode_attention = true;
+    return o;
   }
 
-  int num_kv_heads_, group_;
-  int64_t heavy_ = 0, recent_ = 1;
-  std::vector<std::vector<double>> scores_;  // [layer * kv head][position] accumulated attention
-  double evicted_ = 0;
+  void score(const ScoreView& view, std::span<double> scores) override {
+    for (size_t i = 0; i < view.candidates.size(); ++i) {
+      scores[i] = view.attention[view.candidates[i]];
+    }
+  }
 };
 
 PolicyInfo h2o_info() {
-  PolicyInfo info;
-  info.name = "h2o";
-  info.kind = StageKind::kEvict;
-  info.summary =
+  return policy_info<H2o>(
+      "h2o", StageKind::kEvict,
       "Heavy-Hitter Oracle: keep the tokens with the most accumulated attention plus a recent "
-      "window (H2O)";
-  info.params = {
-      ParamSpec::Float("heavy", 0.1, 0, 1,
-                       "heavy hitters kept, as a fraction of the prompt: ceil(heavy*P)"),
-      ParamSpec::Float("recent", 0.1, 0, 1,
-                       "recent window, as a fraction of the prompt: max(1, ceil(recent*P))"),
-      ParamSpec::Int("heavy_tokens", 0, 0, int64_t{1} << 30,
-                     "heavy hitters in tokens; overrides heavy when > 0"),
-      ParamSpec::Int("recent_tokens", 0, 0, int64_t{1} << 30,
-                     "recent window in tokens (the newest included); overrides recent when > 0"),
-  };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<H2o>(p, ctx);
-  };
-  return info;
+      "window (H2O)",
+      {
+          ParamSpec::Float("heavy", 0.1, 0, 1,
+                           "heavy hitters kept, as a fraction of the prompt: ceil(heavy*P)"),
+          ParamSpec::Float("recent", 0.1, 0, 1,
+                           "recent window, as a fraction of the prompt: max(1, ceil(recent*P))"),
+          ParamSpec::Int("heavy_tokens", 0, 0, int64_t{1} << 30,
+                         "heavy hitters in tokens; overrides heavy when > 0"),
+          ParamSpec::Int(
+              "recent_tokens", 0, 0, int64_t{1} << 30,
+              "recent window in tokens (the newest included); overrides recent when > 0"),
+      });
 }
 
 }  // namespace

@@ -51,19 +51,18 @@ class KiviStore final : public StoreStage {
         lazy_values_(p.get_string("v_flush") == "lazy") {
     for (size_t i = 0; i < ctx.slots.size() * hkv_; ++i) {
       heads_.push_back(
-          {ChannelwiseSide(d_, bits_, group_, true), TokenwiseSide(d_, bits_, group_), {}, false});
+          {ChannelwiseSide(d_, bits_, group_, true), TokenwiseSide(d_, bits_, group_), {}});
     }
   }
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
-              const LayerData& raw) override {
+              const LayerData& raw, bool prefill) override {
     Head& s = at(layer, head);
-    if (!s.prefilled) {
-      // Prefill: quantize the first T - (T mod R) keys and all but the last R values.
+    if (prefill) {
+      // Quantize the first T - (T mod R) keys and all but the last R values.
       append(s, head, cache, positions, raw);
       flush_keys(s, cache);
       flush_values(s, cache);
-      s.prefilled = true;
       return;
     }
     if (s.keys.pending() >= residual_) flush_keys(s, cache);  // lazy: after last step's attention
@@ -98,7 +97,6 @@ class KiviStore final : public StoreStage {
     ChannelwiseSide keys;                // quantized groups + the fp16 key residual (pending)
     TokenwiseSide values;                // quantized values (count)
     std::deque<int32_t> value_residual;  // fp16 values, oldest first
-    bool prefilled;
   };
   Head& at(int layer, int head) { return heads_[layer * hkv_ + head]; }
 
@@ -136,23 +134,22 @@ class KiviStore final : public StoreStage {
 };
 
 PolicyInfo kivi_info() {
-  PolicyInfo info;
-  info.name = "kivi";
-  info.kind = StageKind::kQuantize;
-  info.summary =
+  PolicyInfo info = policy_info<KiviStore>(
+      "kivi", StageKind::kQuantize,
       "keys per channel, values per token, asymmetric 2-bit with an fp16 residual of recent "
-      "tokens (KIVI)";
-  info.params = {
-      ParamSpec::Int("bits", 2, 1, 8, "bits per quantized element (the paper uses 2 and 4)"),
-      ParamSpec::Int("group", 32, 1, 1 << 20,
-                     "G: tokens per key group (per channel), channels per value group (per token)"),
-      ParamSpec::Int("residual", 128, 1, 1 << 30,
-                     "R: recent tokens kept in fp16 (a multiple of group)"),
-      ParamSpec::Enum("v_flush", "eager", {"eager", "lazy"},
-                      "eager: the value residual holds exactly R when attention runs "
-                      "(methods.md); lazy: the oldest is quantized after attention (official "
-                      "code, R+1 at attention)"),
-  };
+      "tokens (KIVI)",
+      {
+          ParamSpec::Int("bits", 2, 1, 8, "bits per quantized element (the paper uses 2 and 4)"),
+          ParamSpec::Int(
+              "group", 32, 1, 1 << 20,
+              "G: tokens per key group (per channel), channels per value group (per token)"),
+          ParamSpec::Int("residual", 128, 1, 1 << 30,
+                         "R: recent tokens kept in fp16 (a multiple of group)"),
+          ParamSpec::Enum("v_flush", "eager", {"eager", "lazy"},
+                          "eager: the value residual holds exactly R when attention runs "
+                          "(methods.md); lazy: the oldest is quantized after attention (official "
+                          "code, R+1 at attention)"),
+      });
   info.check = [](const Params& p) {
     const int64_t g = p.get_int("group"), r = p.get_int("residual");
     if (r % g != 0) {
@@ -166,9 +163,6 @@ PolicyInfo kivi_info() {
       throw ConfigError("kivi: group=" + std::to_string(g) + " must divide head_dim=" +
                         std::to_string(meta.head_dim) + " (values are grouped along channels)");
     }
-  };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<KiviStore>(p, ctx);
   };
   return info;
 }

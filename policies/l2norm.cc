@@ -36,77 +36,60 @@
 // min(t+1, cap); a skipped layer holds t+1 (its window, if sliding).
 #include <algorithm>
 
-#include "policies/evict_budget.h"
-#include "policies/policy.h"
+#include "policies/scorer.h"
 #include "sim/base/errors.h"
 
 namespace kvsim {
 namespace {
 
-class L2Norm final : public EvictStage {
+class L2Norm final : public ScorerStage {
  public:
-  L2Norm(const Params& p, const ShardContext& ctx)
-      : head_dim_(ctx.meta->head_dim), schedule_(evict::parse_schedule(p.get_string("schedule"))) {
-    const int64_t cap = p.get_int("cap");
-    keep_ = cap > 0 ? cap
-                    : std::max<int64_t>(
-                          1, evict::fraction_tokens(p.get_float("keep_ratio"), ctx.prompt_len));
+  L2Norm(const Params& p, const ShardContext& ctx) : ScorerStage(options(p, ctx), ctx) {
     const auto& skip = p.get_int_list("skip");
     for (size_t l = 0; l < ctx.slots.size(); ++l) {
       const int id = ctx.original_layer(static_cast<int>(l));
-      skipped_.push_back(std::find(skip.begin(), skip.end(), id) != skip.end());
+      if (std::find(skip.begin(), skip.end(), id) == skip.end()) continue;
+      for (int h = 0; h < ctx.meta->num_kv_heads; ++h) set_budget(static_cast<int>(l), h, kKeepAll);
     }
-  }
-
-  void select(const ArrivalView& view, std::vector<int32_t>& evict) override {
-    if (skipped_[view.local_layer]) return;
-    if (!view.prefill && schedule_ == evict::Schedule::kOnce) return;
-    if (static_cast<int64_t>(view.candidates.size()) <= keep_) return;
-    std::vector<double> scores;  // -|k|^2: the lowest norms score highest
-    scores.reserve(view.candidates.size());
-    for (int32_t pos : view.candidates) {
-      const float* k = view.raw->key(view.kv_head, pos);
-      double s = 0;
-      for (int c = 0; c < head_dim_; ++c) s += static_cast<double>(k[c]) * k[c];
-      scores.push_back(-s);
-    }
-    const bool pin_newest = !view.prefill && view.candidates.back() == view.step;
-    const size_t keep = static_cast<size_t>(keep_) - (pin_newest ? 1 : 0);
-    const size_t last = view.candidates.size() - 1;
-    const size_t before = evict.size();
-    evict::evict_all_but_top(view.candidates, scores, keep, evict,
-                             [&](size_t i) { return pin_newest && i == last; });
-    evicted_ += static_cast<double>(evict.size() - before);
-  }
-
-  void report(std::map<std::string, double>& counters) const override {
-    counters["l2norm.evicted_tokens"] += evicted_;
   }
 
  private:
-  int head_dim_;
-  evict::Schedule schedule_;
-  int64_t keep_ = 1;
-  std::vector<bool> skipped_;  // [local layer]
-  double evicted_ = 0;
+  static Options options(const Params& p, const ShardContext& ctx) {
+    const int64_t cap = p.get_int("cap");
+    Options o;
+    o.name = "l2norm";
+    o.schedule = evict::parse_schedule(p.get_string("schedule"));
+    o.budget = cap > 0 ? cap
+                       : std::max<int64_t>(
+                             1, evict::fraction_tokens(p.get_float("keep_ratio"), ctx.prompt_len));
+    return o;
+  }
+
+  // -|k|^2: the lowest norms score highest.
+  void score(const ScoreView& view, std::span<double> scores) override {
+    const int d = view.raw->head_dim;
+    for (size_t i = 0; i < view.candidates.size(); ++i) {
+      scores[i] = -evict::squared_norm(view.raw->key(view.kv_head, view.candidates[i]), d);
+    }
+  }
 };
 
 PolicyInfo l2norm_info() {
-  PolicyInfo info;
-  info.name = "l2norm";
-  info.kind = StageKind::kEvict;
-  info.summary = "keep the tokens whose key has the lowest L2 norm (KnormPress, arXiv 2406.11430)";
-  info.params = {
-      ParamSpec::Float("keep_ratio", 0.5, 0, 1,
-                       "tokens kept, as a fraction of the prompt: ceil(keep_ratio*P)"),
-      ParamSpec::Int("cap", 0, 0, int64_t{1} << 30,
-                     "schedule=cap: cache size in tokens; 0 = ceil(keep_ratio*P)"),
-      ParamSpec::IntList("skip", "[0,1]", 0, 1 << 20,
-                         "original layer ids kept whole (official scripts: [0,1]; kvpress: [])"),
-      evict::schedule_param(
-          "once: compress once after prefill, decode tokens appended; cap: evict the "
-          "highest-norm tokens down to the cap at every step"),
-  };
+  PolicyInfo info = policy_info<L2Norm>(
+      "l2norm", StageKind::kEvict,
+      "keep the tokens whose key has the lowest L2 norm (KnormPress, arXiv 2406.11430)",
+      {
+          ParamSpec::Float("keep_ratio", 0.5, 0, 1,
+                           "tokens kept, as a fraction of the prompt: ceil(keep_ratio*P)"),
+          ParamSpec::Int("cap", 0, 0, int64_t{1} << 30,
+                         "schedule=cap: cache size in tokens; 0 = ceil(keep_ratio*P)"),
+          ParamSpec::IntList(
+              "skip", "[0,1]", 0, 1 << 20,
+              "original layer ids kept whole (official scripts: [0,1]; kvpress: [])"),
+          evict::schedule_param(
+              "once: compress once after prefill, decode tokens appended; cap: evict the "
+              "highest-norm tokens down to the cap at every step"),
+      });
   info.check = [](const Params& p) {
     if (p.get_string("schedule") == "once" && p.get_int("cap") > 0) {
       throw ConfigError(
@@ -118,9 +101,6 @@ PolicyInfo l2norm_info() {
           "policy 'l2norm': keep_ratio=0 leaves an empty cache; give keep_ratio in (0, 1] or "
           "(with schedule=cap) cap > 0");
     }
-  };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<L2Norm>(p, ctx);
   };
   return info;
 }

@@ -84,9 +84,9 @@ class MiKV final : public StoreStage {
   }
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
-              const LayerData& raw) override {
+              const LayerData& raw, bool prefill) override {
     HeadState& s = at(layer, head);
-    if (!s.balancer_ready) init_balancer(s, head, raw, positions);
+    if (prefill) init_balancer(s, head, raw, positions);
     for (int32_t p : positions) {
       if (!by_attention_) s.score[p] = -key_norm(raw.key(head, p));
       cache.append(p, raw.key(head, p), raw.value(head, p));
@@ -138,22 +138,16 @@ class MiKV final : public StoreStage {
     std::vector<uint8_t> high;       // [T] 1 while at high precision
     std::vector<int32_t> important;  // positions at high precision, ascending
     std::vector<float> scale;        // [d] balancer s_c
-    bool balancer_ready = false;
     int64_t num_high = 0, num_low = 0;
   };
 
   HeadState& at(int layer, int head) { return state_[layer * heads_ + head]; }
 
-  double key_norm(const float* k) const {
-    double s = 0;
-    for (int c = 0; c < d_; ++c) s += static_cast<double>(k[c]) * k[c];
-    return std::sqrt(s);
-  }
+  double key_norm(const float* k) const { return std::sqrt(evict::squared_norm(k, d_)); }
 
   // s_c = sqrt(max|q_c| / max|k_c|) over the prompt (the first insert).
   void init_balancer(HeadState& s, int head, const LayerData& raw,
                      std::span<const int32_t> positions) {
-    s.balancer_ready = true;
     if (!balance_ || positions.empty() || raw.q.empty()) return;
     std::vector<double> qmax(d_, 0.0), kmax(d_, 0.0);
     for (int32_t p : positions) {
@@ -222,23 +216,21 @@ class MiKV final : public StoreStage {
 };
 
 PolicyInfo mikv_info() {
-  PolicyInfo info;
-  info.name = "mikv";
-  info.kind = StageKind::kQuantize;
-  info.summary =
-      "important tokens at high precision, the rest at low precision, none evicted (MiKV)";
-  info.params = {
-      ParamSpec::Float("heavy", 0.1, 0.0, 1.0,
-                       "heavy hitters kept at high precision (fraction of P)"),
-      ParamSpec::Float("recent", 0.1, 0.0, 1.0,
-                       "recent tokens kept at high precision (fraction of P)"),
-      ParamSpec::Int("hi_bits", 16, 4, 16, "high precision: 16 = fp16, or 4/8-bit per token"),
-      ParamSpec::Int("lo_bits", 2, 1, 8, "low precision bits (the paper: 2, 3 or 4)"),
-      ParamSpec::Int("group", 0, 0, 1 << 20, "channels per quantization group; 0 = head_dim"),
-      ParamSpec::Bool("balance", true, "outlier-aware channel balancer for keys"),
-      ParamSpec::Enum("importance", "h2o", {"h2o", "l2norm"},
-                      "accumulated attention (H2O) or lowest key norm"),
-  };
+  PolicyInfo info = policy_info<MiKV>(
+      "mikv", StageKind::kQuantize,
+      "important tokens at high precision, the rest at low precision, none evicted (MiKV)",
+      {
+          ParamSpec::Float("heavy", 0.1, 0.0, 1.0,
+                           "heavy hitters kept at high precision (fraction of P)"),
+          ParamSpec::Float("recent", 0.1, 0.0, 1.0,
+                           "recent tokens kept at high precision (fraction of P)"),
+          ParamSpec::Int("hi_bits", 16, 4, 16, "high precision: 16 = fp16, or 4/8-bit per token"),
+          ParamSpec::Int("lo_bits", 2, 1, 8, "low precision bits (the paper: 2, 3 or 4)"),
+          ParamSpec::Int("group", 0, 0, 1 << 20, "channels per quantization group; 0 = head_dim"),
+          ParamSpec::Bool("balance", true, "outlier-aware channel balancer for keys"),
+          ParamSpec::Enum("importance", "h2o", {"h2o", "l2norm"},
+                          "accumulated attention (H2O) or lowest key norm"),
+      });
   info.check = [](const Params& p) {
     const int64_t hi = p.get_int("hi_bits");
     if (hi != 4 && hi != 8 && hi != 16) {
@@ -252,9 +244,6 @@ PolicyInfo mikv_info() {
       throw ConfigError("mikv: group=" + std::to_string(g) +
                         " must divide head_dim=" + std::to_string(meta.head_dim));
     }
-  };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<MiKV>(p, ctx);
   };
   return info;
 }

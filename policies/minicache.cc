@@ -105,15 +105,15 @@ class MiniCache final : public MergeStage {
   bool needs_decode_attention() const override { return inner_->needs_decode_attention(); }
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
-              const LayerData& raw) override {
-    if (!paired_) return inner_->insert(layer, head, cache, positions, raw);
+              const LayerData& raw, bool prefill) override {
+    if (!paired_) return inner_->insert(layer, head, cache, positions, raw, prefill);
     HeadState& s = heads_state_[head];
     if (layer == 0) {  // wait for the upper layer of this event
       s.pending_lower.assign(positions.begin(), positions.end());
       s.lower_cache = &cache;
       return;
     }
-    merge_event(head, s, positions);
+    merge_event(head, s, positions, prefill);
     rebuild(s, 0, *s.lower_cache);
     rebuild(s, 1, cache);
   }
@@ -181,7 +181,7 @@ class MiniCache final : public MergeStage {
 
   // Decides merged/retained for the event's new positions and hands them to
   // the inner store's streams.
-  void merge_event(int head, HeadState& s, std::span<const int32_t> upper) {
+  void merge_event(int head, HeadState& s, std::span<const int32_t> upper, bool prefill) {
     const LayerData& la = *ctx_.layers[0];
     const LayerData& lb = *ctx_.layers[1];
     const int64_t T = ctx_.num_tokens;
@@ -254,9 +254,9 @@ class MiniCache final : public MergeStage {
     s.merged_held[1] += static_cast<int64_t>(merged.size());
     s.retained_held[0] += static_cast<int64_t>(retained_lower.size());
     s.retained_held[1] += static_cast<int64_t>(retained_upper.size());
-    inner_->insert(0, head, s.direction_cache, merged, directions_);
-    inner_->insert(1, head, s.retained_cache[0], retained_lower, la);
-    inner_->insert(2, head, s.retained_cache[1], retained_upper, lb);
+    inner_->insert(0, head, s.direction_cache, merged, directions_, prefill);
+    inner_->insert(1, head, s.retained_cache[0], retained_lower, la, prefill);
+    inner_->insert(2, head, s.retained_cache[1], retained_upper, lb, prefill);
   }
 
   // Rewrites the engine's cache of one layer of the pair from the streams:
@@ -304,19 +304,18 @@ class MiniCache final : public MergeStage {
 };
 
 PolicyInfo minicache_info() {
-  PolicyInfo info;
-  info.name = "minicache";
-  info.kind = StageKind::kMerge;
-  info.summary = "merges adjacent deep layer pairs by SLERP, with magnitude restore (MiniCache)";
-  info.params = {
-      ParamSpec::Int("start", -1, -1, 1 << 20,
-                     "first merged layer S (original index); -1 = num_model_layers / 2"),
-      ParamSpec::Float("t", 0.6, 0.0, 1.0, "SLERP interpolation towards the upper layer"),
-      ParamSpec::Float("gamma", 0.05, 0.0, 1.0, "retention threshold (see rule)"),
-      ParamSpec::Enum(
-          "rule", "top", {"paper", "top"},
-          "retain d > dmin+(dmax-dmin)*gamma (paper) or d > dmax-(dmax-dmin)*gamma (top)"),
-  };
+  PolicyInfo info = policy_info<MiniCache>(
+      "minicache", StageKind::kMerge,
+      "merges adjacent deep layer pairs by SLERP, with magnitude restore (MiniCache)",
+      {
+          ParamSpec::Int("start", -1, -1, 1 << 20,
+                         "first merged layer S (original index); -1 = num_model_layers / 2"),
+          ParamSpec::Float("t", 0.6, 0.0, 1.0, "SLERP interpolation towards the upper layer"),
+          ParamSpec::Float("gamma", 0.05, 0.0, 1.0, "retention threshold (see rule)"),
+          ParamSpec::Enum(
+              "rule", "top", {"paper", "top"},
+              "retain d > dmin+(dmax-dmin)*gamma (paper) or d > dmax-(dmax-dmin)*gamma (top)"),
+      });
   info.layer_groups = minicache_pairs;
   info.check_trace = [](const Params& p, const TraceMeta& meta) {
     if (minicache_pairs(p, meta).empty()) {
@@ -326,9 +325,6 @@ PolicyInfo minicache_info() {
           std::to_string(p.get_int("start") < 0 ? meta.num_model_layers / 2 : p.get_int("start")) +
           " on; nothing would be merged");
     }
-  };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<MiniCache>(p, ctx);
   };
   return info;
 }

@@ -29,8 +29,9 @@
 //                  fixed-budget reference for h2o/random/l2norm cap, not a
 //                  proven optimum over all eviction sequences.
 //
-// Cost and memory: S over [P, T) is computed once per (layer, kv head) at
-// prefill, one exact attention row per decode step: O((T-P) * T * d * group)
+// Cost and memory: S over [P, T) is computed once per (layer, kv head), the
+// first time its cache holds more than the budget (at prefill, unless the
+// prompt fits), one exact attention row per decode step: O((T-P) * T * d * group)
 // time, the cost of exact attention at every decode step. For cap, the suffix
 // sums S over [t, T) are kept by subtracting row t-1 at step t (recomputed,
 // not stored), doubling the time. Memory is O(T) doubles per (layer, kv head)
@@ -40,65 +41,50 @@
 // accumulated in double.
 // Memory: what the store stage counts (fp16: 2*16*d bits per kept token):
 // once: min(P_w, budget) + (t + 1 - P) tokens at step t; cap: min(t+1, budget).
-#include "policies/evict_budget.h"
-#include "policies/policy.h"
+#include "policies/scorer.h"
 #include "sim/base/attention.h"
 
 namespace kvsim {
 namespace {
 
-class Oracle final : public EvictStage {
+class Oracle final : public ScorerStage {
  public:
   Oracle(const Params& p, const ShardContext& ctx)
-      : meta_(ctx.meta),
+      : ScorerStage(budget_schedule_options("oracle", p, ctx.prompt_len), ctx),
+        meta_(ctx.meta),
         slots_(ctx.slots),
         layers_(ctx.layers),
         num_kv_heads_(ctx.meta->num_kv_heads),
         group_(ctx.group_size()),
         prompt_len_(ctx.prompt_len),
         num_tokens_(ctx.num_tokens),
-        schedule_(evict::parse_schedule(p.get_string("schedule"))),
-        budget_(evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len)),
         heads_(ctx.slots.size() * num_kv_heads_) {}
-
-  void select(const ArrivalView& view, std::vector<int32_t>& evict) override {
-    Head& head = heads_[view.local_layer * num_kv_heads_ + view.kv_head];
-    if (view.prefill) {
-      // S over every future decode query [P, T).
-      head.future.assign(static_cast<size_t>(num_tokens_), 0.0);
-      for (int64_t t = prompt_len_; t < num_tokens_; ++t) {
-        add_row(view.local_layer, view.kv_head, t, 1.0, head.future);
-      }
-      head.first_row = prompt_len_;
-    } else {
-      if (schedule_ == evict::Schedule::kOnce) return;
-      // Drop the rows that are no longer in the future: S over [step, T).
-      for (; head.first_row < view.step; ++head.first_row) {
-        add_row(view.local_layer, view.kv_head, head.first_row, -1.0, head.future);
-      }
-    }
-    if (static_cast<int64_t>(view.candidates.size()) <= budget_) return;
-    std::vector<double> scores;
-    scores.reserve(view.candidates.size());
-    for (int32_t pos : view.candidates) scores.push_back(head.future[pos]);
-    const bool pin_newest = !view.prefill && view.candidates.back() == view.step;
-    const size_t keep = static_cast<size_t>(budget_) - (pin_newest ? 1 : 0);
-    const size_t last = view.candidates.size() - 1;
-    const size_t before = evict.size();
-    evict::evict_all_but_top(view.candidates, scores, keep, evict,
-                             [&](size_t i) { return pin_newest && i == last; });
-    evicted_ += static_cast<double>(evict.size() - before);
-  }
-
-  void report(std::map<std::string, double>& counters) const override {
-    counters["oracle.evicted_tokens"] += evicted_;
-  }
 
  private:
   struct Head {
     std::vector<double> future;  // [T] S(i) over the query rows [first_row, T)
     int64_t first_row = 0;
   };
+
+  // S over [step, T): every future decode row added once, then the rows that
+  // are no longer in the future subtracted, in order (computed lazily, the
+  // same operations whenever they run).
+  void score(const ScoreView& view, std::span<double> scores) override {
+    Head& head = heads_[view.local_layer * num_kv_heads_ + view.kv_head];
+    if (head.future.empty()) {
+      head.future.assign(static_cast<size_t>(num_tokens_), 0.0);
+      for (int64_t t = prompt_len_; t < num_tokens_; ++t) {
+        add_row(view.local_layer, view.kv_head, t, 1.0, head.future);
+      }
+      head.first_row = prompt_len_;
+    }
+    for (; head.first_row < view.step; ++head.first_row) {
+      add_row(view.local_layer, view.kv_head, head.first_row, -1.0, head.future);
+    }
+    for (size_t i = 0; i < view.candidates.size(); ++i) {
+      scores[i] = head.future[view.candidates[i]];
+    }
+  }
 
   // future[i] += sign * sum_j p_{t,j}(i): the exact attention of step t's
   // query heads of the group, over the keys <= t in the layer's window.
@@ -128,29 +114,17 @@ class Oracle final : public EvictStage {
   std::vector<const LayerData*> layers_;
   int num_kv_heads_, group_;
   int64_t prompt_len_, num_tokens_;
-  evict::Schedule schedule_;
-  int64_t budget_;
   std::vector<Head> heads_;  // [layer * kv head]
   std::vector<float> qbuf_, scratch_;
-  double evicted_ = 0;
 };
 
 PolicyInfo oracle_info() {
-  PolicyInfo info;
-  info.name = "oracle";
-  info.kind = StageKind::kEvict;
-  info.summary =
+  return budget_schedule_policy<Oracle>(
+      "oracle",
       "LOOKS AHEAD: keep the tokens the recorded future queries attend to most (upper bound of "
-      "eviction at a budget)";
-  info.params = evict::budget_params(0.2);
-  info.params.push_back(evict::schedule_param(
+      "eviction at a budget)",
       "once: select once after prefill by all future decode queries, decode tokens appended; "
-      "cap: at every step evict down to the budget by the queries from that step on"));
-  info.check = [](const Params& p) { evict::check_budget("oracle", p); };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<Oracle>(p, ctx);
-  };
-  return info;
+      "cap: at every step evict down to the budget by the queries from that step on");
 }
 
 }  // namespace

@@ -5,7 +5,9 @@
 //   a store stage decides how the kept entries are represented: fp16 (`full`),
 //                 quantized (`uniform`, KIVI, ...), or merged across layers
 //                 (MiniCache), and counts their bits exactly.
-// Adding a policy is one .cc file with one KVSIM_REGISTER_POLICY line.
+// Adding a policy is one .cc file with one KVSIM_REGISTER_POLICY line; an
+// eviction policy that scores entries and keeps the top ones derives from
+// ScorerStage (policies/scorer.h) and supplies only score().
 #pragma once
 
 #include <cstdint>
@@ -46,6 +48,22 @@ struct ShardContext {
   int original_layer(int local) const { return meta->layer_ids[slots[local]]; }
 };
 
+// The most entries an evict stage leaves in any (layer, kv head) cache of its
+// shard after it selected at step t: `tokens`, plus the decode tokens
+// appended since the prompt (t + 1 - P) when `plus_decode` (a stage that
+// compresses the prompt once). tokens < 0: no bound. Declared, not measured:
+// the sweep planner's cost model reads it (sim/sweep.cc).
+struct CacheBound {
+  int64_t tokens = -1;
+  bool plus_decode = false;
+  bool bounded() const { return tokens >= 0; }
+  // The bound at step t (>= P - 1) of a prompt of P tokens; -1 when unbounded.
+  int64_t at(int64_t step, int64_t prompt_len) const {
+    if (!bounded()) return -1;
+    return plus_decode ? tokens + (step + 1 - prompt_len) : tokens;
+  }
+};
+
 class Stage {
  public:
   virtual ~Stage() = default;
@@ -55,6 +73,8 @@ class Stage {
   // True if the stage wants the attention of its own cache at every decode
   // step (not only at measured steps).
   virtual bool needs_decode_attention() const { return false; }
+  // The cache this stage bounds (evict stages that cap what they keep).
+  virtual CacheBound max_cache_tokens() const { return {}; }
 
   // At prefill, before select()/insert(), when prefill_attention_rows() != 0:
   // for each query head of the kv head's group, the exact attention summed over
@@ -98,9 +118,10 @@ class StoreStage : public Stage {
   // Appends rows for `positions` (ascending, after every present row) to
   // `cache`; may also rewrite existing rows (e.g. a residual flush). Called
   // once per event for every (layer, kv head), with an empty span when the
-  // new entry was evicted on arrival.
+  // new entry was evicted on arrival. `prefill` is true for the prompt's
+  // event (the first call for each (layer, kv head)), false at decode steps.
   virtual void insert(int local_layer, int kv_head, HeadCache& cache,
-                      std::span<const int32_t> positions, const LayerData& raw) = 0;
+                      std::span<const int32_t> positions, const LayerData& raw, bool prefill) = 0;
   // The engine removed these rows from `cache` (evicted or out of the window).
   virtual void removed(int local_layer, int kv_head, HeadCache& cache,
                        std::span<const int32_t> positions) = 0;
@@ -135,6 +156,22 @@ struct PolicyInfo {
   std::function<std::shared_ptr<const PolicyState>(const Params&, const CalibrationSource&)>
       prepare;
 };
+
+// A PolicyInfo whose stage is `StageT(params, context)`; the caller adds the
+// optional hooks (check, check_trace, layer_groups, prepare).
+template <typename StageT>
+PolicyInfo policy_info(std::string name, StageKind kind, std::string summary,
+                       std::vector<ParamSpec> params = {}) {
+  PolicyInfo info;
+  info.name = std::move(name);
+  info.kind = kind;
+  info.summary = std::move(summary);
+  info.params = std::move(params);
+  info.create = [](const Params& p, const ShardContext& ctx) -> std::unique_ptr<Stage> {
+    return std::make_unique<StageT>(p, ctx);
+  };
+  return info;
+}
 
 class PolicyRegistry {
  public:

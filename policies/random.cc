@@ -23,68 +23,50 @@
 //     shuffle of the candidates (ascending positions).
 // Memory: what the store stage counts (fp16: 2*16*d bits per kept token):
 // once: min(P_w, budget) + (t + 1 - P) tokens at step t; cap: min(t+1, budget).
-#include "policies/evict_budget.h"
-#include "policies/policy.h"
+#include <algorithm>
+
+#include "policies/scorer.h"
 #include "sim/base/rng.h"
 
 namespace kvsim {
 namespace {
 
-class RandomEvict final : public EvictStage {
+class RandomEvict final : public ScorerStage {
  public:
   RandomEvict(const Params& p, const ShardContext& ctx)
-      : num_kv_heads_(ctx.meta->num_kv_heads),
-        schedule_(evict::parse_schedule(p.get_string("schedule"))),
-        budget_(evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len)) {
+      : ScorerStage(budget_schedule_options("random", p, ctx.prompt_len), ctx),
+        num_kv_heads_(ctx.meta->num_kv_heads) {
     for (size_t l = 0; l < ctx.slots.size(); ++l) {
       for (int h = 0; h < num_kv_heads_; ++h) rngs_.emplace_back(derive_seed(ctx.seed, l, h));
     }
   }
 
-  void select(const ArrivalView& view, std::vector<int32_t>& evict) override {
-    if (!view.prefill && schedule_ == evict::Schedule::kOnce) return;
-    const auto n = static_cast<int64_t>(view.candidates.size());
-    if (n <= budget_) return;
-    // At a decode step the newest candidate (the arriving token) is not eligible.
-    const bool pin_newest = !view.prefill && view.candidates.back() == view.step;
-    const int64_t eligible = pin_newest ? n - 1 : n;
-    const int64_t drop = std::min(n - budget_, eligible);
+ private:
+  // Draws the evicted entries by a partial Fisher-Yates shuffle and scores
+  // them 0, the others 1: the top-k then keeps exactly the undrawn ones.
+  void score(const ScoreView& view, std::span<double> scores) override {
+    const auto eligible = static_cast<int64_t>(view.candidates.size());
+    const int64_t drop = eligible - static_cast<int64_t>(view.keep);
     Rng& rng = rngs_[view.local_layer * num_kv_heads_ + view.kv_head];
-    std::vector<int32_t> pool(view.candidates.begin(), view.candidates.begin() + eligible);
-    for (int64_t i = 0; i < drop; ++i) {  // partial Fisher-Yates: pool[0, drop) is the sample
+    std::vector<size_t> pool(view.candidates.size());
+    for (size_t i = 0; i < pool.size(); ++i) pool[i] = i;
+    std::fill(scores.begin(), scores.end(), 1.0);
+    for (int64_t i = 0; i < drop; ++i) {  // pool[0, drop) is the sample
       const int64_t j = i + static_cast<int64_t>(rng.below(static_cast<uint64_t>(eligible - i)));
       std::swap(pool[i], pool[j]);
-      evict.push_back(pool[i]);
+      scores[pool[i]] = 0.0;
     }
-    evicted_ += static_cast<double>(drop);
   }
 
-  void report(std::map<std::string, double>& counters) const override {
-    counters["random.evicted_tokens"] += evicted_;
-  }
-
- private:
   int num_kv_heads_;
-  evict::Schedule schedule_;
-  int64_t budget_;
   std::vector<Rng> rngs_;  // [layer * kv head]
-  double evicted_ = 0;
 };
 
 PolicyInfo random_info() {
-  PolicyInfo info;
-  info.name = "random";
-  info.kind = StageKind::kEvict;
-  info.summary = "keep a uniformly random subset of the budget's size (seeded): the floor";
-  info.params = evict::budget_params(0.2);
-  info.params.push_back(evict::schedule_param(
+  return budget_schedule_policy<RandomEvict>(
+      "random", "keep a uniformly random subset of the budget's size (seeded): the floor",
       "once: sample once after prefill, decode tokens appended; cap: evict at random down to "
-      "the budget at every step"));
-  info.check = [](const Params& p) { evict::check_budget("random", p); };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<RandomEvict>(p, ctx);
-  };
-  return info;
+      "the budget at every step");
 }
 
 }  // namespace

@@ -119,7 +119,7 @@ class SkvqStore final : public StoreStage {
   }
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
-              const LayerData& raw) override {
+              const LayerData& raw, bool /*prefill*/) override {
     Head& s = at(layer, head);
     for (int32_t pos : positions) {
       cache.append(pos, raw.key(head, pos), raw.value(head, pos));
@@ -328,33 +328,34 @@ std::shared_ptr<const PolicyState> skvq_prepare(const Params& p, const Calibrati
 }
 
 PolicyInfo skvq_info() {
-  PolicyInfo info;
-  info.name = "skvq";
-  info.kind = StageKind::kQuantize;
-  info.summary =
+  PolicyInfo info = policy_info<SkvqStore>(
+      "skvq", StageKind::kQuantize,
       "sliding-window quantization: fp16 sinks + window, clipped per-group quantization of "
-      "reordered channels (SKVQ)";
-  info.params = {
-      ParamSpec::Float("k_bits", 2, 1, 8, "key bits: an integer 1..8, or 1.5 (ternary)"),
-      ParamSpec::Float("v_bits", 2, 1, 8, "value bits: an integer 1..8, or 1.5 (ternary)"),
-      ParamSpec::Int("group", 128, 1, 1 << 20,
-                     "g: channels per group on average; unit_dim/g groups (must divide unit_dim)"),
-      ParamSpec::Int("window", 128, 0, 1 << 30, "w: most recent tokens kept in fp16"),
-      ParamSpec::Int("sinks", 5, 0, 1 << 30, "S: first tokens kept in fp16 (attention sinks)"),
-      ParamSpec::Float("clip", 0.92, 0.01, 1, "unified clip ratio a (gmin = a*min, gmax = a*max)"),
-      ParamSpec::Bool("clip_search", false,
-                      "search a clip ratio per group (grid 1.00..0.50) on calibration data"),
-      ParamSpec::Enum("meta", "fp16", {"fp16", "fp8"}, "precision of scales and zero points"),
-      ParamSpec::Bool("reorder", true, "k-means channel reordering (needs calibration)"),
-      ParamSpec::Enum("scope", "head", {"head", "layer"},
-                      "channels grouped together: one KV head's, or all KV heads' of a layer "
-                      "(official; needs the same tokens in every head)"),
-      ParamSpec::String("calib", "",
-                        "calibration file from `kvsim calibrate`; empty = leave-one-out over the "
-                        "trace's other sequences"),
-      ParamSpec::Int("calib_tokens", 512, 1, 1 << 24,
-                     "tokens sampled over the calibration sequences for clip_search"),
-  };
+      "reordered channels (SKVQ)",
+      {
+          ParamSpec::Float("k_bits", 2, 1, 8, "key bits: an integer 1..8, or 1.5 (ternary)"),
+          ParamSpec::Float("v_bits", 2, 1, 8, "value bits: an integer 1..8, or 1.5 (ternary)"),
+          ParamSpec::Int(
+              "group", 128, 1, 1 << 20,
+              "g: channels per group on average; unit_dim/g groups (must divide unit_dim)"),
+          ParamSpec::Int("window", 128, 0, 1 << 30, "w: most recent tokens kept in fp16"),
+          ParamSpec::Int("sinks", 5, 0, 1 << 30, "S: first tokens kept in fp16 (attention sinks)"),
+          ParamSpec::Float("clip", 0.92, 0.01, 1,
+                           "unified clip ratio a (gmin = a*min, gmax = a*max)"),
+          ParamSpec::Bool("clip_search", false,
+                          "search a clip ratio per group (grid 1.00..0.50) on calibration data"),
+          ParamSpec::Enum("meta", "fp16", {"fp16", "fp8"}, "precision of scales and zero points"),
+          ParamSpec::Bool("reorder", true, "k-means channel reordering (needs calibration)"),
+          ParamSpec::Enum("scope", "head", {"head", "layer"},
+                          "channels grouped together: one KV head's, or all KV heads' of a layer "
+                          "(official; needs the same tokens in every head)"),
+          ParamSpec::String(
+              "calib", "",
+              "calibration file from `kvsim calibrate`; empty = leave-one-out over the "
+              "trace's other sequences"),
+          ParamSpec::Int("calib_tokens", 512, 1, 1 << 24,
+                         "tokens sampled over the calibration sequences for clip_search"),
+      });
   info.check = [](const Params& p) {
     (void)BitWidth::parse(p.get_float("k_bits"), "skvq: k_bits");
     (void)BitWidth::parse(p.get_float("v_bits"), "skvq: v_bits");
@@ -370,9 +371,6 @@ PolicyInfo skvq_info() {
     }
   };
   info.prepare = skvq_prepare;
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<SkvqStore>(p, ctx);
-  };
   return info;
 }
 

@@ -41,101 +41,64 @@
 // Memory: what the store stage counts (fp16: 2*16*d bits per kept token):
 // min(P_w, budget) + (t + 1 - P) tokens at decode step t, P_w the prompt
 // tokens the layer holds.
-#include "policies/evict_budget.h"
-#include "policies/policy.h"
+#include <algorithm>
+
+#include "policies/scorer.h"
 #include "sim/base/errors.h"
 
 namespace kvsim {
 namespace {
 
-class SnapKv final : public EvictStage {
+class SnapKv final : public ScorerStage {
  public:
   SnapKv(const Params& p, const ShardContext& ctx)
-      : num_kv_heads_(ctx.meta->num_kv_heads),
-        group_(ctx.group_size()),
+      : ScorerStage(options(p, ctx), ctx),
         window_(p.get_int("window")),
         kernel_(static_cast<int>(p.get_int("kernel"))),
-        pooling_(p.get_string("pooling") == "avg" ? evict::Pooling::kAvg : evict::Pooling::kMax),
-        budget_(evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len)),
-        observed_(ctx.slots.size() * num_kv_heads_) {}
-
-  int64_t prefill_attention_rows() const override { return window_; }
-
-  void observe_prefill(int local, int kv_head, std::span<const int32_t> positions,
-                       std::span<const float> attention) override {
-    Observed& o = observed_[local * num_kv_heads_ + kv_head];
-    const size_t n = positions.size();
-    o.positions.assign(positions.begin(), positions.end());
-    o.scores.assign(n, 0.0);
-    for (int j = 0; j < group_; ++j) {
-      for (size_t i = 0; i < n; ++i) o.scores[i] += attention[j * n + i];
-    }
-  }
-
-  void select(const ArrivalView& view, std::vector<int32_t>& evict) override {
-    if (!view.prefill) return;  // decode tokens are never evicted
-    const auto n = static_cast<int64_t>(view.candidates.size());
-    if (n <= budget_) return;
-    const int64_t window = std::min(window_, budget_);
-    if (window < window_) ++window_clamped_;
-    const int64_t first_window = view.step - window + 1;  // observation window: [first_window, P)
-
-    // Scores of the non-window candidates, laid out densely over positions.
-    const Observed& o = observed_[view.local_layer * num_kv_heads_ + view.kv_head];
-    std::vector<int32_t> prefix;
-    int64_t in_window = 0;
-    for (int32_t pos : view.candidates) {
-      if (pos < first_window)
-        prefix.push_back(pos);
-      else
-        ++in_window;
-    }
-    if (prefix.empty()) return;
-    const int32_t lo = prefix.front();
-    std::vector<double> dense(static_cast<size_t>(prefix.back() - lo + 1), 0.0);
-    for (int32_t pos : prefix) {
-      auto it = std::lower_bound(o.positions.begin(), o.positions.end(), pos);
-      KVSIM_CHECK_MSG(it != o.positions.end() && *it == pos,
-                      "snapkv: no prefill attention for position " << pos);
-      dense[pos - lo] = o.scores[it - o.positions.begin()];
-    }
-    const std::vector<double> pooled = evict::pool1d(dense, kernel_, pooling_);
-    std::vector<double> prefix_scores;
-    prefix_scores.reserve(prefix.size());
-    for (int32_t pos : prefix) prefix_scores.push_back(pooled[pos - lo]);
-    const int64_t keep = std::max<int64_t>(0, budget_ - in_window);
-    const size_t before = evict.size();
-    evict::evict_all_but_top(prefix, prefix_scores, static_cast<size_t>(keep), evict);
-    evicted_ += static_cast<double>(evict.size() - before);
-  }
+        pooling_(p.get_string("pooling") == "avg" ? evict::Pooling::kAvg : evict::Pooling::kMax) {}
 
   void report(std::map<std::string, double>& counters) const override {
-    counters["snapkv.evicted_tokens"] += evicted_;
+    ScorerStage::report(counters);
     counters["snapkv.window_clamped"] += window_clamped_;
   }
 
  private:
-  struct Observed {
-    std::vector<int32_t> positions;  // [n] prefill candidates, ascending
-    std::vector<double> scores;      // [n] window attention summed over the group
-  };
-  int num_kv_heads_, group_;
+  // Once, at prefill; the observation window is the protected recent window
+  // (the base shrinks it to the budget) and scores with its own rows.
+  static Options options(const Params& p, const ShardContext& ctx) {
+    Options o;
+    o.name = "snapkv";
+    o.budget = evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len);
+    o.recent = p.get_int("window");
+    o.observe = Observe::kSum;
+    o.prefill_rows = p.get_int("window");
+    return o;
+  }
+
+  // The window's attention, pooled over positions (absent entries count 0).
+  void score(const ScoreView& view, std::span<double> scores) override {
+    if (view.budget < window_) ++window_clamped_;
+    const int32_t lo = view.candidates.front();
+    std::vector<double> dense(static_cast<size_t>(view.candidates.back() - lo + 1), 0.0);
+    for (int32_t pos : view.candidates) dense[pos - lo] = view.attention[pos];
+    const std::vector<double> pooled = evict::pool1d(dense, kernel_, pooling_);
+    for (size_t i = 0; i < view.candidates.size(); ++i) {
+      scores[i] = pooled[view.candidates[i] - lo];
+    }
+  }
+
   int64_t window_;
   int kernel_;
   evict::Pooling pooling_;
-  int64_t budget_;
-  std::vector<Observed> observed_;  // [layer * kv head]
-  double evicted_ = 0, window_clamped_ = 0;
+  double window_clamped_ = 0;
 };
 
 PolicyInfo snapkv_info() {
-  PolicyInfo info;
-  info.name = "snapkv";
-  info.kind = StageKind::kEvict;
-  info.summary =
+  PolicyInfo info = policy_info<SnapKv>(
+      "snapkv", StageKind::kEvict,
       "SnapKV: after prefill keep the prompt tokens the last `window` queries attend to most "
-      "(pooled), plus that window";
-  info.params = evict::budget_params(0.2);
+      "(pooled), plus that window",
+      evict::budget_params(0.2));
   info.params.push_back(ParamSpec::Int("window", 32, 1, 1 << 20,
                                        "observation window: the last prompt queries that score, "
                                        "and the prompt tokens always kept"));
@@ -149,9 +112,6 @@ PolicyInfo snapkv_info() {
       throw ConfigError("policy 'snapkv': kernel=" + std::to_string(p.get_int("kernel")) +
                         " must be odd (the pooling is centred: kernel/2 tokens on each side)");
     }
-  };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<SnapKv>(p, ctx);
   };
   return info;
 }

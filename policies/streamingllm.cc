@@ -10,7 +10,7 @@ namespace {
 
 class StreamingLlm final : public EvictStage {
  public:
-  explicit StreamingLlm(const Params& p)
+  StreamingLlm(const Params& p, const ShardContext&)
       : sinks_(p.get_int("sinks")), window_(p.get_int("window")) {}
 
   void select(const ArrivalView& view, std::vector<int32_t>& evict) override {
@@ -20,23 +20,20 @@ class StreamingLlm final : public EvictStage {
     }
   }
 
+  CacheBound max_cache_tokens() const override { return {sinks_ + window_, false}; }
+
  private:
   int64_t sinks_, window_;
 };
 
 PolicyInfo streamingllm_info() {
-  PolicyInfo info;
-  info.name = "streamingllm";
-  info.kind = StageKind::kEvict;
-  info.summary = "attention sinks plus a recent window (StreamingLLM)";
-  info.params = {
-      ParamSpec::Int("sinks", 4, 0, 1 << 30, "leading tokens always kept"),
-      ParamSpec::Int("window", 124, 1, 1 << 30, "most recent tokens kept (the newest included)"),
-  };
-  info.create = [](const Params& p, const ShardContext&) {
-    return std::make_unique<StreamingLlm>(p);
-  };
-  return info;
+  return policy_info<StreamingLlm>(
+      "streamingllm", StageKind::kEvict, "attention sinks plus a recent window (StreamingLLM)",
+      {
+          ParamSpec::Int("sinks", 4, 0, 1 << 30, "leading tokens always kept"),
+          ParamSpec::Int("window", 124, 1, 1 << 30,
+                         "most recent tokens kept (the newest included)"),
+      });
 }
 
 }  // namespace

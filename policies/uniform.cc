@@ -33,7 +33,7 @@ class UniformStore final : public StoreStage {
   }
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
-              const LayerData& raw) override {
+              const LayerData& raw, bool /*prefill*/) override {
     Head& s = at(layer, head);
     for (int32_t pos : positions) {
       cache.append(pos, raw.key(head, pos), raw.value(head, pos));
@@ -91,18 +91,17 @@ class UniformStore final : public StoreStage {
 };
 
 PolicyInfo uniform_info() {
-  PolicyInfo info;
-  info.name = "uniform";
-  info.kind = StageKind::kQuantize;
-  info.summary = "asymmetric min/max round-to-nearest, per token or per channel (RTN baseline)";
-  info.params = {
-      ParamSpec::Int("bits", 4, 1, 8, "bits per quantized element"),
-      ParamSpec::Int(
-          "group", 32, 1, 1 << 20,
-          "group size: channels per group (token axis) or tokens per group (channel axis)"),
-      ParamSpec::Enum("k_axis", "token", {"token", "channel"}, "grouping of keys"),
-      ParamSpec::Enum("v_axis", "token", {"token", "channel"}, "grouping of values"),
-  };
+  PolicyInfo info = policy_info<UniformStore>(
+      "uniform", StageKind::kQuantize,
+      "asymmetric min/max round-to-nearest, per token or per channel (RTN baseline)",
+      {
+          ParamSpec::Int("bits", 4, 1, 8, "bits per quantized element"),
+          ParamSpec::Int(
+              "group", 32, 1, 1 << 20,
+              "group size: channels per group (token axis) or tokens per group (channel axis)"),
+          ParamSpec::Enum("k_axis", "token", {"token", "channel"}, "grouping of keys"),
+          ParamSpec::Enum("v_axis", "token", {"token", "channel"}, "grouping of values"),
+      });
   info.check_trace = [](const Params& p, const TraceMeta& meta) {
     const int64_t g = p.get_int("group");
     const bool token_axis = p.get_string("k_axis") == "token" || p.get_string("v_axis") == "token";
@@ -111,9 +110,6 @@ PolicyInfo uniform_info() {
                         " must divide head_dim=" + std::to_string(meta.head_dim) +
                         " when an axis is 'token' (groups run along channels)");
     }
-  };
-  info.create = [](const Params& p, const ShardContext& ctx) {
-    return std::make_unique<UniformStore>(p, ctx);
   };
   return info;
 }

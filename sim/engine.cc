@@ -288,7 +288,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         prefill_attention(local, h, window, pipe.store->prefill_attention_rows(), untouched);
         pipe.store->observe_prefill(local, h, candidates, colsum);
       }
-      pipe.store->insert(local, h, cache_of(local, h), candidates, raw);
+      pipe.store->insert(local, h, cache_of(local, h), candidates, raw, /*prefill=*/true);
     }
   }
 
@@ -332,7 +332,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         // Called even when the new entry was evicted (empty span), so that a
         // cross-layer store sees every layer of every event.
         const int32_t pos = static_cast<int32_t>(t);
-        pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, keep_new ? 1 : 0), raw);
+        pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, keep_new ? 1 : 0), raw,
+                           /*prefill=*/false);
       }
     }
 

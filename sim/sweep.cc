@@ -31,7 +31,7 @@ PolicyTraits probe_traits(const PolicySpec& spec, const TraceMeta& meta, const S
     for (const auto& g : spec.layer_slot_groups(meta)) {
       if (g.size() > group.size()) group = g;
     }
-    if (group.empty()) return {{-1}, {}, true};
+    if (group.empty()) return {{-1}, {}, true, {}};
     std::vector<LayerData> dummy(group.size());
     ShardContext ctx;
     ctx.meta = &meta;
@@ -56,22 +56,14 @@ PolicyTraits probe_traits(const PolicySpec& spec, const TraceMeta& meta, const S
       (pipeline.evicts.empty() ? traits.shared_prefill_rows : traits.prefill_rows).push_back(rows);
     }
     traits.decode_attention = pipeline.needs_decode_attention();
-    // An evict stage with integer `sinks` and `window` keeps at most their sum.
-    for (const StageSpec& stage : spec.stages()) {
-      if (stage.info->kind != StageKind::kEvict) continue;
-      auto has_int = [&](const std::string& name) {
-        return std::any_of(
-            stage.info->params.begin(), stage.info->params.end(),
-            [&](const ParamSpec& p) { return p.name == name && p.type == ParamType::kInt; });
-      };
-      if (has_int("sinks") && has_int("window")) {
-        const int64_t cap = stage.params.get_int("sinks") + stage.params.get_int("window");
-        traits.cache_cap = traits.cache_cap < 0 ? cap : std::min(traits.cache_cap, cap);
+    for (const auto& stage : pipeline.evicts) {
+      if (const CacheBound bound = stage->max_cache_tokens(); bound.bounded()) {
+        traits.cache_bounds.push_back(bound);
       }
     }
     return traits;
   } catch (...) {
-    return {{-1}, {}, true};  // e.g. a stage that needs prepared state: assume the most work
+    return {{-1}, {}, true, {}};  // e.g. a stage that needs prepared state: assume the most work
   }
 }
 
@@ -97,14 +89,14 @@ double estimate_unit_cost(const TraceMeta& meta, const SequenceInfo& info,
     const int window = meta.sliding_window[slot];
     double measured_n = 0, all_n = 0, prefill_n = 0;
     auto kept = [&](int64_t t) {
-      const int64_t n = present_tokens(window, t);
-      return traits.cache_cap >= 0 ? std::min<int64_t>(n, traits.cache_cap + 1) : n;
+      int64_t n = present_tokens(window, t);
+      for (const CacheBound& bound : traits.cache_bounds) n = std::min(n, bound.at(t, P));
+      return n;
     };
     for (int64_t t : measured) measured_n += kept(t);
     // Measured steps: compressed attention (scores + weighted sum), exact scores
     // and K/V reconstruction error, all over the kept entries: the exact cache,
-    // or at most sinks + window + 1 for a sliding cache (other evicting policies
-    // keep fewer: for them the estimate is an upper bound).
+    // or what the evict stages declare they keep at most.
     cost += (3 * hq + 2 * hkv) * d * measured_n;
     if (traits.decode_attention) {
       for (int64_t t = P; t < T; ++t) all_n += kept(t);

@@ -33,9 +33,9 @@ struct PolicyTraits {
   std::vector<int64_t> prefill_rows;
   std::vector<int64_t> shared_prefill_rows;
   bool decode_attention = false;  // Pipeline::needs_decode_attention()
-  // Cache bound of a sinks + window evict stage (StreamingLLM-like), in
-  // tokens; -1 = none known (the exact cache bounds the cost).
-  int64_t cache_cap = -1;
+  // Stage::max_cache_tokens() of every evict stage that bounds its cache: the
+  // cache at step t holds at most the least of them (none: the exact cache).
+  std::vector<CacheBound> cache_bounds;
   // -1 if a stage needs every prompt row, else the sum of the stages' rows.
   int64_t prefill_rows_summary() const;
 };

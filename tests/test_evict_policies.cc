@@ -17,78 +17,15 @@
 namespace kvsim {
 namespace {
 
+using testing::HandShard;
+using testing::Positions;
+using testing::range;
+using testing::select;
 using testing::TempDir;
-using Positions = std::vector<int32_t>;
-
-// One hand-made layer (original id `layer_id`) of one sequence, and the shard
-// context a stage is built from. Keys/queries are zero until a test sets them.
-struct HandShard {
-  TraceMeta meta;
-  LayerData layer;
-  ShardContext ctx;
-
-  HandShard(int q_heads, int kv_heads, int d, int tokens, int prompt, int layer_id = 5,
-            uint64_t seed = 1) {
-    meta.model_name = "hand";
-    meta.num_model_layers = layer_id + 1;
-    meta.layer_ids = {layer_id};
-    meta.sliding_window = {0};
-    meta.num_q_heads = q_heads;
-    meta.num_kv_heads = kv_heads;
-    meta.head_dim = d;
-    meta.attn_scale = 1.0;
-    layer.slot = 0;
-    layer.num_tokens = tokens;
-    layer.head_dim = d;
-    layer.q.assign(static_cast<size_t>(q_heads) * tokens * d, 0.f);
-    layer.k.assign(static_cast<size_t>(kv_heads) * tokens * d, 0.f);
-    layer.v.assign(static_cast<size_t>(kv_heads) * tokens * d, 0.f);
-    ctx.meta = &meta;
-    ctx.slots = {0};
-    ctx.layers = {&layer};
-    ctx.prompt_len = prompt;
-    ctx.num_tokens = tokens;
-    ctx.seed = seed;
-  }
-  HandShard(const HandShard&) = delete;
-  HandShard& operator=(const HandShard&) = delete;
-
-  void set_key(int kv_head, int t, std::vector<float> x) {
-    std::copy(
-        x.begin(), x.end(),
-        layer.k.begin() + (static_cast<size_t>(kv_head) * layer.num_tokens + t) * layer.head_dim);
-  }
-  void set_query(int q_head, int t, std::vector<float> x) {
-    std::copy(
-        x.begin(), x.end(),
-        layer.q.begin() + (static_cast<size_t>(q_head) * layer.num_tokens + t) * layer.head_dim);
-  }
-};
 
 // The single evict stage of `spec`, built for `ctx`.
 Pipeline make_pipeline(const std::string& spec, const ShardContext& ctx) {
   return Pipeline::create(PolicySpec::parse(spec), ctx, {});
-}
-
-// Calls select() as the engine does; returns the evicted positions, sorted.
-Positions select(EvictStage& stage, const LayerData& raw, int64_t step, bool prefill,
-                 const Positions& candidates, int kv_head = 0) {
-  ArrivalView view;
-  view.kv_head = kv_head;
-  view.step = step;
-  view.prefill = prefill;
-  view.candidates = candidates;
-  view.raw = &raw;
-  Positions evict;
-  stage.select(view, evict);
-  std::sort(evict.begin(), evict.end());
-  return evict;
-}
-
-Positions range(int32_t lo, int32_t hi) {  // [lo, hi)
-  Positions out(hi - lo);
-  std::iota(out.begin(), out.end(), lo);
-  return out;
 }
 
 Positions minus(const Positions& a, const Positions& b) {
@@ -97,27 +34,10 @@ Positions minus(const Positions& a, const Positions& b) {
   return out;
 }
 
-SynthConfig small() {
-  SynthConfig c = synth_preset("default");
-  c.model_layers = 4;
-  c.tokens = 320;
-  c.prompt_len = 256;
-  return c;
-}
-
 double mean_mass(const RunResult& r) {
   double s = 0;
   for (const auto& x : r.steps) s += x.mass_retained;
   return r.steps.empty() ? 0 : s / r.steps.size();
-}
-
-std::string error_of(const std::string& spec) {
-  try {
-    PolicySpec::parse(spec);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // ---------------------------------------------------------------------------
@@ -316,7 +236,7 @@ TEST(Oracle, WorkedExampleFollowsFutureQueries) {
 // sinks: on the default preset they rank among the lowest ~17% of key norms,
 // so the lowest-norm rule keeps them at a 20% budget, as the paper observes.
 TEST(L2Norm, KeepsLowestNormKeysOfASyntheticLayer) {
-  const SynthConfig c = small();
+  const SynthConfig c = testing::small_synth();
   const TraceMeta meta = synth_meta(c);
   const auto layers = synth_sequence(c, 0);
   for (int slot = 0; slot < meta.num_layers(); ++slot) {
@@ -419,10 +339,8 @@ TEST(Oracle, MatchesIndependentFutureAttentionOnSyntheticLayer) {
 
 TEST(EvictMemory, KeptCountsMatchBudgetFormulas) {
   TempDir dir;
-  const SynthConfig c = small();  // P = 256, T = 320, layers 0..3
+  const SynthConfig c = testing::small_synth();  // P = 256, T = 320, layers 0..3
   const int64_t d = c.head_dim, P = c.prompt_len;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const std::vector<std::string> specs = {
       "h2o",                                  // 26 heavy + 26 recent
       "h2o:heavy_tokens=10,recent_tokens=5",  // 15
@@ -436,7 +354,7 @@ TEST(EvictMemory, KeptCountsMatchBudgetFormulas) {
       "l2norm:schedule=cap",                  // layers 0,1 whole; 128
       "l2norm:schedule=cap,cap=30,skip=[3]",  // layer 3 whole; 30
   };
-  const auto runs = testing::replay_synth(c, specs, dir, all);
+  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
   auto expected = [&](size_t i, const KvRecord& k) -> int64_t {
     const int64_t decode = k.step + 1 - P, whole = k.step + 1;
     switch (i) {
@@ -483,12 +401,11 @@ TEST(EvictMemory, KeptCountsMatchBudgetFormulas) {
 // Evict + quantize: memory is the uniform formula over the kept tokens.
 TEST(EvictMemory, ComposesWithUniform) {
   TempDir dir;
-  const SynthConfig c = small();
+  const SynthConfig c = testing::small_synth();
   const int64_t d = c.head_dim, P = c.prompt_len;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(
-      c, {"h2o+uniform:bits=4", "l2norm+uniform:bits=4", "h2o", "l2norm"}, dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"h2o+uniform:bits=4", "l2norm+uniform:bits=4", "h2o", "l2norm"},
+                            dir, testing::every_step());
   for (int r = 0; r < 2; ++r) {
     for (const auto& k : runs[r].kv) {
       const int64_t n = r == 0 ? 52 : (k.layer <= 1 ? k.step + 1 : 128 + k.step + 1 - P);
@@ -510,16 +427,14 @@ TEST(EvictMemory, SlidingWindowLayers) {
   TempDir dir;
   SynthConfig c = synth_preset("tiny");  // P = 64, T = 96
   c.sliding_window = 24;
-  c.sliding_every = 2;  // even layers local (24), odd layers global
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
+  c.sliding_every = 2;                            // even layers local (24), odd layers global
   const std::vector<std::string> specs = {"h2o",  // 7 heavy + 7 recent
                                           "snapkv",
                                           "oracle",
                                           "random:schedule=cap",
                                           "oracle:schedule=cap",
                                           "l2norm:schedule=cap,skip=[]"};
-  const auto runs = testing::replay_synth(c, specs, dir, all);
+  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
   const int64_t P = c.prompt_len;
   for (size_t i = 0; i < specs.size(); ++i) {
     for (const auto& k : runs[i].kv) {
@@ -544,10 +459,9 @@ TEST(EvictMemory, SlidingWindowLayers) {
 TEST(EvictMemory, ComposesWithKivi) {
   if (!PolicyRegistry::instance().find("kivi")) GTEST_SKIP() << "kivi is not registered";
   TempDir dir;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs =
-      testing::replay_synth(small(), {"h2o+kivi", "l2norm+kivi", "h2o", "l2norm"}, dir, all);
+      testing::replay_synth(testing::small_synth(), {"h2o+kivi", "l2norm+kivi", "h2o", "l2norm"},
+                            dir, testing::every_step());
   for (int r = 0; r < 2; ++r) {
     ASSERT_EQ(runs[r].kv.size(), runs[r + 2].kv.size());
     for (size_t i = 0; i < runs[r].kv.size(); ++i) {
@@ -572,8 +486,6 @@ TEST(EvictMemory, ComposesWithKivi) {
 //     recent) against oracle/random/l2norm with schedule=cap at 52.
 TEST(EvictProperties, OracleBoundsAndRandomFloor) {
   TempDir dir;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const std::vector<std::string> once = {"oracle:ratio=0.2", "snapkv:ratio=0.2",
                                          "l2norm:keep_ratio=0.2,skip=[]", "random:ratio=0.2"};
   const std::vector<std::string> cap = {"oracle:ratio=0.2,schedule=cap", "h2o",
@@ -581,7 +493,8 @@ TEST(EvictProperties, OracleBoundsAndRandomFloor) {
                                         "random:ratio=0.2,schedule=cap"};
   std::vector<std::string> specs = once;
   specs.insert(specs.end(), cap.begin(), cap.end());
-  const auto runs = testing::replay_synth(small(), specs, dir, all);
+  const auto runs =
+      testing::replay_synth(testing::small_synth(), specs, dir, testing::every_step());
   std::map<std::string, double> mass;
   for (size_t i = 0; i < specs.size(); ++i) {
     mass[specs[i]] = mean_mass(runs[i]);
@@ -660,13 +573,13 @@ TEST(EvictParams, BadValuesAreRefusedWithMessages) {
       {"l2norm:skip=[-1]", "out of range"},
   };
   for (const auto& [spec, want] : cases) {
-    const std::string e = error_of(spec);
+    const std::string e = testing::spec_error(spec);
     EXPECT_NE(e.find(want), std::string::npos) << spec << " -> '" << e << "'";
   }
   // Valid edge cases parse.
   for (const char* ok : {"oracle:ratio=0,budget=8", "l2norm:schedule=cap,cap=64", "l2norm:skip=[]",
                          "h2o:heavy=0", "snapkv:kernel=1,pooling=avg", "random:ratio=1"}) {
-    EXPECT_EQ(error_of(ok), "") << ok;
+    EXPECT_EQ(testing::spec_error(ok), "") << ok;
   }
   EXPECT_EQ(PolicySpec::parse("h2o").canonical(),
             "h2o:heavy=0.1,recent=0.1,heavy_tokens=0,recent_tokens=0");

@@ -19,8 +19,6 @@ using testing::mean_key_err;
 using testing::mean_rel_err;
 using testing::TempDir;
 
-using testing::hand_meta;
-
 // Keys and values of 1 KV head, rows [T, d].
 LayerData hand_layer(const std::vector<std::vector<float>>& k,
                      const std::vector<std::vector<float>>& v) {
@@ -36,11 +34,7 @@ LayerData hand_layer(const std::vector<std::vector<float>>& k,
 
 std::unique_ptr<StoreStage> make_store(const std::string& spec, const TraceMeta& meta,
                                        const LayerData& layer, ShardContext& ctx) {
-  ctx.meta = &meta;
-  ctx.slots = {0};
-  ctx.layers = {&layer};
-  ctx.prompt_len = 1;
-  ctx.num_tokens = layer.num_tokens;
+  ctx = testing::hand_context(meta, {&layer}, 1, layer.num_tokens);
   return std::move(Pipeline::create(PolicySpec::parse(spec), ctx, {}).store);
 }
 
@@ -59,7 +53,7 @@ std::vector<float> row(const std::vector<float>& flat, size_t r, size_t d) {
 //     v0 [0, 1, 2, 9]  min 0, scale 3: codes [0,0,1,3] -> [0,0,3,9]
 //     v1 [4, 3, 2, 1]  min 1, scale 1: exact
 TEST(Kivi, HandWorkedCodesResidualAndBits) {
-  const TraceMeta meta = hand_meta(4);
+  const TraceMeta meta = testing::hand_meta(4);
   std::vector<std::vector<float>> k = {{0, 1, -2, 0},  {0.5, 1, 0, 1}, {1.5, 1, 2, 2}, {3, 1, 4, 6},
                                        {7, 7, 7, 7},   {8, 8, 8, 8},   {9, 9, 9, 9},   {1, 2, 3, 4},
                                        {5, 6, 7, 8.5}, {0, 0, 0, 0}};
@@ -72,7 +66,7 @@ TEST(Kivi, HandWorkedCodesResidualAndBits) {
   HeadCache cache;
   cache.head_dim = 4;
   const std::vector<int32_t> prompt = {0, 1, 2, 3, 4, 5};
-  store->insert(0, 0, cache, prompt, layer);
+  store->insert(0, 0, cache, prompt, layer, /*prefill=*/true);
   ASSERT_EQ(cache.size(), 6u);
   const std::vector<std::vector<float>> want_k = {{0, 1, -2, 0}, {0, 1, 0, 0}, {2, 1, 2, 2},
                                                   {3, 1, 4, 6},  {7, 7, 7, 7}, {8, 8, 8, 8}};
@@ -88,7 +82,8 @@ TEST(Kivi, HandWorkedCodesResidualAndBits) {
 
   // Decode t6, t7: the key residual grows to 3, then 4 (no flush before attention);
   // the value FIFO stays at 4 (t2, then t3 quantized).
-  for (int32_t t : {6, 7}) store->insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  for (int32_t t : {6, 7})
+    store->insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_EQ(row(cache.keys, 7, 4), k[7]);  // residual keys are exact
   EXPECT_EQ(row(cache.keys, 4, 4), k[4]);
   // v2 = [1,1,1,2]: min 1, scale fp16(1/3) = 0.333251953125, 2 -> code 3 -> 1.999755859375
@@ -101,7 +96,7 @@ TEST(Kivi, HandWorkedCodesResidualAndBits) {
   // t8: the full residual (t4..t7) is quantized as one group before t8 joins it.
   //   ch0 [7, 8, 9, 1]: min 1, scale fp16(8/3) = 2.666015625; 7 -> 2.2505 -> 2 -> 6.33203125
   int32_t t8 = 8;
-  store->insert(0, 0, cache, std::span<const int32_t>(&t8, 1), layer);
+  store->insert(0, 0, cache, std::span<const int32_t>(&t8, 1), layer, false);
   const float s = 2.666015625f;
   EXPECT_EQ(cache.keys[4 * 4 + 0], 1 + 2 * s);
   EXPECT_EQ(cache.keys[7 * 4 + 0], 1.f);
@@ -144,13 +139,11 @@ TEST(Kivi, ResidualFlushRulesAndMemoryToTheBit) {
   c.prompt_len = 10;
   c.tokens = 24;
   const int64_t d = c.head_dim;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs =
       testing::replay_synth(c,
                             {"kivi:bits=2,group=2,residual=4", "kivi:bits=4,group=8,residual=8",
                              "kivi:bits=2,group=2,residual=4,v_flush=lazy", "kivi"},
-                            dir, all);
+                            dir, testing::every_step());
   // T = 10, R = 4, G = 2: after prefill 8 keys quantized, 2 residual; the
   // residual when attention runs at t = 10, 11, 12, ...: 3, 4, 1, 2, 3, 4, 1, ...
   const std::vector<int64_t> want_rk = {3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4};
@@ -189,9 +182,8 @@ TEST(Kivi, PrefillMultipleOfResidualQuantizesEveryKey) {
   SynthConfig c = testing::tiny_config();
   c.prompt_len = 16;
   c.tokens = 20;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(c, {"kivi:bits=2,group=4,residual=8"}, dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"kivi:bits=2,group=4,residual=8"}, dir, testing::every_step());
   for (const auto& k : runs[0].kv) {
     const int64_t n = k.step + 1;  // 16 keys quantized at prefill, then 1, 2, 3, 4 residual
     const KiviBits want = kivi_formula(n, n - 16, 8, c.head_dim, 2, 4);
@@ -200,20 +192,13 @@ TEST(Kivi, PrefillMultipleOfResidualQuantizesEveryKey) {
   }
 }
 
-SynthConfig small() {
-  SynthConfig c = synth_preset("default");  // d = 64, 4 outlier key channels per head
-  c.model_layers = 4;
-  c.tokens = 320;
-  c.prompt_len = 256;
-  return c;
-}
-
 TEST(Kivi, PerChannelKeysBeatPerTokenKeysAtTwoBits) {
   TempDir dir;
   // Same G = 32, same 2 bits; KIVI's residual kept minimal (R = G) so that the
   // comparison is about the key axis, not about fp16 tokens.
   const auto runs = testing::replay_synth(
-      small(), {"kivi:bits=2,group=32,residual=32", "uniform:bits=2,group=32,k_axis=token"}, dir);
+      testing::small_synth(),
+      {"kivi:bits=2,group=32,residual=32", "uniform:bits=2,group=32,k_axis=token"}, dir);
   const double kivi_k = mean_key_err(runs[0]), token_k = mean_key_err(runs[1]);
   const double kivi_e = mean_rel_err(runs[0]), token_e = mean_rel_err(runs[1]);
   EXPECT_LT(kivi_k, 0.6 * token_k) << "key err: kivi " << kivi_k << " per-token " << token_k;
@@ -225,8 +210,8 @@ TEST(Kivi, PerChannelKeysBeatPerTokenKeysAtTwoBits) {
 TEST(Kivi, ErrorFallsWithBitsAndResidual) {
   TempDir dir;
   const auto runs = testing::replay_synth(
-      small(), {"kivi:bits=2,residual=32", "kivi:bits=4,residual=32", "kivi:bits=2,residual=128"},
-      dir);
+      testing::small_synth(),
+      {"kivi:bits=2,residual=32", "kivi:bits=4,residual=32", "kivi:bits=2,residual=128"}, dir);
   const double e2 = mean_rel_err(runs[0]), e4 = mean_rel_err(runs[1]), e2r = mean_rel_err(runs[2]);
   EXPECT_LT(e4, 0.5 * e2) << "2 bits " << e2 << " 4 bits " << e4;
   EXPECT_LT(e2r, e2) << "R=32 " << e2 << " R=128 " << e2r;
@@ -238,13 +223,12 @@ TEST(Kivi, ErrorFallsWithBitsAndResidual) {
 // step from the flush rules (independent of the store's code).
 TEST(Kivi, AfterStreamingLlmCountsExactlyTheKeptTokens) {
   TempDir dir;
-  SynthConfig c = small();
+  SynthConfig c = testing::small_synth();
   c.model_layers = 2;
   const int64_t d = c.head_dim, P = c.prompt_len, S = 4, W = 60, R = 32, G = 8, b = 2;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(
-      c, {"streamingllm:sinks=4,window=60+kivi:bits=2,group=8,residual=32"}, dir, all);
+  const auto runs =
+      testing::replay_synth(c, {"streamingllm:sinks=4,window=60+kivi:bits=2,group=8,residual=32"},
+                            dir, testing::every_step());
 
   auto kept_at = [&](int64_t t) {
     std::set<int32_t> kept;
@@ -332,9 +316,7 @@ TEST(Kivi, ComposesAfterPerHeadEvictionAndMerging) {
     specs.push_back("minicache:start=0+kivi:bits=4,group=8,residual=16");
   }
   if (specs.empty()) GTEST_SKIP() << "no evict or merge stage built";
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = testing::replay_synth(c, specs, dir, all);
+  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
   for (size_t i = 0; i < runs.size(); ++i) {
     EXPECT_GT(mean_rel_err(runs[i]), 0) << specs[i];
     for (const auto& s : runs[i].steps) ASSERT_TRUE(std::isfinite(s.rel_err)) << specs[i];

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
 #include "policies/quantizer.h"
 #include "sim/results.h"
@@ -15,17 +16,10 @@ using testing::TempDir;
 
 // One layer, one KV head, one query head, d = 4, a 10-token prompt.
 struct HandCase {
-  TraceMeta meta;
+  TraceMeta meta = testing::hand_meta(4);
   LayerData layer;
   ShardContext ctx;
   HandCase() {
-    meta.model_name = "hand";
-    meta.num_model_layers = 1;
-    meta.layer_ids = {0};
-    meta.sliding_window = {0};
-    meta.num_q_heads = meta.num_kv_heads = 1;
-    meta.head_dim = 4;
-    meta.attn_scale = 0.5;
     layer.num_tokens = 10;
     layer.head_dim = 4;
     for (int t = 0; t < 10; ++t) {
@@ -35,11 +29,7 @@ struct HandCase {
         layer.v.push_back(static_cast<float>((t * 3 + c) % 7) * 0.5f);
       }
     }
-    ctx.meta = &meta;
-    ctx.slots = {0};
-    ctx.layers = {&layer};
-    ctx.prompt_len = 10;
-    ctx.num_tokens = 10;
+    ctx = testing::hand_context(meta, {&layer}, 10, 10);
   }
 };
 
@@ -55,7 +45,7 @@ TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
   pipe.store->observe_prefill(0, 0, positions, attention);
   HeadCache cache;
   cache.head_dim = 4;
-  pipe.store->insert(0, 0, cache, positions, hc.layer);
+  pipe.store->insert(0, 0, cache, positions, hc.layer, /*prefill=*/true);
   ASSERT_EQ(cache.size(), 10u);  // nothing evicted
   for (int t = 0; t < 10; ++t) {
     const bool high = t == 3 || t == 5 || t == 8 || t == 9;
@@ -89,8 +79,8 @@ TEST(MiKV, BalancerScalesAreSqrtOfQueryOverKeyRange) {
   for (int i = 0; i < 10; ++i) positions[i] = i;
   HeadCache a, b;
   a.head_dim = b.head_dim = 4;
-  with.store->insert(0, 0, a, positions, hc.layer);
-  without.store->insert(0, 0, b, positions, hc.layer);
+  with.store->insert(0, 0, a, positions, hc.layer, /*prefill=*/true);
+  without.store->insert(0, 0, b, positions, hc.layer, /*prefill=*/true);
   // q.k error of the low-precision tokens is smaller with the balancer.
   double err_with = 0, err_without = 0;
   for (int t = 0; t < 9; ++t) {
@@ -108,18 +98,10 @@ TEST(MiKV, BalancerScalesAreSqrtOfQueryOverKeyRange) {
   EXPECT_EQ(with.store->memory(0, 0).meta, without.store->memory(0, 0).meta + 16 * 4);
 }
 
-SynthConfig small() {
-  SynthConfig c = synth_preset("default");
-  c.model_layers = 4;
-  c.tokens = 320;
-  c.prompt_len = 256;
-  return c;
-}
-
 TEST(MiKV, NoTokenEvictedAndErrorFallsWithLowBits) {
   TempDir dir;
-  const auto runs =
-      testing::replay_synth(small(), {"mikv:lo_bits=2", "mikv:lo_bits=3", "mikv:lo_bits=4"}, dir);
+  const auto runs = testing::replay_synth(
+      testing::small_synth(), {"mikv:lo_bits=2", "mikv:lo_bits=3", "mikv:lo_bits=4"}, dir);
   for (const auto& r : runs) {
     for (const auto& k : r.kv) EXPECT_EQ(k.kept_tokens, k.step + 1);
     for (const auto& s : r.steps) EXPECT_NEAR(s.mass_retained, 1.f, 1e-5);
@@ -128,20 +110,48 @@ TEST(MiKV, NoTokenEvictedAndErrorFallsWithLowBits) {
   EXPECT_GT(mean_rel_err(runs[1]), mean_rel_err(runs[2]));
 }
 
-TEST(MiKV, MemoryMatchesFormulaToTheBit) {
+// Memory from the paper's definition, worked by hand for the small synthetic
+// trace (P = 256 prompt tokens, T = 320, d = 64), heavy = recent = 0.1, 3-bit
+// low precision in groups of 32 channels, fp16 high precision, balancer on.
+// Per (layer, kv head), K and V alike:
+//   high tokens: ceil(0.1 * 256) = 26 heavy + 26 recent = 52, 16 bits per element;
+//   low tokens:  the other n - 52, 3 bits per element, and per group of 32
+//                channels an fp16 scale and zero point (2 groups x 32 bits);
+//   precision map: 1 bit per token held; balancer: 64 channels x 16 bits.
+// First decode step (n = 257, 205 low tokens):
+//   data = 52*64*16*2 + 205*64*3*2 = 106496 + 78720 = 185216
+//   meta = 205*2*2*32 + 257 + 1024 = 26240 + 257 + 1024 = 27521
+// Last step (n = 320, 268 low tokens):
+//   data = 106496 + 268*64*3*2 = 106496 + 102912 = 209408
+//   meta = 268*2*2*32 + 320 + 1024 = 34304 + 320 + 1024 = 35648
+// In between, each step adds one low token: +384 data bits, +129 meta bits.
+TEST(MiKV, MemoryMatchesThePapersDefinitionToTheBit) {
   TempDir dir;
-  SynthConfig c = small();
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs =
-      testing::replay_synth(c, {"mikv:heavy=0.1,recent=0.1,lo_bits=3,group=32"}, dir, all);
-  const int64_t d = c.head_dim, P = c.prompt_len;
-  const int64_t high = static_cast<int64_t>(std::ceil(0.1 * P)) * 2;
+  const auto runs = testing::replay_synth(testing::small_synth(),
+                                          {"mikv:heavy=0.1,recent=0.1,lo_bits=3,group=32"}, dir,
+                                          testing::every_step());
+  std::map<std::pair<int, int>, const KvRecord*> previous;  // (layer, kv head) -> last record
+  int checked_ends = 0;
   for (const auto& k : runs[0].kv) {
-    const int64_t n = k.step + 1, low = n - high;
-    EXPECT_EQ(k.data_bits, 2 * (high * 16 * d + low * 3 * d)) << k.step;
-    EXPECT_EQ(k.meta_bits, 2 * low * 32 * (d / 32) + n + 16 * d) << k.step;
+    if (k.step == 256) {
+      EXPECT_EQ(k.data_bits, 185216);
+      EXPECT_EQ(k.meta_bits, 27521);
+      ++checked_ends;
+    }
+    if (k.step == 319) {
+      EXPECT_EQ(k.data_bits, 209408);
+      EXPECT_EQ(k.meta_bits, 35648);
+      ++checked_ends;
+    }
+    const KvRecord*& before = previous[{k.layer, k.kv_head}];
+    if (before != nullptr) {
+      ASSERT_EQ(k.step, before->step + 1);
+      EXPECT_EQ(k.data_bits - before->data_bits, 384) << k.step;
+      EXPECT_EQ(k.meta_bits - before->meta_bits, 129) << k.step;
+    }
+    before = &k;
   }
+  EXPECT_EQ(checked_ends, 2 * 4 * 2);  // both ends of 4 layers x 2 kv heads
 }
 
 }  // namespace
@@ -154,10 +164,7 @@ namespace {
 // precision beats evicting them. H2O is given at least MiKV's memory.
 TEST(MiKV, BeatsH2oAtEqualMemory) {
   testing::TempDir dir;
-  SynthConfig c = synth_preset("default");
-  c.model_layers = 4;
-  c.tokens = 320;
-  c.prompt_len = 256;
+  const SynthConfig c = testing::small_synth();
   const auto mikv = testing::replay_synth(c, {"mikv:heavy=0.05,recent=0.05,lo_bits=2"}, dir);
   const RunSummary ms = summarize(mikv[0]);
   // H2O memory ratio ~ (heavy + recent) * P / (t + 1); give it MiKV's ratio at

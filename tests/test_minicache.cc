@@ -12,19 +12,6 @@ namespace {
 
 using testing::TempDir;
 
-TraceMeta two_layer_meta(int d) {
-  TraceMeta m;
-  m.model_name = "hand";
-  m.num_model_layers = 2;
-  m.layer_ids = {0, 1};
-  m.sliding_window = {0, 0};
-  m.num_q_heads = 1;
-  m.num_kv_heads = 1;
-  m.head_dim = d;
-  m.attn_scale = 0.5;
-  return m;
-}
-
 LayerData one_token_layer(int slot, std::vector<float> k, std::vector<float> v) {
   LayerData l;
   l.slot = slot;
@@ -40,21 +27,16 @@ LayerData one_token_layer(int slot, std::vector<float> k, std::vector<float> v) 
 // e = sin(0.4 W) (1,0,0,0) + sin(0.6 W) (0,1,0,0) = (sin 36deg, sin 54deg, 0, 0),
 // a unit vector; layer a restores to 1*e, layer b to 2*e. Values identical to keys.
 TEST(MiniCache, HandWorkedSlerpMergeAndMemory) {
-  const TraceMeta meta = two_layer_meta(4);
+  const TraceMeta meta = testing::hand_meta(4, 1, 1, {0, 1});
   const LayerData la = one_token_layer(0, {1, 0, 0, 0}, {1, 0, 0, 0});
   const LayerData lb = one_token_layer(1, {0, 2, 0, 0}, {0, 2, 0, 0});
-  ShardContext ctx;
-  ctx.meta = &meta;
-  ctx.slots = {0, 1};
-  ctx.layers = {&la, &lb};
-  ctx.prompt_len = 1;
-  ctx.num_tokens = 1;
+  const ShardContext ctx = testing::hand_context(meta, {&la, &lb}, 1, 1);
   Pipeline pipe = Pipeline::create(PolicySpec::parse("minicache:start=0"), ctx, {});
   HeadCache a, b;
   a.head_dim = b.head_dim = 4;
   const int32_t pos[] = {0};
-  pipe.store->insert(0, 0, a, pos, la);
-  pipe.store->insert(1, 0, b, pos, lb);
+  pipe.store->insert(0, 0, a, pos, la, /*prefill=*/true);
+  pipe.store->insert(1, 0, b, pos, lb, /*prefill=*/true);
   const float e0 = round_to_half(std::sin(0.4f * 3.14159265f / 2));
   const float e1 = round_to_half(std::sin(0.6f * 3.14159265f / 2));
   ASSERT_EQ(a.size(), 1u);
@@ -136,9 +118,7 @@ TEST(MiniCache, RestoresIdenticalLayersExactlyUpToFp16) {
   TempDir dir;
   const std::string path = write_pair_trace(dir, 0.0, "same.h5");
   TraceReader reader(path);
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs = replay(reader, {PolicySpec::parse("minicache")}, all);
+  const auto runs = replay(reader, {PolicySpec::parse("minicache")}, testing::every_step());
   EXPECT_EQ(runs[0].counters.at("minicache.retained"), 0);
   for (const auto& k : runs[0].kv) {
     if (k.layer < 2) continue;
@@ -163,10 +143,8 @@ TEST(MiniCache, ErrorGrowsWithLayerDissimilarity) {
 TEST(MiniCache, MemoryToTheBit) {
   TempDir dir;
   SynthConfig c = synth_preset("tiny");
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
-  const auto runs =
-      testing::replay_synth(c, {"minicache", "minicache+uniform:bits=4,group=16"}, dir, all);
+  const auto runs = testing::replay_synth(c, {"minicache", "minicache+uniform:bits=4,group=16"},
+                                          dir, testing::every_step());
   const int64_t d = c.head_dim;
   for (const auto& k : runs[0].kv) {
     const int64_t n = k.kept_tokens;

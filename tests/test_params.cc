@@ -1,19 +1,9 @@
 #include <gtest/gtest.h>
 
-#include "policies/policy.h"
-#include "sim/base/errors.h"
+#include "test_util.h"
 
 namespace kvsim {
 namespace {
-
-std::string error_of(const std::string& spec) {
-  try {
-    PolicySpec::parse(spec);
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(PolicySpec, DefaultsAreResolved) {
   const PolicySpec s = PolicySpec::parse("uniform");
@@ -39,7 +29,7 @@ TEST(PolicySpec, ParsesValuesAndComposition) {
 }
 
 TEST(PolicySpec, UnknownPolicyListsValidNames) {
-  const std::string e = error_of("kivvi:bits=2");
+  const std::string e = testing::spec_error("kivvi:bits=2");
   EXPECT_NE(e.find("unknown policy 'kivvi'"), std::string::npos) << e;
   EXPECT_NE(e.find("full"), std::string::npos) << e;
   EXPECT_NE(e.find("streamingllm"), std::string::npos) << e;
@@ -47,32 +37,35 @@ TEST(PolicySpec, UnknownPolicyListsValidNames) {
 }
 
 TEST(PolicySpec, UnknownKeyListsValidKeys) {
-  const std::string e = error_of("uniform:bitz=2");
+  const std::string e = testing::spec_error("uniform:bitz=2");
   EXPECT_NE(e.find("unknown parameter 'bitz'"), std::string::npos) << e;
   EXPECT_NE(e.find("bits, group, k_axis, v_axis"), std::string::npos) << e;
-  EXPECT_NE(error_of("full:bits=2").find("takes no parameters"), std::string::npos);
+  EXPECT_NE(testing::spec_error("full:bits=2").find("takes no parameters"), std::string::npos);
 }
 
 TEST(PolicySpec, BadValuesAreRefusedWithTheExpectedType) {
-  EXPECT_NE(error_of("uniform:bits=two").find("not an integer"), std::string::npos);
-  EXPECT_NE(error_of("uniform:bits=9").find("out of range"), std::string::npos);
-  EXPECT_NE(error_of("uniform:bits=0").find("int in [1, 8]"), std::string::npos);
-  EXPECT_NE(error_of("uniform:k_axis=diagonal").find("one of token|channel"), std::string::npos);
-  EXPECT_NE(error_of("uniform:bits").find("expected key=value"), std::string::npos);
-  EXPECT_NE(error_of("uniform:bits=2,bits=3").find("given twice"), std::string::npos);
-  EXPECT_NE(error_of("streamingllm:window=-1").find("out of range"), std::string::npos);
-  EXPECT_NE(error_of("").find("empty"), std::string::npos);
-  EXPECT_NE(error_of("full+").find("empty stage"), std::string::npos);
+  EXPECT_NE(testing::spec_error("uniform:bits=two").find("not an integer"), std::string::npos);
+  EXPECT_NE(testing::spec_error("uniform:bits=9").find("out of range"), std::string::npos);
+  EXPECT_NE(testing::spec_error("uniform:bits=0").find("int in [1, 8]"), std::string::npos);
+  EXPECT_NE(testing::spec_error("uniform:k_axis=diagonal").find("one of token|channel"),
+            std::string::npos);
+  EXPECT_NE(testing::spec_error("uniform:bits").find("expected key=value"), std::string::npos);
+  EXPECT_NE(testing::spec_error("uniform:bits=2,bits=3").find("given twice"), std::string::npos);
+  EXPECT_NE(testing::spec_error("streamingllm:window=-1").find("out of range"), std::string::npos);
+  EXPECT_NE(testing::spec_error("").find("empty"), std::string::npos);
+  EXPECT_NE(testing::spec_error("full+").find("empty stage"), std::string::npos);
 }
 
 TEST(PolicySpec, NonsenseCombinationsAreRefusedWithTheReason) {
-  EXPECT_NE(error_of("uniform+full").find("two quantize stages"), std::string::npos);
-  const std::string order = error_of("uniform:bits=2+streamingllm");
+  EXPECT_NE(testing::spec_error("uniform+full").find("two quantize stages"), std::string::npos);
+  const std::string order = testing::spec_error("uniform:bits=2+streamingllm");
   EXPECT_NE(order.find("order evict, merge, quantize"), std::string::npos) << order;
-  EXPECT_EQ(error_of("streamingllm+streamingllm:window=10"), "");  // two evictions compose
-  EXPECT_NE(error_of("minicache+minicache").find("two merge stages"), std::string::npos);
-  EXPECT_NE(error_of("uniform+minicache").find("order evict, merge, quantize"), std::string::npos);
-  EXPECT_EQ(error_of("streamingllm+minicache+uniform:bits=4"), "");
+  EXPECT_EQ(testing::spec_error("streamingllm+streamingllm:window=10"),
+            "");  // two evictions compose
+  EXPECT_NE(testing::spec_error("minicache+minicache").find("two merge stages"), std::string::npos);
+  EXPECT_NE(testing::spec_error("uniform+minicache").find("order evict, merge, quantize"),
+            std::string::npos);
+  EXPECT_EQ(testing::spec_error("streamingllm+minicache+uniform:bits=4"), "");
 }
 
 TEST(Params, TypedParsing) {

@@ -101,7 +101,7 @@ struct Top1Example {
   ExactLayer exact;
 
   Top1Example() {
-    meta = testing::hand_meta(2, 1.0);
+    meta = testing::hand_meta(2, 1, 1, {0}, 1.0);
     layer.num_tokens = 4;
     layer.head_dim = 2;
     layer.k = {2, 0, 1, 0, 2, 0, 0, 0};

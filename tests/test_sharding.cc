@@ -19,6 +19,16 @@ struct Problem {
   std::vector<double> overhead;
 };
 
+// `blocks` blocks of `units` units of cost `cost` each, each block read at `overhead`.
+Problem equal_blocks(int blocks, int units, double cost, double overhead) {
+  Problem p;
+  for (int b = 0; b < blocks; ++b) {
+    for (int c = 0; c < units; ++c) p.units.push_back({b, cost});
+    p.overhead.push_back(overhead);
+  }
+  return p;
+}
+
 // `blocks` blocks of `configs` units each; unit costs vary by config (some
 // policies cost more) and block sizes vary (sequence lengths differ).
 Problem sweep_like(int blocks, int configs, uint32_t seed, double overhead_share = 0.05) {
@@ -142,11 +152,7 @@ TEST(Sharding, BlocksStayWholeWhenBalanceAllows) {
 
 TEST(Sharding, SplitsOnlyWhatBalanceNeeds) {
   // 3 equal blocks on 2 ranks: one block must be shared, the other two stay whole.
-  Problem p;
-  for (int b = 0; b < 3; ++b) {
-    for (int c = 0; c < 20; ++c) p.units.push_back({b, 1.0});
-    p.overhead.push_back(0.5);
-  }
+  const Problem p = equal_blocks(3, 20, 1.0, 0.5);
   const ShardPlan plan = assign_units(p.units, p.overhead, 2);
   expect_consistent(p, plan, 2);
   EXPECT_EQ(plan.split_blocks, 1);
@@ -154,9 +160,7 @@ TEST(Sharding, SplitsOnlyWhatBalanceNeeds) {
 }
 
 TEST(Sharding, BlockLargerThanFairShareIsSplit) {
-  Problem p;
-  for (int c = 0; c < 40; ++c) p.units.push_back({0, 1.0});
-  p.overhead.push_back(1.0);
+  const Problem p = equal_blocks(1, 40, 1.0, 1.0);
   const ShardPlan plan = assign_units(p.units, p.overhead, 4);
   expect_consistent(p, plan, 4);
   for (int r = 0; r < 4; ++r) {
@@ -168,11 +172,7 @@ TEST(Sharding, BlockLargerThanFairShareIsSplit) {
 
 TEST(Sharding, ExpensiveOverheadKeepsBlocksWhole) {
   // Reading a block costs more than the imbalance a split would remove.
-  Problem p;
-  for (int b = 0; b < 3; ++b) {
-    for (int c = 0; c < 4; ++c) p.units.push_back({b, 1.0});
-    p.overhead.push_back(100.0);
-  }
+  const Problem p = equal_blocks(3, 4, 1.0, 100.0);
   const ShardPlan plan = assign_units(p.units, p.overhead, 2);
   expect_consistent(p, plan, 2);
   EXPECT_EQ(plan.split_blocks, 0);

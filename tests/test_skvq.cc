@@ -164,7 +164,6 @@ TEST(SkvqKmeans, GroupSizesFollowTheClusters) {
 
 // ---------------------------------------------------------------------------
 // The [sink | quantized | window] layout on a hand-made head.
-using testing::hand_meta;
 
 LayerData ramp_layer(int tokens, int d) {
   LayerData l;
@@ -181,22 +180,31 @@ LayerData ramp_layer(int tokens, int d) {
   return l;
 }
 
-TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
-  const int d = 4;
-  const TraceMeta meta = hand_meta(d);
-  const LayerData layer = ramp_layer(12, d);
+// One hand-made head (d = 4) of `tokens` ramp tokens and the store of `spec`.
+struct RampHead {
+  static constexpr int d = 4;
+  TraceMeta meta = testing::hand_meta(d);
+  LayerData layer;
   ShardContext ctx;
-  ctx.meta = &meta;
-  ctx.slots = {0};
-  ctx.layers = {&layer};
-  ctx.num_tokens = 12;
-  Pipeline pipe = Pipeline::create(
-      PolicySpec::parse("skvq:reorder=false,group=4,sinks=2,window=3,clip=1"), ctx, {});
-  StoreStage& store = *pipe.store;
+  Pipeline pipe;
   HeadCache cache;
-  cache.head_dim = d;
+  RampHead(int tokens, const std::string& spec) : layer(ramp_layer(tokens, d)) {
+    ctx = testing::hand_context(meta, {&layer}, 0, tokens);
+    pipe = Pipeline::create(PolicySpec::parse(spec), ctx, {});
+    cache.head_dim = d;
+  }
+  RampHead(const RampHead&) = delete;
+  RampHead& operator=(const RampHead&) = delete;
+};
+
+TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
+  RampHead head(12, "skvq:reorder=false,group=4,sinks=2,window=3,clip=1");
+  const int d = RampHead::d;
+  const LayerData& layer = head.layer;
+  StoreStage& store = *head.pipe.store;
+  HeadCache& cache = head.cache;
   const std::vector<int32_t> prompt = {0, 1, 2, 3, 4, 5, 6, 7};
-  store.insert(0, 0, cache, prompt, layer);
+  store.insert(0, 0, cache, prompt, layer, /*prefill=*/true);
   auto is_raw = [&](int32_t pos) {
     const int64_t r = cache.find(pos);
     return std::equal(cache.key_row(r), cache.key_row(r) + d, layer.key(0, pos)) &&
@@ -219,7 +227,7 @@ TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
   EXPECT_LT(store.memory(0, 0).ideal_data, 0);  // = data (no ternary)
 
   int32_t t = 8;  // the oldest window token (5) is quantized: [0 1 | 2..5 | 6 7 8]
-  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_TRUE(is_quantized(5));
   EXPECT_TRUE(is_raw(8));
   EXPECT_EQ(store.memory(0, 0).data, 5 * 128 + 4 * 16);
@@ -232,36 +240,28 @@ TEST(SkvqLayout, SinksQuantizedWindowAndEviction) {
   EXPECT_EQ(store.memory(0, 0).data, 3 * 128 + 3 * 16);
   EXPECT_EQ(store.memory(0, 0).meta, 3 * 2 * 32);
   t = 9;  // the window refills before it quantizes: [1 | 2 4 5 | 6 8 9]
-  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_TRUE(is_raw(6));
   EXPECT_EQ(store.memory(0, 0).data, 4 * 128 + 3 * 16);
   t = 10;  // [1 | 2 4 5 6 | 8 9 10]
-  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer);
+  store.insert(0, 0, cache, std::span<const int32_t>(&t, 1), layer, false);
   EXPECT_TRUE(is_quantized(6));
   EXPECT_EQ(store.memory(0, 0).data, 4 * 128 + 4 * 16);
   EXPECT_EQ(store.memory(0, 0).meta, 4 * 2 * 32);
-  store.insert(0, 0, cache, {}, layer);  // a new token evicted on arrival: nothing changes
+  store.insert(0, 0, cache, {}, layer, false);  // a new token evicted on arrival: nothing changes
   EXPECT_EQ(store.memory(0, 0).data, 4 * 128 + 4 * 16);
 }
 
 TEST(SkvqLayout, ShortPromptFillsTheSinksFirst) {
-  const int d = 4;
-  const TraceMeta meta = hand_meta(d);
-  const LayerData layer = ramp_layer(10, d);
-  ShardContext ctx;
-  ctx.meta = &meta;
-  ctx.slots = {0};
-  ctx.layers = {&layer};
-  Pipeline pipe = Pipeline::create(
-      PolicySpec::parse("skvq:reorder=false,group=2,sinks=5,window=2,k_bits=4,v_bits=1.5"), ctx,
-      {});
-  HeadCache cache;
-  cache.head_dim = d;
+  RampHead head(10, "skvq:reorder=false,group=2,sinks=5,window=2,k_bits=4,v_bits=1.5");
+  const int d = RampHead::d;
+  StoreStage& store = *head.pipe.store;
   const std::vector<int32_t> prompt = {0, 1, 2};
-  pipe.store->insert(0, 0, cache, prompt, layer);
-  for (int32_t t = 3; t < 9; ++t) pipe.store->insert(0, 0, cache, std::span(&t, 1), layer);
+  store.insert(0, 0, head.cache, prompt, head.layer, /*prefill=*/true);
+  for (int32_t t = 3; t < 9; ++t)
+    store.insert(0, 0, head.cache, std::span(&t, 1), head.layer, false);
   // [0..4 | 5 6 | 7 8]: two quantized tokens; K 4 bits, V ternary (2 bits packed, log2 3 ideal).
-  const MemoryBits m = pipe.store->memory(0, 0);
+  const MemoryBits m = store.memory(0, 0);
   EXPECT_EQ(m.data, 7 * 128 + 2 * d * (4 + 2));
   EXPECT_EQ(m.meta, 2 * (2 + 2) * 32);  // d/2 = 2 groups per side
   EXPECT_DOUBLE_EQ(m.ideal_data, 7 * 128 + 2 * d * (4 + std::log2(3.0)));
@@ -283,14 +283,12 @@ TEST(SkvqMemory, MatchesTheFormulaToTheBit) {
   TempDir dir;
   SynthConfig c = testing::tiny_config();  // d = 32, 2 kv heads, P = 64, T = 96
   const int64_t d = c.head_dim;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs = testing::replay_synth(
       c,
       {"skvq:reorder=false,group=8,window=16,sinks=5",
        "skvq:reorder=false,group=32,window=8,sinks=2,k_bits=4,v_bits=1.5,meta=fp8",
        "skvq:reorder=false,group=64,scope=layer,window=8,k_bits=3", "skvq:group=32,window=8"},
-      dir, all);
+      dir, testing::every_step());
   for (const auto& k : runs[0].kv) {  // 2 + 2 bits, 4 groups a side, fp16 metadata
     const Layout l = layout(k.step + 1, 5, 16);
     EXPECT_EQ(k.data_bits, l.fp16 * 2 * d * 16 + l.quantized * d * (2 + 2)) << k.step;
@@ -406,10 +404,8 @@ TEST(SkvqCalibration, ReorderedMemoryCountsGroupsAndIndex) {
   TempDir dir;
   const std::string path = dir.file("model.h5");
   write_model_trace(path, 2, 1, 64, 48);
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const std::string params = "group=16,window=8,sinks=5";
-  const auto runs = replay_file(path, {"skvq:" + params}, all);
+  const auto runs = replay_file(path, {"skvq:" + params}, testing::every_step());
   TraceReader reader(path);
   const int64_t d = 64;
   // Leave-one-out: sequence s is calibrated on the other one, exactly as calibrate_skvq does.
@@ -577,14 +573,12 @@ TEST(SkvqComposition, AfterEvictionCountsTheKeptTokens) {
   TempDir dir;
   SynthConfig c = testing::tiny_config();
   const int64_t d = c.head_dim;
-  ReplayOptions all;
-  all.measure = MeasureRule::parse("all");
   const auto runs = testing::replay_synth(
       c,
       {"streamingllm:sinks=4,window=28+skvq:reorder=false,group=8,sinks=5,window=16",
        "streamingllm:sinks=4,window=28+skvq:reorder=false,group=64,scope=layer,window=16",
        "test_per_head_evict+skvq:reorder=false,group=8,window=16"},
-      dir, all);
+      dir, testing::every_step());
   // streamingllm keeps 32 tokens: {0..3} and the last 28. The store's sinks are the first 5
   // it received at prefill (0..3 and 36); at the first decode step streamingllm evicts 36,
   // a store sink, which is not replaced. From then on: 4 sinks + 16 window fp16, 12 quantized.

@@ -41,6 +41,20 @@ void expect_format_error(const std::string& path, const std::string& fragment) {
   }
 }
 
+// Writes the tiny trace, lets `damage` edit the open file, and expects reading
+// it to fail with a FormatError mentioning `fragment`.
+template <typename Damage>
+void expect_damage_detected(const std::string& fragment, Damage damage) {
+  TempDir dir;
+  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
+  {
+    h5::Handle f = open_rw(path);
+    damage(f.get());
+  }
+  if (::testing::Test::HasFatalFailure()) return;  // the damage itself failed
+  expect_format_error(path, fragment);
+}
+
 class TraceRoundTrip : public ::testing::TestWithParam<StoredDType> {};
 
 TEST_P(TraceRoundTrip, ReadsBackWhatWasWritten) {
@@ -142,68 +156,42 @@ TEST(TraceErrors, Truncated) {
 }
 
 TEST(TraceErrors, MissingAttribute) {
-  TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
-  {
-    h5::Handle f = open_rw(path);
-    ASSERT_GE(H5Adelete(f.get(), "head_dim"), 0);
-  }
-  expect_format_error(path, "missing attribute 'head_dim'");
+  expect_damage_detected("missing attribute 'head_dim'",
+                         [](hid_t f) { ASSERT_GE(H5Adelete(f, "head_dim"), 0); });
 }
 
 TEST(TraceErrors, UnknownVersion) {
-  TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
-  {
-    h5::Handle f = open_rw(path);
-    h5::write_attr(f.get(), "version", int64_t{2});
-  }
-  expect_format_error(path, "unsupported trace format version 2");
+  expect_damage_detected("unsupported trace format version 2",
+                         [](hid_t f) { h5::write_attr(f, "version", int64_t{2}); });
 }
 
 TEST(TraceErrors, WrongFormatName) {
-  TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
-  {
-    h5::Handle f = open_rw(path);
-    h5::write_attr(f.get(), "format", std::string("something-else"));
-  }
-  expect_format_error(path, "expected 'kvsim-trace'");
+  expect_damage_detected("expected 'kvsim-trace'", [](hid_t f) {
+    h5::write_attr(f, "format", std::string("something-else"));
+  });
 }
 
 TEST(TraceErrors, MissingDataset) {
-  TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
-  {
-    h5::Handle f = open_rw(path);
-    ASSERT_GE(H5Ldelete(f.get(), "sequences/000000/v", H5P_DEFAULT), 0);
-  }
-  expect_format_error(path, "missing dataset 'v'");
+  expect_damage_detected("missing dataset 'v'", [](hid_t f) {
+    ASSERT_GE(H5Ldelete(f, "sequences/000000/v", H5P_DEFAULT), 0);
+  });
 }
 
 TEST(TraceErrors, ShapeMismatch) {
-  TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
-  {
-    h5::Handle f = open_rw(path);
-    ASSERT_GE(H5Ldelete(f.get(), "sequences/000000/token_ids", H5P_DEFAULT), 0);
-    h5::Handle g(H5Gopen2(f.get(), "sequences/000000", H5P_DEFAULT));
+  expect_damage_detected("has shape", [](hid_t f) {
+    ASSERT_GE(H5Ldelete(f, "sequences/000000/token_ids", H5P_DEFAULT), 0);
+    h5::Handle g(H5Gopen2(f, "sequences/000000", H5P_DEFAULT));
     h5::write_vector(g.get(), "token_ids", std::vector<int32_t>(80, 1));  // 80 != 96 tokens
-  }
-  expect_format_error(path, "has shape");
+  });
 }
 
 TEST(TraceErrors, LayerIdsDisagreeWithData) {
-  TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
-  {
-    h5::Handle f = open_rw(path);
-    ASSERT_GE(H5Ldelete(f.get(), "layer_ids", H5P_DEFAULT), 0);
-    ASSERT_GE(H5Ldelete(f.get(), "sliding_window", H5P_DEFAULT), 0);
-    h5::write_vector(f.get(), "layer_ids", std::vector<int32_t>{0, 1, 2});
-    h5::write_vector(f.get(), "sliding_window", std::vector<int32_t>{0, 0, 0});
-  }
-  expect_format_error(path, "has shape");
+  expect_damage_detected("has shape", [](hid_t f) {
+    ASSERT_GE(H5Ldelete(f, "layer_ids", H5P_DEFAULT), 0);
+    ASSERT_GE(H5Ldelete(f, "sliding_window", H5P_DEFAULT), 0);
+    h5::write_vector(f, "layer_ids", std::vector<int32_t>{0, 1, 2});
+    h5::write_vector(f, "sliding_window", std::vector<int32_t>{0, 0, 0});
+  });
 }
 
 TEST(TraceErrors, NanAndInf) {
@@ -235,14 +223,10 @@ TEST(TraceErrors, NanAndInf) {
 }
 
 TEST(TraceErrors, BadPromptLength) {
-  TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16);
-  {
-    h5::Handle f = open_rw(path);
-    h5::Handle g(H5Gopen2(f.get(), "sequences/000000", H5P_DEFAULT));
+  expect_damage_detected("prompt_len 1000", [](hid_t f) {
+    h5::Handle g(H5Gopen2(f, "sequences/000000", H5P_DEFAULT));
     h5::write_attr(g.get(), "prompt_len", int64_t{1000});
-  }
-  expect_format_error(path, "prompt_len 1000");
+  });
 }
 
 TEST(TraceWriter, NoTemporaryLeftOnFailure) {
