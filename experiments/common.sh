@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Shared by every experiment's run.sh (sourced from it): repository root, the
-# kvsim binary, the real traces (captured when missing) and the replay options.
+# experiment's folder (EXP) and results folder (OUT), the kvsim binary, the real traces (captured when missing) and the replay options.
 # Knobs: KVSIM_TRACES (trace folder), KVSIM_RESULTS, KVSIM_MEASURE, KVSIM_THREADS;
 # a run.sh may set DEFAULT_MEASURE before sourcing.
+EXP_NAME=$(basename "$(cd "$(dirname "$0")" && pwd)")   # the sourcing run.sh's folder
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+EXP=experiments/$EXP_NAME
+OUT=${KVSIM_RESULTS:-results}/$EXP_NAME
+mkdir -p "$OUT" "$EXP/figures"
+start=$(date +%s)
 [ -x build/sim/kvsim ] || bash .ci/setup.sh build >/dev/null
 KVSIM=build/sim/kvsim
 TRACES="${KVSIM_TRACES:-/tmp/large}"       # real traces: <model>_large.h5 (not in git)
@@ -30,3 +35,12 @@ replay_all_configs() {
     done
   done
 }
+
+# The usual experiment: every config on both models, then the experiment's plots.
+run_standard_experiment() {
+  replay_all_configs
+  python3 "$EXP/plots.py" "$OUT" "$EXP/figures" "$TRACES"
+  finish_experiment
+}
+
+finish_experiment() { echo "$EXP_NAME: $(($(date +%s) - start)) s"; }
