@@ -16,6 +16,7 @@
 #include "sim/base/rng.h"
 #include "sim/base/union_find.h"
 #include "sim/calibration.h"
+#include "sim/cpu_backend.h"
 
 namespace kvsim {
 
@@ -88,19 +89,6 @@ std::vector<int64_t> MeasureRule::steps(int64_t prompt_len, int64_t num_tokens) 
 // ---------------------------------------------------------------------------
 namespace {
 
-int64_t window_start(int window, int64_t t) {
-  return window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
-}
-
-// Copies the `group` query vectors of kv head h at token t into qbuf[group, d].
-void gather_queries(const LayerData& layer, int kv_head, int group, int64_t t, float* qbuf) {
-  const int d = layer.head_dim;
-  for (int j = 0; j < group; ++j) {
-    const float* q = layer.query(kv_head * group + j, static_cast<int>(t));
-    std::copy_n(q, d, qbuf + static_cast<size_t>(j) * d);
-  }
-}
-
 // Removes `drop` (sorted) from `sorted` in place.
 void subtract_sorted(std::vector<int32_t>& sorted, const std::vector<int32_t>& drop) {
   if (drop.empty()) return;
@@ -116,95 +104,19 @@ void sort_unique(std::vector<int32_t>& v) {
   v.erase(std::unique(v.begin(), v.end()), v.end());
 }
 
-// Exact causal attention of the requested prompt rows, summed per column:
-// colsum[j, i] for query head j of the group and candidate i (candidates are
-// ascending prompt positions, not necessarily contiguous).
-void prefill_column_sums(const TraceMeta& meta, const LayerData& layer, int window, int kv_head,
-                         int64_t prompt_len, int64_t rows, std::span<const int32_t> candidates,
-                         std::vector<float>& colsum) {
-  const int group = meta.group_size(), d = meta.head_dim;
-  const int64_t first_row = rows < 0 ? 0 : std::max<int64_t>(0, prompt_len - rows);
-  const size_t nc = candidates.size();
-  colsum.assign(static_cast<size_t>(group) * nc, 0.f);
-  if (candidates.empty()) return;
-  std::vector<int32_t> column(prompt_len, -1);  // position -> candidate index
-  for (size_t i = 0; i < nc; ++i) column[candidates[i]] = static_cast<int32_t>(i);
-  // Rows go in blocks so that every key load serves kRows x group queries; the
-  // scores past a row's causal end (or before its window) are masked out.
-  constexpr int64_t kRows = 4;
-  std::vector<float> qbuf(static_cast<size_t>(kRows) * group * d), scores;
-  for (int64_t r0 = first_row; r0 < prompt_len; r0 += kRows) {
-    const int64_t r1 = std::min(prompt_len, r0 + kRows);
-    const int64_t lo = window_start(window, r0);
-    const size_t n = static_cast<size_t>(r1 - lo);
-    const int nq = static_cast<int>(r1 - r0) * group;
-    for (int64_t r = r0; r < r1; ++r) {
-      gather_queries(layer, kv_head, group, r, qbuf.data() + (r - r0) * group * d);
-    }
-    scores.resize(static_cast<size_t>(nq) * n);
-    score_rows(qbuf.data(), nq, layer.key(kv_head, static_cast<int>(lo)), n, d,
-               static_cast<float>(meta.attn_scale), scores.data());
-    for (int64_t r = r0; r < r1; ++r) {
-      const size_t row_lo = static_cast<size_t>(window_start(window, r) - lo);
-      const size_t row_n = static_cast<size_t>(r - lo + 1) - row_lo;
-      for (int j = 0; j < group; ++j) {
-        float* p = scores.data() + (static_cast<size_t>(r - r0) * group + j) * n + row_lo;
-        softmax_inplace(p, row_n);
-        for (size_t i = 0; i < row_n; ++i) {
-          const int32_t c = column[lo + static_cast<int64_t>(row_lo + i)];
-          if (c >= 0) colsum[j * nc + c] += p[i];
-        }
-      }
-    }
-  }
-}
-
 }  // namespace
-
-ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
-                         const std::vector<int64_t>& measured) {
-  const int Hq = meta.num_q_heads, Hkv = meta.num_kv_heads, group = meta.group_size();
-  const int d = meta.head_dim, window = meta.sliding_window[layer.slot];
-  ExactLayer ex;
-  ex.slot = layer.slot;
-  ex.out.assign(measured.size() * Hq * d, 0.f);
-  ex.lse.assign(measured.size() * Hq, 0.0);
-  ex.top1.assign(measured.size() * Hq, -1);
-  std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
-  for (size_t m = 0; m < measured.size(); ++m) {
-    const int64_t t = measured[m];
-    const int64_t lo = window_start(window, t);
-    const size_t n = static_cast<size_t>(t - lo + 1);
-    scores.resize(group * n);
-    for (int h = 0; h < Hkv; ++h) {
-      gather_queries(layer, h, group, t, qbuf.data());
-      const float* keys = layer.key(h, static_cast<int>(lo));
-      score_rows(qbuf.data(), group, keys, n, d, static_cast<float>(meta.attn_scale),
-                 scores.data());
-      for (int j = 0; j < group; ++j) {
-        const float* row = scores.data() + j * n;
-        ex.top1[m * Hq + h * group + j] =
-            static_cast<int32_t>(lo + (std::max_element(row, row + n) - row));  // first maximum
-        ex.lse[m * Hq + h * group + j] = softmax_inplace(scores.data() + j * n, n);
-      }
-      weighted_sum(scores.data(), group, layer.value(h, static_cast<int>(lo)), n, d,
-                   ex.out.data() + (m * Hq + h * group) * d);
-    }
-  }
-  return ex;
-}
 
 RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
                        const std::vector<int>& slots, const std::vector<const LayerData*>& layers,
                        const std::vector<const ExactLayer*>& exact, const PolicySpec& policy,
                        const std::vector<std::shared_ptr<const PolicyState>>& prepared,
                        const std::vector<int64_t>& measured, uint64_t seed,
-                       PrefillAttentionCache* prefill_cache) {
+                       PrefillAttentionCache* prefill_cache, const AttentionBackend* backend) {
   KVSIM_CHECK(slots.size() == layers.size() && slots.size() == exact.size());
+  const AttentionBackend& attention = backend ? *backend : cpu_backend();
   const int L = static_cast<int>(slots.size()), Hkv = meta.num_kv_heads;
   const int group = meta.group_size(), d = meta.head_dim, Hq = meta.num_q_heads;
   const int64_t T = layers[0]->num_tokens, P = prompt_len;
-  const float scale = static_cast<float>(meta.attn_scale);
 
   ShardContext ctx;
   ctx.meta = &meta;
@@ -230,15 +142,19 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
 
   // Prefill column sums for `rows` over the current candidates; looked up in
   // the unit's cache while nothing has been evicted yet (the common case).
+  auto prefill_column_sums = [&](int local, int h, int window, int64_t rows) {
+    const PrefillSumsTask task{layers[local], h, window, P, rows, candidates, &colsum};
+    attention.prefill_column_sums(meta, std::span(&task, 1));
+  };
   auto prefill_attention = [&](int local, int h, int window, int64_t rows, bool untouched) {
     if (!prefill_cache || !untouched) {
-      prefill_column_sums(meta, *layers[local], window, h, P, rows, candidates, colsum);
+      prefill_column_sums(local, h, window, rows);
       return;
     }
     auto key = std::make_tuple(slots[local], h, rows);
     auto it = prefill_cache->entries.find(key);
     if (it == prefill_cache->entries.end()) {
-      prefill_column_sums(meta, *layers[local], window, h, P, rows, candidates, colsum);
+      prefill_column_sums(local, h, window, rows);
       prefill_cache->entries.emplace(key, colsum);
     } else {
       colsum = it->second;
@@ -293,9 +209,9 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   }
 
   // --- decode: one token per step ------------------------------------------
-  std::vector<float> qbuf(static_cast<size_t>(group) * d), scores, probs, raw_scores;
-  std::vector<float> out_hat(static_cast<size_t>(group) * d);
-  std::vector<double> lse_hat(group);
+  // One backend call per step serves every (layer, kv head) cache of the shard.
+  std::vector<CacheAttention> attended(caches.size());
+  std::vector<CacheAttentionTask> tasks(caches.size());
   size_t next_measured = 0;
   for (int64_t t = P; t < T; ++t) {
     for (int local = 0; local < L; ++local) {
@@ -340,35 +256,37 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
     const bool is_measured = next_measured < measured.size() && measured[next_measured] == t;
     if (!is_measured && !decode_attention) continue;
     for (int local = 0; local < L; ++local) {
+      for (int h = 0; h < Hkv; ++h) {
+        const size_t c = static_cast<size_t>(local) * Hkv + h;
+        // The group's query heads are consecutive: their exact lse are too.
+        const double* lse =
+            is_measured ? exact[local]->lse.data() + next_measured * Hq + h * group : nullptr;
+        tasks[c] = CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c]};
+      }
+    }
+    attention.cache_attention(meta, tasks);
+
+    for (int local = 0; local < L; ++local) {
       const LayerData& raw = *layers[local];
       const int window = meta.sliding_window[slots[local]];
       for (int h = 0; h < Hkv; ++h) {
         HeadCache& cache = cache_of(local, h);
+        const CacheAttention& att = attended[static_cast<size_t>(local) * Hkv + h];
         const size_t n = cache.size();
-        gather_queries(raw, h, group, t, qbuf.data());
-        scores.resize(group * n);
-        probs.resize(group * n);
-        score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, scores.data());
-        std::copy(scores.begin(), scores.end(), probs.begin());
-        for (int j = 0; j < group; ++j) lse_hat[j] = softmax_inplace(probs.data() + j * n, n);
         if (decode_attention) {
           for (Stage* stage : observers) {
             if (stage->needs_decode_attention())
-              stage->observe(local, h, t, cache.positions, probs);
+              stage->observe(local, h, t, cache.positions, att.probs);
           }
         }
         if (!is_measured) continue;
 
-        weighted_sum(probs.data(), group, cache.values.data(), n, d, out_hat.data());
-        raw_scores.resize(group * n);
-        score_gathered(qbuf.data(), group, raw.key(h, 0), cache.positions, d, scale,
-                       raw_scores.data());
         const ExactLayer& ex = *exact[local];
         for (int j = 0; j < group; ++j) {
           const int qh = h * group + j;
           const float* o = ex.out.data() + (next_measured * Hq + qh) * d;
           const double lse = ex.lse[next_measured * Hq + qh];
-          const float* oh = out_hat.data() + j * d;
+          const float* oh = att.out_hat.data() + j * d;
           double diff = 0, on = 0, ohn = 0, dot = 0;
           for (int c = 0; c < d; ++c) {
             diff += (static_cast<double>(oh[c]) - o[c]) * (static_cast<double>(oh[c]) - o[c]);
@@ -376,24 +294,11 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
             ohn += static_cast<double>(oh[c]) * oh[c];
             dot += static_cast<double>(oh[c]) * o[c];
           }
-          // p_i = exp(raw_i - lse) is the exact probability of kept token i.
-          // KL(p~ || p^) with p~ = p/mass on the kept tokens and
-          // log p^_i = s_i - lse_hat simplifies to
-          //   (1/mass) sum_i p_i (raw_i - s_i) + lse_hat - lse - log(mass),
-          // so one exp per entry serves both sums.
-          const float* rs = raw_scores.data() + j * n;
-          const float* cs = scores.data() + j * n;
-          const float lse_f = static_cast<float>(lse);
-          float mass_f = 0.f, cross_f = 0.f;
-#pragma omp simd reduction(+ : mass_f, cross_f)
-          for (size_t i = 0; i < n; ++i) {
-            const float p = fast_expf(rs[i] - lse_f);
-            mass_f += p;
-            cross_f += p * (rs[i] - cs[i]);
-          }
-          const double mass = mass_f;
+          // KL(p~ || p^) with p~ = p/mass on the kept tokens and log p^_i = s_i - lse_hat
+          // simplifies to (1/mass) sum_i p_i (raw_i - s_i) + lse_hat - lse - log(mass).
+          const double mass = att.kept_mass[j];
           double kl = 0;
-          if (mass > 0) kl = cross_f / mass + lse_hat[j] - lse - std::log(mass);
+          if (mass > 0) kl = att.kept_cross[j] / mass + att.lse_hat[j] - lse - std::log(mass);
           StepRecord rec;
           rec.sequence = sequence;
           rec.layer = meta.layer_ids[slots[local]];
@@ -404,14 +309,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           rec.cosine = static_cast<float>(on > 0 && ohn > 0 ? dot / std::sqrt(on * ohn) : 0.0);
           rec.mass_retained = static_cast<float>(std::min(mass, 1.0));
           rec.kl = static_cast<float>(std::max(kl, 0.0));
-          // The compressed top token: largest score, lowest position among equal
-          // scores (checked explicitly: a merging store's positions need not ascend).
-          const int32_t* pos = cache.positions.data();
-          size_t top = 0;
-          for (size_t i = 1; i < n; ++i) {
-            if (cs[i] > cs[top] || (cs[i] == cs[top] && pos[i] < pos[top])) top = i;
-          }
-          rec.top1_agreement = n > 0 && pos[top] == ex.top1[next_measured * Hq + qh];
+          rec.top1_agreement = n > 0 && att.top1[j] == ex.top1[next_measured * Hq + qh];
           result.steps.push_back(rec);
         }
         double kdiff = 0, knorm = 0, vdiff = 0, vnorm = 0;
@@ -468,8 +366,9 @@ std::vector<std::vector<int>> unit_layer_groups(const std::vector<PolicySpec>& p
 
 UnitData make_unit_data(const TraceMeta& meta, int sequence, const SequenceInfo& info,
                         const std::vector<int>& slots, std::vector<LayerData> layers,
-                        const MeasureRule& measure) {
+                        const MeasureRule& measure, const AttentionBackend* backend) {
   KVSIM_CHECK(slots.size() == layers.size());
+  const AttentionBackend& attention = backend ? *backend : cpu_backend();
   UnitData unit;
   unit.sequence = sequence;
   unit.prompt_len = info.prompt_len;
@@ -477,14 +376,15 @@ UnitData make_unit_data(const TraceMeta& meta, int sequence, const SequenceInfo&
   unit.layers = std::move(layers);
   unit.measured = measure.steps(info.prompt_len, info.num_tokens);
   for (const auto& layer : unit.layers) {
-    unit.exact.push_back(compute_exact(meta, layer, unit.measured));
+    unit.exact.push_back(attention.exact_attention(meta, layer, unit.measured));
   }
   return unit;
 }
 
 RunResult replay_unit(const TraceMeta& meta, const UnitData& unit, const PolicySpec& policy,
                       const std::vector<std::shared_ptr<const PolicyState>>& prepared,
-                      uint64_t seed, PrefillAttentionCache* prefill_cache) {
+                      uint64_t seed, PrefillAttentionCache* prefill_cache,
+                      const AttentionBackend* backend) {
   const auto& slots = unit.slots;
   KVSIM_CHECK(slots.size() == unit.layers.size() && slots.size() == unit.exact.size());
   const auto start = std::chrono::steady_clock::now();
@@ -501,7 +401,7 @@ RunResult replay_unit(const TraceMeta& meta, const UnitData& unit, const PolicyS
     }
     const RunResult r =
         replay_shard(meta, unit.sequence, unit.prompt_len, g, layer_ptrs, exact_ptrs, policy,
-                     prepared, unit.measured, seed, prefill_cache);
+                     prepared, unit.measured, seed, prefill_cache, backend);
     append_run(merged, r);  // records and counters; the wall time is set below
   }
   merged.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -574,12 +474,13 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
         std::lock_guard lock(io_mutex);  // HDF5 is not thread-safe
         for (int slot : slots) layers.push_back(trace.read_layer(unit.sequence, slot));
       }
-      const UnitData data = make_unit_data(meta, unit.sequence, trace.sequence(unit.sequence),
-                                           slots, std::move(layers), options.measure);
+      const UnitData data =
+          make_unit_data(meta, unit.sequence, trace.sequence(unit.sequence), slots,
+                         std::move(layers), options.measure, options.backend);
       PrefillAttentionCache prefill_cache;  // shared by the unit's policies
       for (size_t p = 0; p < policies.size(); ++p) {
-        partial[u].push_back(
-            replay_unit(meta, data, policies[p], prepared[p], options.seed, &prefill_cache));
+        partial[u].push_back(replay_unit(meta, data, policies[p], prepared[p], options.seed,
+                                         &prefill_cache, options.backend));
       }
       std::lock_guard lock(progress_mutex);
       ++done;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "policies/policy.h"
+#include "sim/base/attention_backend.h"
 #include "sim/records.h"
 #include "trace/trace.h"
 
@@ -49,24 +50,14 @@ struct ReplayOptions {
   std::vector<int> sequences;  // empty = every sequence
   // Called after each finished unit with (done, total), from one thread at a time.
   std::function<void(size_t, size_t)> progress;
+  // Where attention is computed (sim/base/attention_backend.h); null = the CPU backend.
+  const AttentionBackend* backend = nullptr;
 };
 
 // Replays every policy over the trace. Results are identical for any thread
 // count. Throws kvsim errors on bad input.
 std::vector<RunResult> replay(const TraceReader& trace, const std::vector<PolicySpec>& policies,
                               const ReplayOptions& options);
-
-// Exact attention of one layer at the measured steps, shared by every policy.
-struct ExactLayer {
-  int slot = 0;
-  std::vector<float> out;   // [measured, num_q_heads, head_dim]
-  std::vector<double> lse;  // [measured, num_q_heads]
-  // [measured, num_q_heads]: position of the largest exact score (the lowest
-  // position among equal scores), for StepRecord::top1_agreement.
-  std::vector<int32_t> top1;
-};
-ExactLayer compute_exact(const TraceMeta& meta, const LayerData& layer,
-                         const std::vector<int64_t>& measured);
 
 // Exact prefill attention column sums over a layer's whole prompt window,
 // shared by the policies of one unit (H2O, MiKV, SnapKV all ask for them, and
@@ -82,7 +73,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
                        const std::vector<const ExactLayer*>& exact, const PolicySpec& policy,
                        const std::vector<std::shared_ptr<const PolicyState>>& prepared,
                        const std::vector<int64_t>& measured, uint64_t seed,
-                       PrefillAttentionCache* prefill_cache = nullptr);
+                       PrefillAttentionCache* prefill_cache = nullptr,
+                       const AttentionBackend* backend = nullptr);
 
 // Groups of layer slots that every policy can replay from independently: the
 // union of all policies' layer groups (singletons unless a policy pairs layers).
@@ -106,7 +98,7 @@ struct UnitData {
 // caller, aligned with `slots`).
 UnitData make_unit_data(const TraceMeta& meta, int sequence, const SequenceInfo& info,
                         const std::vector<int>& slots, std::vector<LayerData> layers,
-                        const MeasureRule& measure);
+                        const MeasureRule& measure, const AttentionBackend* backend = nullptr);
 
 // THE unit function: one policy over one unit, i.e. replay_shard() over each of
 // the policy's layer groups that start inside the unit, merged in group order.
@@ -116,7 +108,8 @@ UnitData make_unit_data(const TraceMeta& meta, int sequence, const SequenceInfo&
 // thread-safe: one per thread).
 RunResult replay_unit(const TraceMeta& meta, const UnitData& unit, const PolicySpec& policy,
                       const std::vector<std::shared_ptr<const PolicyState>>& prepared,
-                      uint64_t seed, PrefillAttentionCache* prefill_cache = nullptr);
+                      uint64_t seed, PrefillAttentionCache* prefill_cache = nullptr,
+                      const AttentionBackend* backend = nullptr);
 
 // Throws unless every sequence exists and has decode steps.
 void validate_sequences(const TraceReader& trace, const std::vector<int>& sequences);

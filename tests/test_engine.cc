@@ -4,6 +4,7 @@
 
 #include "record_testing.h"
 #include "sim/base/attention.h"
+#include "sim/cpu_backend.h"
 #include "sim/sweep.h"
 #include "test_util.h"
 
@@ -38,7 +39,7 @@ TEST(Engine, ExactAttentionUsesGqaScaleAndWindow) {
   const auto layers = synth_sequence(c, 0);
   const std::vector<int64_t> measured = {c.prompt_len, c.tokens - 1};
   for (int slot : {0, 1}) {
-    const ExactLayer ex = compute_exact(meta, layers[slot], measured);
+    const ExactLayer ex = cpu_backend().exact_attention(meta, layers[slot], measured);
     const int window = meta.sliding_window[slot];
     EXPECT_EQ(window, slot == 0 ? 20 : 0);
     for (size_t m = 0; m < measured.size(); ++m) {

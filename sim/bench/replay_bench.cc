@@ -8,6 +8,7 @@
 
 #include "sim/base/attention.h"
 #include "sim/base/rng.h"
+#include "sim/cpu_backend.h"
 #include "sim/engine.h"
 #include "trace/synth.h"
 
@@ -84,7 +85,7 @@ struct ReplayFixture {
     meta = synth_meta(config);
     layers = synth_sequence(config, 0);
     measured = MeasureRule::parse("all").steps(config.prompt_len, config.tokens);
-    for (const auto& l : layers) exact.push_back(compute_exact(meta, l, measured));
+    for (const auto& l : layers) exact.push_back(cpu_backend().exact_attention(meta, l, measured));
   }
 };
 

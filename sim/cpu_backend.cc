@@ -1,0 +1,184 @@
+// The CPU attention backend: the exact attention at measured steps, the prefill column sums and
+// the attention of policies' caches, with the float kernels of sim/base/attention.h. A batch is
+// processed task by task, in order; the scratch buffers are per thread.
+#include "sim/cpu_backend.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "sim/base/attention.h"
+#include "sim/base/errors.h"
+
+namespace kvsim {
+namespace {
+
+// Copies the `group` query vectors of kv head h at token t into qbuf[group, d].
+void gather_queries(const LayerData& layer, int kv_head, int group, int64_t t, float* qbuf) {
+  const int d = layer.head_dim;
+  for (int j = 0; j < group; ++j) {
+    const float* q = layer.query(kv_head * group + j, static_cast<int>(t));
+    std::copy_n(q, d, qbuf + static_cast<size_t>(j) * d);
+  }
+}
+
+// Exact causal attention of the requested prompt rows, summed per column:
+// colsum[j, i] for query head j of the group and candidate i (candidates are
+// ascending prompt positions, not necessarily contiguous).
+void prefill_column_sums_one(const TraceMeta& meta, const PrefillSumsTask& task) {
+  const LayerData& layer = *task.layer;
+  const int group = meta.group_size(), d = meta.head_dim;
+  const int window = task.window, kv_head = task.kv_head;
+  const int64_t prompt_len = task.prompt_len, rows = task.rows;
+  const std::span<const int32_t> candidates = task.candidates;
+  std::vector<float>& colsum = *task.colsum;
+  const int64_t first_row = rows < 0 ? 0 : std::max<int64_t>(0, prompt_len - rows);
+  const size_t nc = candidates.size();
+  colsum.assign(static_cast<size_t>(group) * nc, 0.f);
+  if (candidates.empty()) return;
+  std::vector<int32_t> column(prompt_len, -1);  // position -> candidate index
+  for (size_t i = 0; i < nc; ++i) column[candidates[i]] = static_cast<int32_t>(i);
+  // Rows go in blocks so that every key load serves kRows x group queries; the
+  // scores past a row's causal end (or before its window) are masked out.
+  constexpr int64_t kRows = 4;
+  std::vector<float> qbuf(static_cast<size_t>(kRows) * group * d), scores;
+  for (int64_t r0 = first_row; r0 < prompt_len; r0 += kRows) {
+    const int64_t r1 = std::min(prompt_len, r0 + kRows);
+    const int64_t lo = window_start(window, r0);
+    const size_t n = static_cast<size_t>(r1 - lo);
+    const int nq = static_cast<int>(r1 - r0) * group;
+    for (int64_t r = r0; r < r1; ++r) {
+      gather_queries(layer, kv_head, group, r, qbuf.data() + (r - r0) * group * d);
+    }
+    scores.resize(static_cast<size_t>(nq) * n);
+    score_rows(qbuf.data(), nq, layer.key(kv_head, static_cast<int>(lo)), n, d,
+               static_cast<float>(meta.attn_scale), scores.data());
+    for (int64_t r = r0; r < r1; ++r) {
+      const size_t row_lo = static_cast<size_t>(window_start(window, r) - lo);
+      const size_t row_n = static_cast<size_t>(r - lo + 1) - row_lo;
+      for (int j = 0; j < group; ++j) {
+        float* p = scores.data() + (static_cast<size_t>(r - r0) * group + j) * n + row_lo;
+        softmax_inplace(p, row_n);
+        for (size_t i = 0; i < row_n; ++i) {
+          const int32_t c = column[lo + static_cast<int64_t>(row_lo + i)];
+          if (c >= 0) colsum[j * nc + c] += p[i];
+        }
+      }
+    }
+  }
+}
+
+void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
+                         std::vector<float>& qbuf, std::vector<float>& raw_scores) {
+  const int group = meta.group_size(), d = meta.head_dim;
+  const float scale = static_cast<float>(meta.attn_scale);
+  const HeadCache& cache = *task.cache;
+  const LayerData& raw = *task.layer;
+  CacheAttention& out = *task.out;
+  const size_t n = cache.size();
+  qbuf.resize(static_cast<size_t>(group) * d);
+  gather_queries(raw, task.kv_head, group, task.step, qbuf.data());
+  out.scores.resize(group * n);
+  out.probs.resize(group * n);
+  out.lse_hat.resize(group);
+  score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, out.scores.data());
+  std::copy(out.scores.begin(), out.scores.end(), out.probs.begin());
+  for (int j = 0; j < group; ++j) out.lse_hat[j] = softmax_inplace(out.probs.data() + j * n, n);
+  if (task.exact_lse == nullptr) return;
+
+  out.out_hat.resize(static_cast<size_t>(group) * d);
+  out.kept_mass.resize(group);
+  out.kept_cross.resize(group);
+  out.top1.resize(group);
+  weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
+  raw_scores.resize(group * n);
+  score_gathered(qbuf.data(), group, raw.key(task.kv_head, 0), cache.positions, d, scale,
+                 raw_scores.data());
+  for (int j = 0; j < group; ++j) {
+    // p_i = exp(raw_i - lse) is the exact probability of cached token i; one exp per entry
+    // serves both sums of the KL (see docs/replay.md, "Metrics").
+    const float* rs = raw_scores.data() + j * n;
+    const float* cs = out.scores.data() + j * n;
+    const float lse_f = static_cast<float>(task.exact_lse[j]);
+    float mass_f = 0.f, cross_f = 0.f;
+#pragma omp simd reduction(+ : mass_f, cross_f)
+    for (size_t i = 0; i < n; ++i) {
+      const float p = fast_expf(rs[i] - lse_f);
+      mass_f += p;
+      cross_f += p * (rs[i] - cs[i]);
+    }
+    out.kept_mass[j] = mass_f;
+    out.kept_cross[j] = cross_f;
+    // The compressed top token: largest score, lowest position among equal scores (checked
+    // explicitly: a merging store's positions need not ascend).
+    const int32_t* pos = cache.positions.data();
+    size_t top = 0;
+    for (size_t i = 1; i < n; ++i) {
+      if (cs[i] > cs[top] || (cs[i] == cs[top] && pos[i] < pos[top])) top = i;
+    }
+    out.top1[j] = n > 0 ? pos[top] : -1;
+  }
+}
+
+class CpuBackend final : public AttentionBackend {
+ public:
+  std::string name() const override { return "cpu"; }
+
+  ExactLayer exact_attention(const TraceMeta& meta, const LayerData& layer,
+                             std::span<const int64_t> measured) const override {
+    const int Hq = meta.num_q_heads, Hkv = meta.num_kv_heads, group = meta.group_size();
+    const int d = meta.head_dim, window = meta.sliding_window[layer.slot];
+    ExactLayer ex;
+    ex.slot = layer.slot;
+    ex.out.assign(measured.size() * Hq * d, 0.f);
+    ex.lse.assign(measured.size() * Hq, 0.0);
+    ex.top1.assign(measured.size() * Hq, -1);
+    std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
+    for (size_t m = 0; m < measured.size(); ++m) {
+      const int64_t t = measured[m];
+      const int64_t lo = window_start(window, t);
+      const size_t n = static_cast<size_t>(t - lo + 1);
+      scores.resize(group * n);
+      for (int h = 0; h < Hkv; ++h) {
+        gather_queries(layer, h, group, t, qbuf.data());
+        const float* keys = layer.key(h, static_cast<int>(lo));
+        score_rows(qbuf.data(), group, keys, n, d, static_cast<float>(meta.attn_scale),
+                   scores.data());
+        for (int j = 0; j < group; ++j) {
+          const float* row = scores.data() + j * n;
+          ex.top1[m * Hq + h * group + j] =
+              static_cast<int32_t>(lo + (std::max_element(row, row + n) - row));  // first max
+          ex.lse[m * Hq + h * group + j] = softmax_inplace(scores.data() + j * n, n);
+        }
+        weighted_sum(scores.data(), group, layer.value(h, static_cast<int>(lo)), n, d,
+                     ex.out.data() + (m * Hq + h * group) * d);
+      }
+    }
+    return ex;
+  }
+
+  void prefill_column_sums(const TraceMeta& meta,
+                           std::span<const PrefillSumsTask> tasks) const override {
+    for (const PrefillSumsTask& task : tasks) {
+      KVSIM_CHECK(task.layer != nullptr && task.colsum != nullptr);
+      prefill_column_sums_one(meta, task);
+    }
+  }
+
+  void cache_attention(const TraceMeta& meta,
+                       std::span<const CacheAttentionTask> tasks) const override {
+    thread_local std::vector<float> qbuf, raw_scores;
+    for (const CacheAttentionTask& task : tasks) {
+      KVSIM_CHECK(task.layer != nullptr && task.cache != nullptr && task.out != nullptr);
+      cache_attention_one(meta, task, qbuf, raw_scores);
+    }
+  }
+};
+
+}  // namespace
+
+const AttentionBackend& cpu_backend() {
+  static const CpuBackend backend;
+  return backend;
+}
+
+}  // namespace kvsim
