@@ -87,7 +87,7 @@ step ncu 90 "$OUT_DIR/ncu_fused_replay.log" "${NCU:-ncu}" --clock-control none \
   --kernel-name regex:fused_split_kernel --launch-skip 3 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
   --section MemoryWorkloadAnalysis --section SchedulerStats \
-  "$BIN/kvsim_gpu_bench" --benchmark_filter='BM_GpuFusedReplay/tokens:32768/exact_bytes:2$' \
+  "$BIN/kvsim_gpu_bench" --benchmark_filter='BM_GpuFusedReplay/tokens:32768/exact_bytes:2/' \
   --benchmark_min_time=0.01
 grep -E 'Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Shared Memory Configuration Size|Block Limit|Warp Cycles Per Issued|Issued Warp Per Scheduler|No Eligible|Duration' \
   "$OUT_DIR/ncu_fused_replay.log" | head -30 | tee -a "$SUMMARY"
