@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from kvsim_figures import (NUMBERED_ABOVE, X_LABEL, Y_LABEL, context_line, mark_zero_floor,
                            mpl_text, new_figure, norm_for, place_labels, placeholder,
                            save_figure, use_log)
-from kvsim_runstyle import ALONE, method_runs, run_styles, style_handles
+from kvsim_runstyle import ALONE, method_runs, run_styles, style_handles, text_color
 from kvsim_step_plots import plot_error_vs_step, plot_mass_lost  # noqa: F401 (re-exported)
 from kvsim_tables import (error_by_head, error_by_layer, format_number, memory_by_head,
                           memory_by_layer, pareto_frontier)
@@ -211,7 +211,7 @@ def _run_ticks(ax: Any, table: pd.DataFrame, order: list[int], labels: dict[int,
     ax.set_yticks(range(len(order)), [mpl_text(labels[r]) for r in order],
                   fontsize=8 if len(order) <= 40 else 6)
     for tick, r in zip(ax.get_yticklabels(), order):
-        tick.set_color(styles[r].color)
+        tick.set_color(text_color(styles[r].color))
 
 
 def plot_per_layer(table: pd.DataFrame, runs: Runs,
@@ -438,7 +438,7 @@ def _head_grid(table: pd.DataFrame, runs: Runs, path: str,
         hstep = max(1, math.ceil(len(heads) / 12))
         ax.set_xticks(range(0, len(heads), hstep), [str(heads[j]) for j in
                                                     range(0, len(heads), hstep)], fontsize=7)
-        ax.set_title(mpl_text(labels[r]), fontsize=7, color=styles[r].color)
+        ax.set_title(mpl_text(labels[r]), fontsize=7, color=text_color(styles[r].color))
         if k % ncols == 0:
             ax.set_ylabel("layer", fontsize=8)
         if k // ncols == nrows - 1 or k + ncols >= n:

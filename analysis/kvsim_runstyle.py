@@ -173,6 +173,12 @@ def run_styles(table: pd.DataFrame) -> dict[int, RunStyle]:
                         markers[composition[r]], labels[r]) for r in runs}
 
 
+def text_color(color: Any) -> tuple[float, float, float, float]:
+    """A family colour darkened for text on white (tab20's light shades are faint)."""
+    r, g, b, a = matplotlib.colors.to_rgba(color)
+    return (0.6 * r, 0.6 * g, 0.6 * b, a)
+
+
 def method_runs(styles: dict[int, RunStyle]) -> dict[str, list[int]]:
     """{method: its runs}, methods and runs in the order of styles."""
     out: dict[str, list[int]] = {}

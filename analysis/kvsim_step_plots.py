@@ -24,7 +24,8 @@ from matplotlib.lines import Line2D
 
 from kvsim_figures import (NUMBERED_ABOVE, context_line, mark_zero_floor, mpl_text,
                            new_figure, placeholder, save_figure, use_log)
-from kvsim_runstyle import ALONE, RunStyle, family_runs, method_runs, run_styles, style_handles
+from kvsim_runstyle import (ALONE, RunStyle, family_runs, method_runs, run_styles,
+                            style_handles, text_color)
 from kvsim_tables import by_decode_step, lossy_mass_runs, pareto_frontier
 
 Runs = dict[int, dict[str, pd.DataFrame]]
@@ -135,7 +136,7 @@ def _family_panels(fig: Figure | SubFigure, series: dict[int, pd.Series],
                     color=color, ls=ls, lw=1.2 if named else 1.0, gid=f"run {r}",
                     label=mpl_text(styles[r].label) if named else f"_run {r}")
         ax.set_title(f"{family} ({len(members)} run{'s' if len(members) > 1 else ''})",
-                     fontsize=9, color=styles[members[0]].color)
+                     fontsize=9, color=text_color(styles[members[0]].color))
         ax.grid(True, alpha=0.3)
         comps = sorted({styles[r].composition for r in members}, key=lambda c: (c != ALONE, c))
         if named:
