@@ -1,10 +1,12 @@
 """The report's figures. Each plot_* function draws one figure from the report's summary
 table (kvsim_tables.summary_table) and the runs' tables, writes it as a PNG and returns
-notes for index.md:
+notes for index.md. Runs are told apart as kvsim_runstyle says: colour by method
+family, marker by composition, labels that show what differs between a method's runs.
 
     plot_pareto          pareto.png           error vs bits per element, Pareto frontier
-    plot_error_vs_step   error_vs_step.png    mean relative error per measured step
+    plot_error_vs_step   error_vs_step.png    mean relative error per decode step
     plot_mass_lost       mass_lost.png        attention mass lost by the evicting runs
+                         (these two live in kvsim_step_plots and are re-exported here)
     plot_per_layer       per_layer.png        heatmap run x layer of mean relative error
     plot_layer_memory    memory_per_layer.png heatmap run x layer of bits per element
     plot_per_head_error  per_head_error.png   per run, heatmap layer x query head of error
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from typing import Any, Callable
 
 import matplotlib
@@ -23,38 +26,43 @@ import pandas as pd
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.lines import Line2D
 
-from kvsim_figures import (X_LABEL, Y_LABEL, context_line, mark_zero_floor, mpl_text,
-                           new_figure, norm_for, numbered, place_labels, placeholder,
-                           run_colors, run_labels, save_figure, use_log)
-from kvsim_tables import (error_by_head, error_by_layer, error_by_step, format_number,
-                          lossy_mass_runs, mass_lost_by_step, memory_by_head, memory_by_layer,
-                          pareto_frontier)
+from kvsim_figures import (NUMBERED_ABOVE, X_LABEL, Y_LABEL, context_line, mark_zero_floor,
+                           mpl_text, new_figure, norm_for, place_labels, placeholder,
+                           save_figure, use_log)
+from kvsim_runstyle import ALONE, method_runs, run_styles, style_handles, text_color
+from kvsim_step_plots import plot_error_vs_step, plot_mass_lost  # noqa: F401 (re-exported)
+from kvsim_tables import (error_by_head, error_by_layer, format_number, memory_by_head,
+                          memory_by_layer, pareto_frontier)
 
 Runs = dict[int, dict[str, pd.DataFrame]]
+KEY_UP_TO = 60   # pareto.png: up to this many runs, points carry their index and a key
 
 
 def plot_pareto(table: pd.DataFrame, path: str, attrs: dict[str, Any] | None = None
                 ) -> list[str]:
-    """Write pareto.png; returns notes for the index."""
+    """Write pareto.png; returns notes for the index.
+
+    A point per run (colour: method family, marker: composition), a line per swept
+    method through its own Pareto-optimal runs (x sorted), the frontier of all runs as a
+    black staircase. Up to NUMBERED_ABOVE runs every point is labelled; beyond, only
+    the Pareto-optimal ones (every run is in summary.md)."""
     attrs = attrs or {}
     notes: list[str] = []
-    fig = new_figure(8.5, 6.0)
+    fig = new_figure(10.5 if len(table) <= NUMBERED_ABOVE else 13.0, 6.5)
     if table.empty:
         placeholder(fig, "no runs in the results file")
         save_figure(fig, path)
         return ["The results file has no runs."]
 
     runs = [int(r) for r in table["run"]]
-    labels = run_labels(table)
-    key = numbered(table)
-    colors = run_colors(runs)
+    styles = run_styles(table)
     x = table["bits_per_element"].to_numpy(dtype=float)
     y = table["rel_err_mean"].to_numpy(dtype=float)
     finite = np.isfinite(x) & np.isfinite(y)
     zero = finite & (y == 0)
     pos = finite & (y > 0)
     log = use_log(y[finite])
-    skipped = [labels[r] for r, ok in zip(runs, finite) if not ok]
+    skipped = [styles[r].label for r, ok in zip(runs, finite) if not ok]
     if skipped:
         notes.append("Not plotted (non-finite bits or error): " + ", ".join(skipped) + ".")
 
@@ -72,6 +80,7 @@ def plot_pareto(table: pd.DataFrame, path: str, attrs: dict[str, Any] | None = N
         else:
             ax.set_ylim(-0.05, 1.0)
     y_plot = np.where(zero, floor, y)
+    index = {r: i for i, r in enumerate(runs)}
 
     front = pareto_frontier(table.assign(_pos=np.arange(len(table)))[finite])
     front_pos = front["_pos"].to_numpy(dtype=int)
@@ -84,25 +93,42 @@ def plot_pareto(table: pd.DataFrame, path: str, attrs: dict[str, Any] | None = N
         if xmax > fx[-1]:
             fx = np.append(fx, xmax)
             fy = np.append(fy, fy[-1])
-        ax.step(fx, fy, where="post", color="black", lw=1.4, alpha=0.75, zorder=2)
+        ax.step(fx, fy, where="post", color="black", lw=1.4, alpha=0.75, zorder=2,
+                gid="pareto frontier")
         ax.scatter(x[front_pos], y_plot[front_pos], s=190, facecolors="none",
                    edgecolors="black", linewidths=1.6, zorder=4)
 
-    for i, r in enumerate(runs):
-        if not finite[i]:
+    # A swept method: a curve through its own Pareto-optimal runs, in its family colour.
+    for method, members in method_runs(styles).items():
+        mine = [index[r] for r in members if finite[index[r]]]
+        if len(mine) < 2:
             continue
-        ax.scatter([x[i]], [y_plot[i]], s=60, marker="v" if zero[i] else "o",
-                   color=colors[r], edgecolors="black", linewidths=0.5, zorder=5)
+        own = pareto_frontier(table.iloc[mine].assign(_pos=mine))["_pos"].to_numpy(dtype=int)
+        style = styles[members[0]]
+        ax.plot(x[own], y_plot[own], color=style.color, lw=1.3, alpha=0.85, zorder=3,
+                ls="-" if style.composition == ALONE else "--", gid=f"method {method}")
 
-    annotations = []
     for i, r in enumerate(runs):
-        if not finite[i]:
-            continue
-        text = str(r) if key else labels[r] + (" (error 0)" if zero[i] else "")
+        if finite[i]:
+            ax.scatter([x[i]], [y_plot[i]], s=44, marker=styles[r].marker,
+                       color=styles[r].color, edgecolors="black", linewidths=0.5, zorder=5,
+                       gid=f"run {r}")
+
+    # Labels: the label of every run (few runs), the run index with a key beside the
+    # axes (up to KEY_UP_TO runs), else the labels of the Pareto-optimal runs only.
+    keyed = NUMBERED_ABOVE < len(runs) <= KEY_UP_TO
+    labelled = [i for i in range(len(runs)) if finite[i]]
+    if len(runs) > KEY_UP_TO:
+        labelled = sorted(set(int(p) for p in front_pos))
+    annotations = []
+    for i in labelled:
+        r = runs[i]
+        text = (styles[r].label if len(runs) <= NUMBERED_ABOVE else str(r)) \
+            + (" (error 0)" if zero[i] else "")
         annotations.append(ax.annotate(
             mpl_text(text), (x[i], y_plot[i]), xytext=(6, 5),
-            textcoords="offset points", fontsize=8, zorder=3,
-            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.6)))
+            textcoords="offset points", fontsize=7, zorder=6, gid=f"label {r}",
+            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7)))
 
     ax.axvline(16, color="gray", ls="--", lw=1, zorder=1)
     xmax_all = max(16.0, float(np.nanmax(x[finite])) if finite.any() else 16.0)
@@ -114,164 +140,49 @@ def plot_pareto(table: pd.DataFrame, path: str, attrs: dict[str, Any] | None = N
     ax.set_title(title + ("\n" + context if context else ""), fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
 
-    handles = [
-        Line2D([], [], ls="none", marker="o", color="tab:gray", markeredgecolor="black",
-               markeredgewidth=0.5,
-               label="run (labelled with its index)" if key else "run (labelled with its spec)"),
+    handles = style_handles(styles, [r for r, ok in zip(runs, finite) if ok] or runs)
+    handles += [
+        Line2D([], [], ls="none", label="lines:"),
+        Line2D([], [], color="tab:gray", lw=1.3,
+               label="a method's best runs over its grid\n(dashed: composed)"),
         Line2D([], [], color="black", lw=1.4, marker="o", markersize=12,
-               markerfacecolor="none", markeredgewidth=1.6, label="Pareto frontier"),
+               markerfacecolor="none", markeredgewidth=1.6, label="Pareto frontier (all runs)"),
         Line2D([], [], color="gray", ls="--", lw=1, label="fp16 full cache (16 bits)"),
     ]
     if zero.any():
         where = "drawn at the bottom of the log axis" if log else "drawn at 0"
-        handles.append(Line2D([], [], ls="none", marker="v", color="tab:gray",
-                              markeredgecolor="black", markeredgewidth=0.5,
-                              label=f"error exactly 0 ({where})"))
-        names = ", ".join(labels[r] for r, z in zip(runs, zero) if z)
+        names = ", ".join(styles[r].label for r, z in zip(runs, zero) if z)
         notes.append(f"Runs with mean relative error exactly 0 ({where}): {names}.")
     if log and zero.any():
         mark_zero_floor(ax, floor, float(y[pos].min()))
     if finite.any() and not pos.any():
         ax.text(0.5, 0.5, "every run has attention-output error exactly 0",
                 transform=ax.transAxes, ha="center", va="center", fontsize=10, color="gray")
-    legend = ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
-    if key:
-        # Run index -> spec, outside the axes on the right.
-        ax.add_artist(legend)
-        key_labels = run_labels(table, 48)
-        key_handles = [Line2D([], [], ls="none", marker="v" if zero[i] else "o",
-                              color=colors[r], markeredgecolor="black", markeredgewidth=0.5,
-                              label=mpl_text(key_labels[r]))
-                       for i, r in enumerate(runs) if finite[i]]
-        ax.legend(handles=key_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  fontsize=7, frameon=False, title="run: spec", title_fontsize=8,
-                  ncol=max(1, math.ceil(len(key_handles) / 40)))
-
+    title = ("labels: every run" if len(runs) <= NUMBERED_ABOVE else
+             "labels: run index" if keyed else
+             f"labels: index of the {len(labelled)} Pareto-optimal runs\n"
+             f"(all {len(runs)} in summary.md)")
+    if len(runs) > NUMBERED_ABOVE:  # index -> label, grouped by family
+        key_runs = sorted(labelled, key=lambda i: (styles[runs[i]].family,
+                                                   styles[runs[i]].label))
+        key = [Line2D([], [], ls="none", label="run: label" if keyed
+                      else "Pareto-optimal run: label")]
+        key += [Line2D([], [], ls="none", marker=styles[runs[i]].marker,
+                       color=styles[runs[i]].color, markeredgecolor="black",
+                       markeredgewidth=0.4, label=mpl_text(f"{runs[i]}: {styles[runs[i]].label}"))
+                for i in key_runs]
+        # The key starts a column of its own: pad the columns to equal length.
+        rows = max(len(handles), min(36, len(key)))
+        blank = lambda: Line2D([], [], ls="none", label=" ")  # noqa: E731
+        key_cols = math.ceil(len(key) / rows)
+        handles = (handles + [blank() for _ in range(rows - len(handles))] + key
+                   + [blank() for _ in range(rows * key_cols - len(key))])
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+              frameon=False, title=title, title_fontsize=7,
+              ncol=1 if len(runs) <= NUMBERED_ABOVE else 1 + key_cols)
     place_labels(fig, ax, annotations, np.column_stack([x[finite], y_plot[finite]]))
     save_figure(fig, path)
     return notes
-
-
-def plot_error_vs_step(table: pd.DataFrame, runs: Runs,
-                       path: str, attrs: dict[str, Any] | None = None) -> list[str]:
-    """Write error_vs_step.png; returns notes for the index."""
-    attrs = attrs or {}
-    notes: list[str] = []
-    order = [int(r) for r in table["run"]]
-    labels = run_labels(table) if not table.empty else {}
-    colors = run_colors(order)
-    series = {}
-    for r in order:
-        run = runs.get(r)
-        s = error_by_step(run["steps"]) if run is not None else pd.Series([], dtype=float)
-        if s.empty:
-            notes.append(f"Run {r} ({labels[r]}) has no step rows; not drawn per step.")
-        else:
-            series[r] = s
-    ncol = max(1, math.ceil(len(series) / 30))
-    longest = max([len(labels[r]) for r in series] + [10]) + 26  # room for "(error 0 ...)"
-    fig = new_figure(7.0 + ncol * (0.6 + 0.062 * longest), 5.5)
-    if not series:
-        placeholder(fig, "no per-step data in the results file")
-        save_figure(fig, path)
-        return notes
-
-    all_values = np.concatenate([s.to_numpy() for s in series.values()])
-    log = use_log(all_values)
-    ax = fig.add_subplot()
-    pos = all_values[np.isfinite(all_values) & (all_values > 0)]
-    if log:
-        floor = pos.min() / 10 ** 0.6
-        ax.set_yscale("log")
-        ax.set_ylim(floor / 10 ** 0.25, pos.max() * 10 ** 0.3)
-    else:
-        floor = 0.0
-        if pos.size:
-            ax.set_ylim(-0.04 * pos.max(), pos.max() * 1.08)
-        else:
-            ax.set_ylim(-0.05, 1.0)
-    n_points = max(len(s) for s in series.values())
-    for r, s in series.items():
-        values = s.to_numpy()
-        zero = values == 0
-        label = labels[r]
-        if zero.all():
-            label += " (error 0 at every step)"
-        elif zero.any() and log:
-            label += " (zeros drawn at bottom)"
-        ax.plot(s.index.to_numpy(), np.where(zero, floor, values), label=mpl_text(label),
-                color=colors[r], lw=1.5, marker="o" if n_points <= 40 else None,
-                markersize=3.5)
-    if log and (all_values == 0).any():
-        mark_zero_floor(ax, floor, float(pos.min()))
-    ax.set_xlabel("query token position t (measured steps; decode steps are t ≥ prompt length)")
-    ax.set_ylabel("attention-output relative error\n(mean over sequences, layers, heads)"
-                  + (" [log scale]" if log else ""))
-    context = context_line(attrs)
-    ax.set_title("Relative error per measured step" + ("\n" + context if context else ""),
-                 fontsize=11)
-    ax.grid(True, alpha=0.3)
-    if pos.size == 0:
-        ax.text(0.5, 0.5, "every run has attention-output error exactly 0",
-                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="gray")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, ncol=ncol,
-              title="run: spec" if numbered(table) else "run (spec)", title_fontsize=8,
-              frameon=False)
-    save_figure(fig, path)
-    return notes
-
-
-
-def plot_mass_lost(table: pd.DataFrame, runs: Runs,
-                   path: str, attrs: dict[str, Any] | None = None,
-                   prompt_lens: dict[int, int] | None = None) -> list[str]:
-    """Write mass_lost.png: for every run that loses attention mass (eviction), the mean
-    mass lost (1 - mass retained) as a bar per run and as a line per measured step."""
-    attrs = attrs or {}
-    lossy = lossy_mass_runs(table)
-    if not lossy:
-        fig = new_figure(7, 3)
-        placeholder(fig, "no run loses attention mass\n(no eviction: mass retained is 1)")
-        save_figure(fig, path)
-        return ["No run loses attention mass (mass_lost.png is a placeholder)."]
-    labels = run_labels(table)
-    colors = run_colors([int(r) for r in table["run"]])
-    sub = table[table["run"].astype(int).isin(lossy)]
-    lost = 1.0 - sub["mass_retained_mean"].astype(float).to_numpy()
-    longest = max(len(labels[r]) for r in lossy)
-    fig = new_figure(12.5 + 0.06 * longest, max(4.2, 1.6 + 0.28 * len(lossy)))
-    ax1, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.5])
-    y = np.arange(len(lossy))
-    ax1.barh(y, lost, color=[colors[r] for r in lossy], edgecolor="black", linewidth=0.5)
-    ax1.set_yticks(y, [mpl_text(labels[r]) for r in lossy], fontsize=8)
-    ax1.invert_yaxis()
-    for yi, v in zip(y, lost):
-        ax1.text(v, yi, f" {v:.3g}", va="center", fontsize=7)
-    ax1.set_xlim(0, max(float(lost.max()) * 1.25, 1e-3))
-    ax1.set_xlabel("attention mass lost, 1 − mass retained\n(mean over measured steps)")
-    ax1.set_title("Per run", fontsize=10)
-    ax1.grid(True, axis="x", alpha=0.3)
-    for r in lossy:
-        run = runs.get(r)
-        if run is None or run["steps"].empty:
-            continue
-        s = mass_lost_by_step(run["steps"], prompt_lens)
-        ax2.plot(s.index.to_numpy(), s.to_numpy(), color=colors[r], lw=1.5,
-                 marker="o" if len(s) <= 40 else None, markersize=3,
-                 label=mpl_text(labels[r]))
-    ax2.set_xlabel("decode step index t − P (measured steps)" if prompt_lens
-                   else "query token position t (measured steps)")
-    ax2.set_ylabel("attention mass lost (mean over\nsequences, layers, heads)")
-    ax2.set_title("Per measured step", fontsize=10)
-    ax2.set_ylim(bottom=0)
-    ax2.grid(True, alpha=0.3)
-    ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
-               title="run (spec)", title_fontsize=8)
-    context = context_line(attrs)
-    fig.suptitle("Exact attention mass on evicted tokens" + ("\n" + context if context else ""),
-                 fontsize=11)
-    save_figure(fig, path)
-    return []
 
 
 # --------------------------------------------------------------------------- heatmaps
@@ -283,7 +194,7 @@ def _run_layer_matrix(table: pd.DataFrame, runs: Runs,
     """(run order, run labels, sorted layers, matrix [run, layer]) of a per-layer statistic;
     cells without data are NaN."""
     order = [int(r) for r in table["run"]]
-    labels = run_labels(table) if not table.empty else {}
+    labels = {r: st.label for r, st in run_styles(table).items()} if order else {}
     per_run = {r: (by_layer(runs[r]) if r in runs else pd.Series([], dtype=float)) for r in order}
     layers = sorted({int(l) for s in per_run.values() for l in s.index})
     matrix = np.full((len(order), len(layers)), np.nan)
@@ -292,6 +203,15 @@ def _run_layer_matrix(table: pd.DataFrame, runs: Runs,
         for l, v in per_run[r].items():
             matrix[i, column[int(l)]] = v
     return order, labels, layers, matrix
+
+
+def _run_ticks(ax: Any, table: pd.DataFrame, order: list[int], labels: dict[int, str]) -> None:
+    """Run labels as y tick labels, each in its method family's colour."""
+    styles = run_styles(table)
+    ax.set_yticks(range(len(order)), [mpl_text(labels[r]) for r in order],
+                  fontsize=8 if len(order) <= 40 else 6)
+    for tick, r in zip(ax.get_yticklabels(), order):
+        tick.set_color(text_color(styles[r].color))
 
 
 def plot_per_layer(table: pd.DataFrame, runs: Runs,
@@ -333,8 +253,7 @@ def plot_per_layer(table: pd.DataFrame, runs: Runs,
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, norm=norm,
                       interpolation="nearest")
-    ax.set_yticks(range(n_rows), [mpl_text(labels[r]) for r in order],
-                  fontsize=8 if n_rows <= 40 else 6)
+    _run_ticks(ax, table, order, labels)
     step = max(1, math.ceil(n_cols / 32))
     ax.set_xticks(range(0, n_cols, step), [str(layers[j]) for j in range(0, n_cols, step)],
                   fontsize=8)
@@ -383,8 +302,7 @@ def plot_layer_memory(table: pd.DataFrame, runs: Runs,
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, norm=norm,
                       interpolation="nearest")
-    ax.set_yticks(range(n_rows), [mpl_text(labels[r]) for r in order],
-                  fontsize=8 if n_rows <= 40 else 6)
+    _run_ticks(ax, table, order, labels)
     step = max(1, math.ceil(n_cols / 32))
     ax.set_xticks(range(0, n_cols, step), [str(layers[j]) for j in range(0, n_cols, step)],
                   fontsize=8)
@@ -410,6 +328,36 @@ def plot_layer_memory(table: pd.DataFrame, runs: Runs,
 
 
 MAX_HEAD_PANELS = 12   # per-head figures draw at most this many runs
+FLAT_TOLERANCE = 0.02  # a panel whose colours spread less than this share of the scale
+MAX_FLAT_LISTED = 24   # runs named in the "not drawn" line of a per-head figure
+
+
+def flat_panel(values: np.ndarray, norm: Normalize) -> bool:
+    """Whether a heatmap panel carries no information: no finite value, or its values
+    spread over less than FLAT_TOLERANCE of the colour scale (it shows one colour)."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return True
+    if isinstance(norm, LogNorm):
+        v = v[v > 0]
+        if v.size == 0:
+            return True
+    lo, hi = np.clip(norm(np.array([v.min(), v.max()], dtype=float)), 0.0, 1.0)
+    return float(hi - lo) < FLAT_TOLERANCE
+
+
+def _flat_runs_text(flat: dict[int, pd.DataFrame], styles: dict[int, Any]) -> str:
+    """The figure's line naming the runs left out, with their single value."""
+    items = []
+    for r, m in list(flat.items())[:MAX_FLAT_LISTED]:
+        v = m.to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        items.append(f"{styles[r].label} ({format_number(float(np.median(v))) if v.size else 'no data'})")
+    more = len(flat) - len(items)
+    text = (f"Not drawn: {len(flat)} run(s) of one colour in every layer and head (spread "
+            f"< {FLAT_TOLERANCE:.0%} of the colour scale; median value): " + "; ".join(items)
+            + (f"; and {more} more (summary.md)" if more > 0 else ""))
+    return textwrap.fill(text, 160)
 
 
 def _head_grid(table: pd.DataFrame, runs: Runs, path: str,
@@ -429,17 +377,38 @@ def _head_grid(table: pd.DataFrame, runs: Runs, path: str,
         placeholder(fig, "no per-head data in the results file")
         save_figure(fig, path)
         return [f"No per-head data for {os.path.basename(path)}."]
-    shown = list(mats)[:MAX_HEAD_PANELS]
-    if len(mats) > len(shown):
-        notes.append(f"{os.path.basename(path)} shows the first {len(shown)} of {len(mats)} "
-                     "runs (by memory ratio).")
-    allv = np.concatenate([mats[r].to_numpy(dtype=float).ravel() for r in shown])
-    norm, log = norm_for(allv, force_linear=linear)
-    if vmin0 is not None and not log:
-        hi = float(np.nanmax(allv)) if np.isfinite(allv).any() else 1.0
-        if vmax_min is not None:
-            hi = max(hi, vmax_min)
-        norm = Normalize(vmin=vmin0, vmax=hi if hi > vmin0 else vmin0 + 1.0)
+    styles = run_styles(table)
+    name = os.path.basename(path)
+
+    def colour_norm(runs_shown: list[int]) -> tuple[Normalize, bool, np.ndarray]:
+        values = np.concatenate([mats[r].to_numpy(dtype=float).ravel() for r in runs_shown])
+        norm, log = norm_for(values, force_linear=linear)
+        if vmin0 is not None and not log:
+            hi = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+            if vmax_min is not None:
+                hi = max(hi, vmax_min)
+            norm = Normalize(vmin=vmin0, vmax=hi if hi > vmin0 else vmin0 + 1.0)
+        return norm, log, values
+
+    everything, _, _ = colour_norm(list(mats))
+    flat = {r: m for r, m in mats.items() if flat_panel(m.to_numpy(dtype=float), everything)}
+    varied = [r for r in mats if r not in flat]
+    dropped_text = ""
+    if flat:
+        dropped_text = _flat_runs_text(flat, styles)
+        notes.append(f"{name} leaves out {len(flat)} run(s) that show one colour in every "
+                     f"layer and head (they are named under the panels).")
+    if not varied:
+        fig = new_figure(9, 3.5)
+        placeholder(fig, "every run shows one colour in every layer and head\n"
+                    + dropped_text)
+        save_figure(fig, path)
+        return notes
+    shown = varied[:MAX_HEAD_PANELS]
+    if len(varied) > len(shown):
+        notes.append(f"{name} shows the first {len(shown)} of {len(varied)} "
+                     "runs (by memory ratio) whose values differ between layers or heads.")
+    norm, log, allv = colour_norm(shown)
     cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="#d9d9d9", under="white")
     n = len(shown)
     ncols = min(4, n)
@@ -447,9 +416,10 @@ def _head_grid(table: pd.DataFrame, runs: Runs, path: str,
     n_layers = max(len(mats[r].index) for r in shown)
     n_heads = max(len(mats[r].columns) for r in shown)
     panel_w = max(2.6, 0.28 * n_heads + 1.0)
-    labels = run_labels(table, int(panel_w * 12)) if not table.empty else {}
+    labels = {r: textwrap.fill(styles[r].label, max(16, int(panel_w * 13))) for r in shown}
     panel_h = max(2.0, 0.16 * n_layers + 1.0)
-    fig = new_figure(panel_w * ncols + 1.4, panel_h * nrows + 1.0)
+    fig = new_figure(panel_w * ncols + 1.4, panel_h * nrows + 1.0
+                     + (0.16 * dropped_text.count("\n") + 0.3 if flat else 0.0))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     image = None
     for k, r in enumerate(shown):
@@ -468,7 +438,7 @@ def _head_grid(table: pd.DataFrame, runs: Runs, path: str,
         hstep = max(1, math.ceil(len(heads) / 12))
         ax.set_xticks(range(0, len(heads), hstep), [str(heads[j]) for j in
                                                     range(0, len(heads), hstep)], fontsize=7)
-        ax.set_title(mpl_text(labels[r]), fontsize=7)
+        ax.set_title(mpl_text(labels[r]), fontsize=7, color=text_color(styles[r].color))
         if k % ncols == 0:
             ax.set_ylabel("layer", fontsize=8)
         if k // ncols == nrows - 1 or k + ncols >= n:
@@ -476,7 +446,12 @@ def _head_grid(table: pd.DataFrame, runs: Runs, path: str,
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].set_axis_off()
     context = context_line(attrs)
-    fig.suptitle(title + ("\n" + context if context else ""), fontsize=11)
+    shown_text = (f"{len(shown)} of {len(varied)} runs whose values differ (by memory ratio)"
+                  if len(varied) > len(shown) else "")
+    fig.suptitle(title + ("\n" + context if context else "")
+                 + ("\n" + shown_text if shown_text else ""), fontsize=11)
+    if flat:
+        fig.supxlabel(mpl_text(dropped_text), fontsize=7, color="dimgray")
     bar = fig.colorbar(image, ax=axes, shrink=0.9)
     zeros = bool((allv[np.isfinite(allv)] == 0).any())
     bar.set_label(bar_label + (" [log scale]" if log else "")

@@ -8,7 +8,8 @@ Writes into report_dir (created if needed; existing report files are replaced):
     summary.csv        one row per run, sorted by memory ratio (full precision)
     summary.md         the same as a Markdown table (4 significant digits)
     pareto.png         attention-output error vs bits per cached element, Pareto frontier
-    error_vs_step.png  mean relative error per measured step, one line per run
+    error_vs_step.png  mean relative error per decode step t - P, one line per run
+                       (a panel per method family beyond 12 runs)
     per_layer.png      heatmap of mean relative error per (run, layer)
     memory_per_layer.png  heatmap of bits per cached element per (run, layer), from /kv
     per_head_error.png    per run: heatmap of mean relative error per (layer, query head)
@@ -98,7 +99,7 @@ def _index_markdown(results: Results, table: pd.DataFrame, front: pd.DataFrame,
               "- [summary.md](summary.md): one row per run, sorted by memory ratio",
               "- [summary.csv](summary.csv): the same, every /summary column, full precision",
               "- [pareto.png](pareto.png): error vs bits per cached element, Pareto frontier",
-              "- [error_vs_step.png](error_vs_step.png): mean relative error per measured step",
+              "- [error_vs_step.png](error_vs_step.png): mean relative error per decode step t − P",
               "- [per_layer.png](per_layer.png): mean relative error per run and layer",
               "- [memory_per_layer.png](memory_per_layer.png): bits per element per run and layer",
               "- [per_head_error.png](per_head_error.png): relative error per layer and query head",
@@ -144,8 +145,6 @@ def write_report(results: Results | str | os.PathLike, out_dir: str | os.PathLik
 
     notes: list[str] = []
     notes += plot_pareto(table, paths["pareto.png"], results.attrs)
-    notes += plot_error_vs_step(table, results.runs, paths["error_vs_step.png"],
-                                results.attrs)
     notes += plot_per_layer(table, results.runs, paths["per_layer.png"], results.attrs)
     notes += plot_layer_memory(table, results.runs, paths["memory_per_layer.png"],
                                results.attrs)
@@ -157,6 +156,8 @@ def write_report(results: Results | str | os.PathLike, out_dir: str | os.PathLik
     if {"sequence", "prompt_len"} <= set(results.sequences.columns):
         prompt_lens = {int(a): int(b) for a, b in zip(results.sequences["sequence"],
                                                       results.sequences["prompt_len"])}
+    notes += plot_error_vs_step(table, results.runs, paths["error_vs_step.png"],
+                                results.attrs, prompt_lens)
     notes += plot_mass_lost(table, results.runs, paths["mass_lost.png"], results.attrs,
                             prompt_lens)
     layers = layer_table(table, results.runs)

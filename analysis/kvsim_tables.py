@@ -3,7 +3,8 @@
     summary_table      the report's /summary (sorted by memory ratio)
     pareto_frontier    the runs no other run beats on both bits and error
     error_by_step, error_by_layer, error_by_head, memory_by_layer, memory_by_head,
-    mass_lost_by_step  per-step / per-layer / per-head statistics of one run
+    mass_lost_by_step, by_decode_step
+                       per-step / per-layer / per-head statistics of one run
     lossy_mass_runs    the runs that lose attention mass (evict something)
     layer_table        per_layer.csv: one row per (run, layer)
     format_number, markdown_table   summary.md
@@ -205,6 +206,32 @@ def error_by_head(run: dict[str, pd.DataFrame], metric: str = "rel_err") -> pd.D
                       "head": steps["q_head"].astype(np.int64),
                       "v": steps[metric].astype(np.float64)})
     return m.groupby(["layer", "head"])["v"].mean().unstack("head").sort_index()
+
+
+def by_decode_step(steps: pd.DataFrame, metric: str = "rel_err",
+                   prompt_lens: dict[int, int] | None = None) -> pd.DataFrame:
+    """Mean of `metric` per step over sequences, layers and heads, and how many sequences
+    were measured there: columns `mean` and `sequences`, indexed by step.
+
+    With prompt_lens ({sequence: prompt length P}, from /sequences, covering every
+    sequence of the table) the index is the decode step t - P, so that sequences of
+    different prompt lengths line up; otherwise the query position t. The index name
+    says which ("decode_step" or "step")."""
+    if steps.empty or metric not in steps or "step" not in steps:
+        return pd.DataFrame({"mean": pd.Series([], dtype=float),
+                             "sequences": pd.Series([], dtype=np.int64)})
+    step = steps["step"].astype(np.int64)
+    name = "step"
+    if prompt_lens and "sequence" in steps:
+        p = steps["sequence"].astype(np.int64).map(prompt_lens)
+        if p.notna().all():
+            step = step - p.astype(np.int64)
+            name = "decode_step"
+    seq = (steps["sequence"].astype(np.int64) if "sequence" in steps
+           else pd.Series(0, index=steps.index))
+    frame = pd.DataFrame({name: step, "v": steps[metric].astype(np.float64), "seq": seq})
+    g = frame.groupby(name)
+    return pd.DataFrame({"mean": g["v"].mean(), "sequences": g["seq"].nunique()}).sort_index()
 
 
 def mass_lost_by_step(steps: pd.DataFrame,

@@ -224,3 +224,15 @@ def typical_file(tmp_path):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "model: loads a real model (SmolLM2 or Gemma 3) on the CPU")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print what test_doc_commands ran and skipped (and why), when it ran."""
+    module = sys.modules.get("test_doc_commands")
+    lines = getattr(module, "SUMMARY", None)
+    if lines:
+        ran = sum(1 for line in lines if line.startswith("RUN"))
+        skipped = sum(1 for line in lines if line.startswith("SKIP"))
+        terminalreporter.section(f"doc commands: {ran} run, {skipped} skipped")
+        for line in lines:
+            terminalreporter.write_line(line)

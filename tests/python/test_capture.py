@@ -425,6 +425,44 @@ def test_cli_capture_smollm2(tmp_path):
 
 
 @model_test
+@needs_smollm2
+def test_cli_capture_from_prompt_file(smollm2, tmp_path):
+    """Two prompts of a JSONL file: the trace holds their tokens, the reference
+    continuation as the first decode tokens, their answers, and the file's path + sha256."""
+    import hashlib
+    _, _, tok = smollm2
+    records = [{"prompt": "The capital of France is", "answer": "Paris"},
+               {"prompt": "Count with me: one, two, three,", "continuation": " four, five"}]
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    out = tmp_path / "mine.h5"
+    new_tokens = 5
+    r = subprocess.run([sys.executable, SCRIPT, "--model", "smollm2", "--prompt-file", str(prompts),
+                        "--new-tokens", str(new_tokens), "--layers", "0,-1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with h5py.File(out) as f:
+        assert json.loads(f.attrs["prompt_source"]) == {
+            "type": "file", "path": str(prompts), "format": "jsonl", "prompts": 2,
+            "sha256": hashlib.sha256(prompts.read_bytes()).hexdigest()}
+        assert f.attrs["num_sequences"] == 2
+        for i, rec in enumerate(records):
+            g = f[f"sequences/{i:06d}"]
+            ids = [int(t) for t in g["token_ids"][()]]
+            p = int(g.attrs["prompt_len"])
+            assert ids[:p] == list(tok.encode(rec["prompt"], add_special_tokens=True))
+            assert len(ids) == p + new_tokens
+            assert g.attrs["kind"] == "file" and g.attrs["prompt_index"] == i + 1
+            assert g.attrs["answer"] == rec.get("answer", "")
+        forced = list(tok.encode(records[1]["continuation"], add_special_tokens=False))
+        assert 0 < len(forced) <= new_tokens
+        assert ids[p:p + len(forced)] == forced and g.attrs["continuation_tokens"] == len(forced)
+    if os.access(KVSIM, os.X_OK):
+        r = run_kvsim("inspect", "--check", str(out))
+        assert r.returncode == 0, r.stderr
+
+
+@model_test
 @needs_gemma3
 def test_gemma3_sliding_window_layers(tmp_path):
     from kvcap import models

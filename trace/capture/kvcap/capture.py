@@ -108,9 +108,12 @@ def _choose(logits, sample: bool, temperature: float, top_k: int, top_p: float, 
 
 
 def capture_sequence(model, recorder: AttentionRecorder, input_ids, new_tokens: int, *, sample=False,
-                     temperature=1.0, top_k=0, top_p=1.0, seed=0, banned_ids=(), on_step=None) -> Captured:
-    """Prefill `input_ids`, then `new_tokens` decode steps. on_step(k) is called after each
-    forward pass with the number of tokens it processed."""
+                     temperature=1.0, top_k=0, top_p=1.0, seed=0, banned_ids=(), on_step=None,
+                     forced_ids=()) -> Captured:
+    """Prefill `input_ids`, then `new_tokens` decode steps. The first decode steps feed
+    forced_ids (a reference continuation, teacher-forced), the rest the model's own
+    choice. on_step(k) is called after each forward pass with the number of tokens it
+    processed."""
     import torch
     from transformers import DynamicCache
 
@@ -137,8 +140,12 @@ def capture_sequence(model, recorder: AttentionRecorder, input_ids, new_tokens: 
                 out = model(input_ids=ids, **kw)
             if on_step:
                 on_step(len(prompt))
-            for _ in range(new_tokens):
-                nxt = _choose(out.logits[0, -1], sample, temperature, top_k, top_p, gen, list(banned_ids))
+            for step in range(new_tokens):
+                if step < len(forced_ids):
+                    nxt = int(forced_ids[step])
+                else:
+                    nxt = _choose(out.logits[0, -1], sample, temperature, top_k, top_p, gen,
+                                  list(banned_ids))
                 tokens.append(nxt)
                 out = model(input_ids=torch.tensor([[nxt]], device=device), **kw)
                 if on_step:

@@ -74,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", help="smollm2 | gemma3-270m | path to a .gguf file | model directory "
                                     "(comma-separated list with --preset large)")
     ap.add_argument("--prompts", help="comma-separated kinds: passkey,needle,multidoc,continuation")
+    ap.add_argument("--prompt-file", metavar="FILE",
+                    help="your own prompts instead of --prompts: a .jsonl file (one JSON object per line: "
+                         "\"prompt\", optional \"answer\" and \"continuation\") or a text file (one prompt "
+                         "per block of lines separated by blank lines)")
+    ap.add_argument("--dataset", metavar="NAME_OR_DIR",
+                    help="prompts from a Hugging Face dataset split (needs the optional 'datasets' "
+                         "package): a directory written by save_to_disk, or a dataset name")
+    ap.add_argument("--split", default="train", help="with --dataset: the split (default train)")
+    ap.add_argument("--revision", help="with --dataset NAME: the dataset revision (git ref)")
+    ap.add_argument("--prompt-field", default="prompt", help="with --dataset: the prompt column (default prompt)")
+    ap.add_argument("--answer-field", default="answer",
+                    help="with --dataset: the reference answer column, used when present (default answer)")
+    ap.add_argument("--continuation-field", default="continuation",
+                    help="with --dataset: the reference continuation column, used when present "
+                         "(default continuation)")
+    ap.add_argument("--max-prompts", type=int, help="with --prompt-file or --dataset: use the first N prompts")
     ap.add_argument("--prompt-tokens", type=int, help="target prompt length in tokens (default 512)")
     ap.add_argument("--new-tokens", type=int, help="tokens generated after the prompt (default 64)")
     ap.add_argument("--repeats", type=int, help="prompts per kind, with seeds seed, seed+1, ... (default 1)")
@@ -107,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_options(a: argparse.Namespace) -> argparse.Namespace:
+    own_prompts = bool(a.prompt_file or a.dataset)
+    if a.prompt_file and a.dataset:
+        raise CaptureError("--prompt-file and --dataset: give one of them")
+    if own_prompts and a.prompts is not None:
+        raise CaptureError("--prompts names built-in kinds; with --prompt-file or --dataset leave it out")
+    if a.max_prompts is not None and a.max_prompts < 1:
+        raise CaptureError("--max-prompts must be >= 1")
     base = dict(DEFAULTS)
     if a.preset:
         base.update(PRESETS[a.preset])
@@ -127,11 +150,27 @@ def resolve_options(a: argparse.Namespace) -> argparse.Namespace:
         raise CaptureError("--gzip must be 0..9")
     sys.path.insert(0, PROMPTS_DIR)
     import make_prompts
+    if own_prompts:  # read before the (slow) model load, so that a bad file fails fast
+        from .prompt_sources import read_dataset, read_prompt_file
+        if a.prompt_file:
+            a.user_prompts, a.prompt_source = read_prompt_file(a.prompt_file)
+        else:
+            a.user_prompts, a.prompt_source = read_dataset(
+                a.dataset, a.split, a.revision, a.prompt_field, a.answer_field,
+                a.continuation_field, a.max_prompts)
+        if a.max_prompts is not None:
+            a.user_prompts = a.user_prompts[:a.max_prompts]
+            a.prompt_source["prompts"] = len(a.user_prompts)
+        a.kinds = []
+        return a
+    a.user_prompts = []
     kinds = [k.strip() for k in a.prompts.split(",") if k.strip()]
     bad = [k for k in kinds if k not in make_prompts.KINDS]
     if bad or not kinds:
         raise CaptureError(f"--prompts: unknown kind(s) {bad}; choose from {', '.join(make_prompts.KINDS)}")
     a.kinds = kinds
+    a.prompt_source = {"type": "builtin", "kinds": kinds, "prompt_tokens": a.prompt_tokens,
+                       "seed": a.seed, "repeats": a.repeats}
     return a
 
 
@@ -173,14 +212,19 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
     n_layers = int(cfg.num_hidden_layers)
     layers = parse_layers(a.layers, n_layers)
     ctx = int(getattr(cfg, "max_position_embeddings", 0) or 0)
-    if ctx and a.prompt_tokens + a.new_tokens > ctx:
+    if ctx and not a.user_prompts and a.prompt_tokens + a.new_tokens > ctx:
         raise CaptureError(f"--prompt-tokens + --new-tokens = {a.prompt_tokens + a.new_tokens} exceeds the "
                            f"model's context of {ctx} tokens")
     chat = {"auto": "auto", "on": True, "off": False}[a.chat]
-    prompts = []
+    prompts, forced = [], []
     for r in range(a.repeats):
         for kind in a.kinds:
             prompts.append(make_prompts.make_prompt(kind, tok, a.prompt_tokens, a.seed + r, chat))
+            forced.append([])
+        for up in a.user_prompts:
+            prompts.append(_user_prompt(up, tok, a, r, ctx))
+            forced.append(list(tok.encode(up.continuation, add_special_tokens=False))[:a.new_tokens]
+                          if up.continuation else [])
     banned = [] if a.allow_eos else eos_ids(model, tok)
     total = sum(p.num_tokens + a.new_tokens for p in prompts)
     bar = progress(total, desc=f"{ref.short}", unit="tok", disable=a.quiet)
@@ -193,13 +237,16 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
                 bar.set_postfix_str(f"seq {i + 1}/{len(prompts)} {p.kind}")
                 cap = capture_sequence(model, rec, p.input_ids, a.new_tokens, sample=bool(a.sample),
                                        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                                       seed=a.seed * 1000 + i, banned_ids=banned, on_step=bar.update)
+                                       seed=a.seed * 1000 + i, banned_ids=banned, on_step=bar.update,
+                                       forced_ids=forced[i])
                 if writer is None:
                     meta = trace_meta(model, rec, cap.layers, ref)
                     meta["extra"].update({
                         "capture_tool": "kvsim trace/capture/kvsim_capture.py",
                         "capture_config": json.dumps({
-                            "prompts": a.kinds, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens,
+                            "prompts": a.kinds or a.prompt_source["type"],
+                            "prompt_tokens": None if a.user_prompts else a.prompt_tokens,
+                            "new_tokens": a.new_tokens,
                             "repeats": a.repeats, "seed": a.seed, "sample": bool(a.sample),
                             "temperature": a.temperature if a.sample else None,
                             "top_k": a.top_k if a.sample else None, "top_p": a.top_p if a.sample else None,
@@ -208,6 +255,7 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
                         "torch_version": torch.__version__,
                         "transformers_version": __import__("transformers").__version__,
                         "decoding": "sampled" if a.sample else "greedy",
+                        "prompt_source": json.dumps(a.prompt_source),
                     })
                     try:
                         writer = TraceWriter(out_path, meta, dtype=a.dtype, gzip=a.gzip)
@@ -215,11 +263,16 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
                         raise CaptureError(f"cannot write '{out_path}': {e}") from e
                 gen_text = tok.decode(cap.token_ids[cap.prompt_len:], skip_special_tokens=True)
                 answers.append((p.kind, p.answer, gen_text))
-                writer.add_sequence(cap.token_ids, cap.prompt_len, cap.q, cap.k, cap.v, attrs={
+                expected = p.answer.strip() if a.user_prompts else p.answer.split(",")[0]
+                attrs = {
                     "kind": p.kind, "prompt_seed": p.seed, "answer": p.answer,
-                    "answer_found": int(bool(p.answer) and p.answer.split(",")[0] in gen_text),
+                    "answer_found": int(bool(expected) and expected in gen_text),
                     "prompt_meta": json.dumps(p.meta), "generated_text": gen_text,
-                })
+                }
+                if a.user_prompts:
+                    attrs["prompt_index"] = int(p.meta["source_index"])
+                    attrs["continuation_tokens"] = len(forced[i])
+                writer.add_sequence(cap.token_ids, cap.prompt_len, cap.q, cap.k, cap.v, attrs=attrs)
         bar.close()
         path = writer.close()
     except BaseException:
@@ -240,6 +293,22 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
             log(f"  {kind}: expected {ans!r}; model wrote {gen[:60]!r}")
     return {"path": path, "sequences": len(prompts), "tokens": ntok, "seconds": secs, "load_seconds": t_load,
             "bytes": size, "layers": layers}
+
+
+def _user_prompt(up, tok, a, repeat: int, ctx: int):
+    """A make_prompts.Prompt from one of the researcher's prompts (prompt_sources.UserPrompt):
+    its text verbatim, or in the chat template with --chat on (auto means off here)."""
+    import make_prompts
+    from .prompt_sources import encode_prompt
+    ids = encode_prompt(tok, up.text, a.chat == "on")
+    where = f"prompt {up.index} of {a.prompt_file or a.dataset}"
+    if ctx and len(ids) + a.new_tokens > ctx:
+        raise CaptureError(f"{where}: {len(ids)} tokens + --new-tokens {a.new_tokens} exceed the model's "
+                           f"context of {ctx} tokens")
+    meta = {"source_index": up.index, "chat_template": a.chat == "on",
+            "has_continuation": bool(up.continuation)}
+    return make_prompts.Prompt(kind=a.prompt_source["type"], seed=a.seed + repeat, text=up.text,
+                               input_ids=ids, answer=up.answer, meta=meta)
 
 
 def main(argv=None) -> int:
