@@ -22,7 +22,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c "import numpy, h5py, pandas, matplotlib, pytest" >/dev/null 2>&1; then
+if ! "$PYTHON" -c "import numpy, h5py, pandas, matplotlib, pytest, tqdm, nanobind, scikit_build_core" >/dev/null 2>&1; then
   echo "setup: installing Python packages"
   "$PYTHON" -m pip install -q -r .ci/requirements.txt
 fi
