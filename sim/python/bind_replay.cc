@@ -33,7 +33,8 @@ template <typename Row>
 nb::dict record_columns(const std::vector<RunResult>& runs, std::vector<Row> RunResult::*table,
                         Columns<Row> columns) {
   std::vector<int64_t> run_index;
-  for (size_t r = 0; r < runs.size(); ++r) run_index.insert(run_index.end(), (runs[r].*table).size(), r);
+  for (size_t r = 0; r < runs.size(); ++r)
+    run_index.insert(run_index.end(), (runs[r].*table).size(), r);
   nb::dict out;
   out["run"] = numpy_array(std::move(run_index));
   for (const Column<Row>& column : columns) {
@@ -105,8 +106,8 @@ template <typename Row>
 nb::list column_list(Columns<Row> columns) {
   nb::list out;
   for (const auto& c : columns) {
-    out.append(nb::make_tuple(c.name, column_type_name(c.type()), c.unit,
-                              c.summary != Summary::kNone));
+    out.append(
+        nb::make_tuple(c.name, column_type_name(c.type()), c.unit, c.summary != Summary::kNone));
   }
   return out;
 }
@@ -120,14 +121,15 @@ nb::dict schema_columns() {
   summary.append(nb::make_tuple("run", "int64", "", false));
   summary.append(nb::make_tuple("spec", "string", "", false));
   summary.append(nb::make_tuple("resolved", "string", "", false));
-  for (const auto& c : summary_columns()) summary.append(nb::make_tuple(c.name, "float64", c.unit, false));
+  for (const auto& c : summary_columns())
+    summary.append(nb::make_tuple(c.name, "float64", c.unit, false));
   d["summary"] = summary;
   return d;
 }
 
 ReplayOutput* run_replay(const TraceReader& trace, const std::vector<std::string>& spec_texts,
-                         const std::string& measure, const std::vector<int>& sequences,
-                         int threads, uint64_t seed, nb::object progress) {
+                         const std::string& measure, const std::vector<int>& sequences, int threads,
+                         uint64_t seed, nb::object progress) {
   // The CLI's order of checks (kvsim replay): specs, options, the trace against the specs,
   // every value of the trace, then the replay.
   std::vector<PolicySpec> specs;
@@ -149,7 +151,8 @@ ReplayOutput* run_replay(const TraceReader& trace, const std::vector<std::string
   auto out = std::make_unique<ReplayOutput>();
   out->meta = trace.meta();
   out->context = ResultsContext{trace.path(), KVSIM_VERSION, options.measure.describe(), {}};
-  for (int s = 0; s < trace.num_sequences(); ++s) out->context.sequences.push_back(trace.sequence(s));
+  for (int s = 0; s < trace.num_sequences(); ++s)
+    out->context.sequences.push_back(trace.sequence(s));
   {
     nb::gil_scoped_release release;  // scorers written in Python take it back per call
     for (const auto& s : specs) s.check_against(trace.meta());

@@ -33,7 +33,8 @@ nb::tuple layer_arrays(LayerData&& layer, const TraceMeta& meta) {
   auto* owned = new LayerData(std::move(layer));
   nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<LayerData*>(p); });
   const auto T = static_cast<size_t>(owned->num_tokens), d = static_cast<size_t>(owned->head_dim);
-  const auto hq = static_cast<size_t>(meta.num_q_heads), hkv = static_cast<size_t>(meta.num_kv_heads);
+  const auto hq = static_cast<size_t>(meta.num_q_heads),
+             hkv = static_cast<size_t>(meta.num_kv_heads);
   using Array = nb::ndarray<nb::numpy, float, nb::ndim<3>>;
   return nb::make_tuple(Array(owned->q.data(), {hq, T, d}, owner),
                         Array(owned->k.data(), {hkv, T, d}, owner),
@@ -43,12 +44,18 @@ nb::tuple layer_arrays(LayerData&& layer, const TraceMeta& meta) {
 // Sets the fields of `c` named in `options` (the CLI's option names, '-' as '_').
 void apply_synth_options(SynthConfig& c, const nb::dict& options) {
   const std::pair<const char*, int SynthConfig::*> ints[] = {
-      {"sequences", &SynthConfig::sequences},        {"layers", &SynthConfig::model_layers},
-      {"q_heads", &SynthConfig::q_heads},            {"kv_heads", &SynthConfig::kv_heads},
-      {"head_dim", &SynthConfig::head_dim},          {"tokens", &SynthConfig::tokens},
-      {"prompt_len", &SynthConfig::prompt_len},      {"outliers", &SynthConfig::outlier_channels},
-      {"sinks", &SynthConfig::sinks},                {"sliding_window", &SynthConfig::sliding_window},
-      {"sliding_every", &SynthConfig::sliding_every}, {"gzip", &SynthConfig::gzip_level},
+      {"sequences", &SynthConfig::sequences},
+      {"layers", &SynthConfig::model_layers},
+      {"q_heads", &SynthConfig::q_heads},
+      {"kv_heads", &SynthConfig::kv_heads},
+      {"head_dim", &SynthConfig::head_dim},
+      {"tokens", &SynthConfig::tokens},
+      {"prompt_len", &SynthConfig::prompt_len},
+      {"outliers", &SynthConfig::outlier_channels},
+      {"sinks", &SynthConfig::sinks},
+      {"sliding_window", &SynthConfig::sliding_window},
+      {"sliding_every", &SynthConfig::sliding_every},
+      {"gzip", &SynthConfig::gzip_level},
   };
   for (auto [key, value] : options) {
     const std::string name = nb::cast<std::string>(key);

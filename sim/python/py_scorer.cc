@@ -37,7 +37,8 @@ struct PyScorerDef {
   bool budget_is_fraction = false;
   std::vector<ParamSpec> specs;  // the declared parameters, as the registry holds them
   bool declares(const std::string& key) const {
-    return std::any_of(specs.begin(), specs.end(), [&](const ParamSpec& p) { return p.name == key; });
+    return std::any_of(specs.begin(), specs.end(),
+                       [&](const ParamSpec& p) { return p.name == key; });
   }
 };
 
@@ -72,12 +73,12 @@ class PyScorer final : public ScorerStage {
   static Options options(const PyScorerDef& def, const Params& p, const ShardContext& ctx) {
     Options o;
     o.name = def.name;
-    o.budget = def.budget_is_fraction
-                   ? std::max<int64_t>(1, evict::fraction_tokens(p.get_float("budget"),
-                                                                 ctx.prompt_len))
-                   : p.get_int("budget");
-    o.schedule = evict::parse_schedule(def.declares("schedule") ? p.get_string("schedule")
-                                                                : def.schedule);
+    o.budget =
+        def.budget_is_fraction
+            ? std::max<int64_t>(1, evict::fraction_tokens(p.get_float("budget"), ctx.prompt_len))
+            : p.get_int("budget");
+    o.schedule =
+        evict::parse_schedule(def.declares("schedule") ? p.get_string("schedule") : def.schedule);
     o.sinks = def.declares("sinks") ? p.get_int("sinks") : 0;
     o.recent = def.declares("recent") ? p.get_int("recent") : 0;
     o.protected_in_budget = def.protected_in_budget;
@@ -123,9 +124,9 @@ ParamSpec param_from_default(const std::string& name, nb::handle value, bool& fr
       return ParamSpec::Int(name, v, 1, int64_t{1} << 30, "tokens kept per (layer, kv head)");
     }
     if (name == "sinks" || name == "recent") {
-      return ParamSpec::Int(name, v, 0, int64_t{1} << 30,
-                            name == "sinks" ? "leading positions never evicted"
-                                            : "newest positions never evicted");
+      return ParamSpec::Int(
+          name, v, 0, int64_t{1} << 30,
+          name == "sinks" ? "leading positions never evicted" : "newest positions never evicted");
     }
     return ParamSpec::Int(name, v, -static_cast<int64_t>(kBig), static_cast<int64_t>(kBig), "");
   }
@@ -140,7 +141,8 @@ ParamSpec param_from_default(const std::string& name, nb::handle value, bool& fr
     return ParamSpec::Float(name, v, -std::numeric_limits<double>::max(),
                             std::numeric_limits<double>::max(), "");
   }
-  if (nb::isinstance<nb::str>(value)) return ParamSpec::String(name, nb::cast<std::string>(value), "");
+  if (nb::isinstance<nb::str>(value))
+    return ParamSpec::String(name, nb::cast<std::string>(value), "");
   if (nb::isinstance<nb::list>(value)) {
     std::string text = "[";
     for (nb::handle item : nb::borrow<nb::list>(value)) {
@@ -175,7 +177,8 @@ void register_scorer(const std::string& name, nb::object callback, const nb::dic
                       "': start with a lower-case letter or '_', no ':+,=[] ' characters");
   }
   if (!params.contains("budget")) {
-    throw ConfigError("scorer '" + name + "': params must declare 'budget' (tokens kept per "
+    throw ConfigError("scorer '" + name +
+                      "': params must declare 'budget' (tokens kept per "
                       "(layer, kv head) as an int, or a fraction of the prompt as a float)");
   }
   if (schedule != "once" && schedule != "cap") {
@@ -227,7 +230,11 @@ void bind_scorer(nb::module_& m) {
   nb::class_<PyScoreView>(m, "ScoreView",
                           "What an eviction scorer sees for one (layer, kv head) at one "
                           "selection; valid during the call only (copy arrays to keep them).")
-      .def_prop_ro("layer", [](const PyScoreView& s) { s.get(); return s.layer; })
+      .def_prop_ro("layer",
+                   [](const PyScoreView& s) {
+                     s.get();
+                     return s.layer;
+                   })
       .def_prop_ro("kv_head", [](const PyScoreView& s) { return s.get().kv_head; })
       .def_prop_ro("step", [](const PyScoreView& s) { return s.get().step; })
       .def_prop_ro("prefill", [](const PyScoreView& s) { return s.get().prefill; })
@@ -245,16 +252,17 @@ void bind_scorer(nb::module_& m) {
           "keys",
           [](const PyScoreView& s) {
             const ScoreView& v = s.get();
-            return View<float, 2>(v.raw->key(v.kv_head, 0),
-                                  {static_cast<size_t>(v.step + 1), static_cast<size_t>(v.raw->head_dim)});
+            return View<float, 2>(v.raw->key(v.kv_head, 0), {static_cast<size_t>(v.step + 1),
+                                                             static_cast<size_t>(v.raw->head_dim)});
           },
           ref)
       .def_prop_ro(
           "values",
           [](const PyScoreView& s) {
             const ScoreView& v = s.get();
-            return View<float, 2>(v.raw->value(v.kv_head, 0),
-                                  {static_cast<size_t>(v.step + 1), static_cast<size_t>(v.raw->head_dim)});
+            return View<float, 2>(
+                v.raw->value(v.kv_head, 0),
+                {static_cast<size_t>(v.step + 1), static_cast<size_t>(v.raw->head_dim)});
           },
           ref)
       .def_prop_ro(
@@ -262,10 +270,10 @@ void bind_scorer(nb::module_& m) {
           [](const PyScoreView& s) {
             const ScoreView& v = s.get();
             const auto d = static_cast<int64_t>(v.raw->head_dim);
-            return View<float, 3>(
-                v.raw->query(v.kv_head * v.group, 0),
-                {static_cast<size_t>(v.group), static_cast<size_t>(v.step + 1), static_cast<size_t>(d)},
-                nb::handle(), {v.raw->num_tokens * d, d, 1});
+            return View<float, 3>(v.raw->query(v.kv_head * v.group, 0),
+                                  {static_cast<size_t>(v.group), static_cast<size_t>(v.step + 1),
+                                   static_cast<size_t>(d)},
+                                  nb::handle(), {v.raw->num_tokens * d, d, 1});
           },
           ref)
       .def_prop_ro(
