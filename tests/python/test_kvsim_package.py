@@ -215,3 +215,20 @@ def test_synth_and_progress(tmp_path, capsys):
         kvsim.synth(tmp_path / "u.h5", preset="tiny", bogus=1)
     kvsim.replay(small, ["full"], progress=True)
     assert "replay" in capsys.readouterr().err
+
+
+def test_redefining_a_scorer_replaces_it(trace):
+    def define(sign: float) -> None:
+        @kvsim.scorer("redefined_test", params={"budget": 24, "schedule": "cap"})
+        def redefined_test(view):
+            return sign * sequential_sq_norms(view.keys[view.candidates])
+
+    define(1.0)
+    high = kvsim.replay(trace, ["redefined_test"], measure="last=1", sequences=[0])
+    define(-1.0)  # now the lowest norms stay, like l2norm
+    low = kvsim.replay(trace, ["redefined_test", "l2norm:skip=[],schedule=cap,cap=24"],
+                       measure="last=1", sequences=[0])
+    assert run_frames(low, 0, "steps").equals(run_frames(low, 1, "steps"))
+    assert not run_frames(high, 0, "steps").equals(run_frames(low, 0, "steps"))
+    with pytest.raises(kvsim.ConfigError, match="already exists"):
+        kvsim.scorer("h2o", params={"budget": 8})(lambda view: view.candidates)
