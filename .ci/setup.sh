@@ -22,7 +22,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c "import numpy, h5py, pandas, matplotlib, pytest" >/dev/null 2>&1; then
+if ! "$PYTHON" -c "import numpy, h5py, pandas, matplotlib, pytest, tqdm, nanobind, scikit_build_core" >/dev/null 2>&1; then
   echo "setup: installing Python packages"
   "$PYTHON" -m pip install -q -r .ci/requirements.txt
 fi
@@ -32,3 +32,9 @@ mkdir -p "$BUILD_DIR"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release "$@" >"$BUILD_DIR/configure.log" 2>&1 ||
   { cat "$BUILD_DIR/configure.log"; exit 1; }
 cmake --build "$BUILD_DIR" -j "$JOBS"
+
+# The Python package kvsim (docs/python.md), built in build/python; the sanitizer build
+# (tests/run.sh) skips it with KVSIM_SKIP_PYTHON_PACKAGE=1.
+if [ "${KVSIM_SKIP_PYTHON_PACKAGE:-0}" != "1" ]; then
+  PYTHON="$PYTHON" KVSIM_JOBS="$JOBS" bash .ci/install_python_package.sh
+fi

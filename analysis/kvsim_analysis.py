@@ -50,11 +50,30 @@ def _value(text: str) -> Any:
     return text
 
 
-def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
-    """'h2o:heavy=0.1+kivi:bits=2' -> [('h2o', {'heavy': 0.1}), ('kivi', {'bits': 2})].
-    Commas inside brackets (list values) do not split parameters."""
+def _split_stages(spec: str) -> list[str]:
+    """The C++ parser's stage split (policies/registry.cc): a '+' outside brackets
+    separates stages only when a policy name (a lower-case letter or '_') follows it, so
+    values such as 1e+3 stay whole."""
+    text = "".join(spec.split())
+    parts, cur, depth = [], "", 0
+    for i, ch in enumerate(text):
+        depth += (ch == "[") - (ch == "]")
+        nxt = text[i + 1] if i + 1 < len(text) else ""
+        if ch == "+" and depth == 0 and (nxt == "" or nxt.islower() or nxt == "_"):
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def _parse_spec_text(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """The structure of a spec the C++ parser cannot check here (kvsim not installed, or
+    a policy this process does not know): stages split as the C++ parser splits them,
+    parameters as written, typed by _value."""
     stages = []
-    for part in "".join(spec.split()).split("+"):
+    for part in _split_stages(spec):
         name, _, rest = part.partition(":")
         params: dict[str, Any] = {}
         depth, cur = 0, ""
@@ -74,6 +93,23 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
             params[k] = _value(v)
         stages.append((name, params))
     return stages
+
+
+def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
+    """'h2o:heavy=0.1+kivi:bits=2' -> [('h2o', {'heavy': 0.1}), ('kivi', {'bits': 2})]:
+    each stage with the parameters the spec sets (typed). Parsed by the C++ parser through
+    the kvsim package (kvsim.parse_spec) when it is installed and knows the policies;
+    otherwise split by the same rule (a '+' before a policy name separates stages, so
+    'h2o:heavy_tokens=1e+3+kivi' is two stages)."""
+    try:
+        import kvsim
+    except ImportError:
+        return _parse_spec_text(spec)
+    try:
+        parsed = kvsim.parse_spec(spec)
+    except kvsim.ConfigError:
+        return _parse_spec_text(spec)
+    return [(s.name, s.given_params) for s in parsed.stages]
 
 
 def load_summary(path: str | os.PathLike, model: str | None = None) -> pd.DataFrame:

@@ -175,6 +175,7 @@ Params Params::parse(const std::string& policy, const std::vector<ParamSpec>& sp
         throw ConfigError("policy '" + policy + "': parameter '" + key + "' given twice");
       }
       given[key] = item.substr(eq + 1);
+      out.given_.push_back(key);
     }
   }
   for (const auto& spec : specs) {

@@ -48,10 +48,13 @@ class Params {
   const std::vector<int64_t>& get_int_list(const std::string& key) const;
   // Canonical `key=val,...` in declaration order, defaults included.
   std::string canonical() const;
+  // The keys the spec text set, in the order written (the others hold their defaults).
+  const std::vector<std::string>& given() const { return given_; }
 
  private:
   const ParamValue& at(const std::string& key) const;
   std::vector<std::string> order_;
+  std::vector<std::string> given_;
   std::map<std::string, ParamValue> values_;
 };
 

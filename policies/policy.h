@@ -177,6 +177,10 @@ class PolicyRegistry {
  public:
   static PolicyRegistry& instance();
   bool add(PolicyInfo info);  // throws InternalError on a duplicate name
+  // Replaces the policy of the same name in place, so that parsed specs stay valid
+  // (a scorer defined at run time, e.g. in Python, redefined); throws InternalError
+  // when there is none.
+  void replace(PolicyInfo info);
   const PolicyInfo* find(const std::string& name) const;
   std::vector<const PolicyInfo*> all() const;  // sorted by name
   std::string names() const;                   // "a, b, c"

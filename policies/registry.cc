@@ -33,6 +33,16 @@ bool PolicyRegistry::add(PolicyInfo info) {
   return true;
 }
 
+void PolicyRegistry::replace(PolicyInfo info) {
+  for (auto& existing : infos_) {
+    if (existing->name != info.name) continue;
+    KVSIM_CHECK_MSG(static_cast<bool>(info.create), "policy '" << info.name << "' has no factory");
+    *existing = std::move(info);
+    return;
+  }
+  KVSIM_CHECK_MSG(false, "policy '" << info.name << "' is not registered");
+}
+
 const PolicyInfo* PolicyRegistry::find(const std::string& name) const {
   for (const auto& info : infos_) {
     if (info->name == name) return info.get();

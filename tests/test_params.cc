@@ -101,5 +101,15 @@ TEST(Registry, EveryPolicyHasAFactoryAndDocumentedParams) {
   }
 }
 
+TEST(Params, GivenListsTheKeysTheTextSetInOrder) {
+  const std::vector<ParamSpec> specs = {ParamSpec::Int("a", 1, 0, 9, ""),
+                                        ParamSpec::Float("b", 0.5, 0, 1, ""),
+                                        ParamSpec::IntList("c", "[]", 0, 9, "")};
+  EXPECT_TRUE(Params::parse("p", specs, "").given().empty());
+  const Params p = Params::parse("p", specs, "c=[1,2],a=3");
+  EXPECT_EQ(p.given(), (std::vector<std::string>{"c", "a"}));
+  EXPECT_EQ(p.canonical(), "a=3,b=0.5,c=[1,2]");
+}
+
 }  // namespace
 }  // namespace kvsim
