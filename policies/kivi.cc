@@ -91,6 +91,7 @@ class KiviStore final : public StoreStage {
     const auto residual = static_cast<int64_t>(s.value_residual.size());
     return {k.data + v.data + residual * d_ * 16, k.meta + v.meta};
   }
+  bool acted() const override { return acted_; }
 
  private:
   struct Head {
@@ -114,6 +115,7 @@ class KiviStore final : public StoreStage {
     const size_t blocks = s.keys.pending() / residual_;
     if (blocks == 0) return;
     for (size_t g = 0; g < blocks * residual_ / group_; ++g) s.keys.flush(cache, group_);
+    acted_ = true;
   }
 
   // Quantizes the oldest residual values until at most R remain.
@@ -124,12 +126,14 @@ class KiviStore final : public StoreStage {
       s.values.encode(cache.value_row(row));
       s.values.count(1);
       s.value_residual.pop_front();
+      acted_ = true;
     }
   }
 
   int d_, hkv_, bits_, group_;
   size_t residual_;
   bool lazy_values_;
+  bool acted_ = false;       // some key group or value row was quantized
   std::vector<Head> heads_;  // [local layer * kv heads]
 };
 

@@ -91,7 +91,10 @@ class MiKV final : public StoreStage {
       if (!by_attention_) s.score[p] = -key_norm(raw.key(head, p));
       cache.append(p, raw.key(head, p), raw.value(head, p));
       const size_t row = cache.size() - 1;
-      if (hi_bits_ < 16) encode(s, cache, row, hi_bits_);
+      if (hi_bits_ < 16) {
+        encode(s, cache, row, hi_bits_);
+        acted_ = true;
+      }
       s.high[p] = 1;
       s.important.push_back(p);
       ++s.num_high;
@@ -131,6 +134,8 @@ class MiKV final : public StoreStage {
     counters["mikv.high_tokens_at_end"] += high;
     counters["mikv.low_tokens_at_end"] += low;
   }
+
+  bool acted() const override { return acted_; }
 
  private:
   struct HeadState {
@@ -196,6 +201,7 @@ class MiKV final : public StoreStage {
       const int64_t row = cache.find(p);
       KVSIM_CHECK(row >= 0);
       encode(s, cache, static_cast<size_t>(row), lo_bits_);
+      acted_ = true;
       s.high[p] = 0;
       s.score[p] = 0;  // forgotten
       --s.num_high;
@@ -211,6 +217,7 @@ class MiKV final : public StoreStage {
   int d_, heads_, group_;
   int hi_bits_, lo_bits_, quant_group_;
   bool balance_, by_attention_;
+  bool acted_ = false;  // some row was stored below 16 bits
   int64_t heavy_, recent_;
   std::vector<HeadState> state_;
 };

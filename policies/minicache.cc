@@ -163,6 +163,8 @@ class MiniCache final : public MergeStage {
     counters["minicache.retained"] += static_cast<double>(retained_count_);
   }
 
+  bool acted() const override { return merged_count_ > 0; }
+
  private:
   enum Status : uint8_t { kAbsent = 0, kMerged = 1, kRetained = 2 };
 

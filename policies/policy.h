@@ -126,6 +126,12 @@ class StoreStage : public Stage {
   virtual void removed(int local_layer, int kv_head, HeadCache& cache,
                        std::span<const int32_t> positions) = 0;
   virtual MemoryBits memory(int local_layer, int kv_head) const = 0;
+  // Whether the store acted in this shard: a quantize stage stored some K or V row below
+  // 16 bits (it ran its quantizer on a row), a merge stage merged two entries. `full`, the
+  // reference, always counts as acting. Evict stages need no hook: the engine counts what
+  // select() returns. A stage of a spec that never acts over a whole run is reported
+  // (docs/replay.md, "Stages that never act").
+  virtual bool acted() const = 0;
 };
 
 // A store that shares entries across layers (MiniCache). It stores what it
@@ -229,6 +235,9 @@ class PolicySpec {
 struct Pipeline {
   std::vector<std::unique_ptr<EvictStage>> evicts;
   std::unique_ptr<StoreStage> store;
+  // The spec's stages in spec order (aligned with PolicySpec::stages(); the implicit fp16
+  // store of a spec without a quantize stage is not one of them).
+  std::vector<const Stage*> spec_stages;
 
   static Pipeline create(const PolicySpec& spec, const ShardContext& base,
                          const std::vector<std::shared_ptr<const PolicyState>>& prepared);

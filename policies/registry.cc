@@ -228,10 +228,25 @@ Pipeline Pipeline::create(const PolicySpec& spec, const ShardContext& base,
     quantizer = make_store(*full, Params::parse("full", full->params, ""),
                            merge ? merge->inner_context(base) : base);
   }
+  const Stage* quantize_stage = quantizer.get();
   if (merge) {
     merge->set_inner(std::move(quantizer));
   } else {
     pipeline.store = std::move(quantizer);
+  }
+  size_t next_evict = 0;
+  for (const auto& stage : spec.stages()) {
+    switch (stage.info->kind) {
+      case StageKind::kEvict:
+        pipeline.spec_stages.push_back(pipeline.evicts[next_evict++].get());
+        break;
+      case StageKind::kMerge:
+        pipeline.spec_stages.push_back(merge);
+        break;
+      case StageKind::kQuantize:
+        pipeline.spec_stages.push_back(quantize_stage);
+        break;
+    }
   }
   return pipeline;
 }

@@ -139,6 +139,7 @@ class SkvqStore final : public StoreStage {
       quantize(layer, head, raw, pos, true, cache.key_row(row));
       quantize(layer, head, raw, pos, false, cache.value_row(row));
       ++s.quantized;
+      acted_ = true;
     }
     check_heads_agree(layer, head);
   }
@@ -175,6 +176,7 @@ class SkvqStore final : public StoreStage {
     }
     return m;
   }
+  bool acted() const override { return acted_; }
 
  private:
   // One side (K or V) of one layer: the groups of each scope unit, in original
@@ -296,6 +298,7 @@ class SkvqStore final : public StoreStage {
   int64_t sinks_, window_;
   int meta_bits_;
   bool reorder_;               // reorder=true with more than one group per unit
+  bool acted_ = false;         // some token left the sink/window and was quantized
   std::vector<Layer> layers_;  // [local layer]
   std::vector<Head> heads_;    // [local layer * kv heads]
   std::vector<float> buf_, hat_;

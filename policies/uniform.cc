@@ -64,6 +64,7 @@ class UniformStore final : public StoreStage {
         value_axis_ == QuantAxis::kToken ? s.value_tokens.memory() : s.value_channels.memory();
     return {k.data + v.data, k.meta + v.meta};
   }
+  bool acted() const override { return acted_; }
 
  private:
   struct Head {
@@ -77,16 +78,21 @@ class UniformStore final : public StoreStage {
       TokenwiseSide& side = keys ? s.key_tokens : s.value_tokens;
       side.encode(keys ? cache.key_row(row) : cache.value_row(row));
       side.count(1);
+      acted_ = true;
       return;
     }
     ChannelwiseSide& side = keys ? s.key_channels : s.value_channels;
     side.add_pending(pos);
-    if (side.pending() == static_cast<size_t>(group_)) side.flush(cache, group_);
+    if (side.pending() == static_cast<size_t>(group_)) {
+      side.flush(cache, group_);
+      acted_ = true;
+    }
   }
 
   QuantAxis key_axis_, value_axis_;
   int num_kv_heads_ = 0;
   int group_ = 0;
+  bool acted_ = false;  // some row was quantized
   std::vector<Head> heads_;
 };
 

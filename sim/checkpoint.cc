@@ -109,6 +109,10 @@ uint64_t record_columns_fingerprint() {
     uint64_t h = fnv1a64(nullptr, 0);
     fingerprint_columns<StepRecord>(h, kStepColumns);
     fingerprint_columns<KvRecord>(h, kKvColumns);
+    // The fields after the records (a new one changes the fingerprint, so that records of an
+    // older kvsim are refused, not misread).
+    const char kTrailer[] = "counters,stage_acted";
+    h = fnv1a64(kTrailer, sizeof kTrailer, h);
     return h;
   }();
   return hash;
@@ -128,6 +132,8 @@ void serialize_unit(ByteWriter& out, const UnitKey& key, const RunResult& part) 
     out.put_string(name);
     out.put(value);
   }
+  out.put<uint64_t>(part.stage_acted.size());
+  for (int64_t shards : part.stage_acted) out.put(shards);
 }
 
 UnitKey deserialize_unit_key(ByteReader& in) {
@@ -153,6 +159,10 @@ void deserialize_unit(ByteReader& in, UnitKey& key, RunResult& part) {
     std::string name = in.get_string();
     part.counters[name] = in.get<double>();
   }
+  const uint64_t n_stages = in.get<uint64_t>();
+  if (n_stages > in.remaining() / sizeof(int64_t)) throw FormatError("bad stage count");
+  part.stage_acted.resize(n_stages);
+  for (int64_t& shards : part.stage_acted) shards = in.get<int64_t>();
 }
 
 // ---------------------------------------------------------------------------

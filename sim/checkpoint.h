@@ -83,11 +83,13 @@ struct UnitKey {
 };
 
 // Identity of the record columns (names and types of kStepColumns and
-// kKvColumns, sim/records.h): a payload of records with other columns is refused.
+// kKvColumns, sim/records.h) and of the fields after them: a payload of records with
+// other columns is refused.
 uint64_t record_columns_fingerprint();
 
 // The unit's key, record_columns_fingerprint(), and its partial result
-// (seconds, then each record's cells in schema order, then the counters), bit-exact.
+// (seconds, then each record's cells in schema order, then the counters and the stage
+// activity, RunResult::stage_acted), bit-exact.
 void serialize_unit(ByteWriter& out, const UnitKey& key, const RunResult& part);
 // Throws FormatError on a malformed payload or one of other record columns.
 void deserialize_unit(ByteReader& in, UnitKey& key, RunResult& part);

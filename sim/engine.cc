@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <mutex>
@@ -165,9 +166,11 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   // At prefill (`prefill_layer` set), a stage that asked for prefill attention
   // gets the column sums of its own row count over the entries the earlier
   // stages left.
+  std::vector<int64_t> evicted_by(pipe.evicts.size(), 0);  // entries each evict stage dropped
   auto run_evicts = [&](ArrivalView& view, const LayerData* prefill_layer, int window) {
     std::vector<int32_t> dropped;
-    for (auto& stage : pipe.evicts) {
+    for (size_t e = 0; e < pipe.evicts.size(); ++e) {
+      EvictStage* stage = pipe.evicts[e].get();
       if (prefill_layer && stage->prefill_attention_rows() != 0) {
         prefill_attention(view.local_layer, view.kv_head, window, stage->prefill_attention_rows(),
                           dropped.empty());
@@ -178,6 +181,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
       stage->select(view, evict);
       sort_unique(evict);
       if (evict.empty()) continue;
+      evicted_by[e] += static_cast<int64_t>(evict.size());
       subtract_sorted(candidates, evict);
       dropped.insert(dropped.end(), evict.begin(), evict.end());
     }
@@ -282,6 +286,14 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         if (!is_measured) continue;
 
         const ExactLayer& ex = *exact[local];
+        // When every kept key is bitwise the exact key (no stage changed a kept key), the
+        // compressed attention is the exact one renormalised over the kept tokens: its KL
+        // is 0 exactly, where the formula below would give rounding noise (~1e-7).
+        bool keys_exact = true;
+        for (size_t i = 0; i < n && keys_exact; ++i) {
+          keys_exact =
+              std::memcmp(cache.key_row(i), raw.key(h, cache.positions[i]), sizeof(float) * d) == 0;
+        }
         for (int j = 0; j < group; ++j) {
           const int qh = h * group + j;
           const float* o = ex.out.data() + (next_measured * Hq + qh) * d;
@@ -298,7 +310,9 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           // simplifies to (1/mass) sum_i p_i (raw_i - s_i) + lse_hat - lse - log(mass).
           const double mass = att.kept_mass[j];
           double kl = 0;
-          if (mass > 0) kl = att.kept_cross[j] / mass + att.lse_hat[j] - lse - std::log(mass);
+          if (mass > 0 && !keys_exact) {
+            kl = att.kept_cross[j] / mass + att.lse_hat[j] - lse - std::log(mass);
+          }
           StepRecord rec;
           rec.sequence = sequence;
           rec.layer = meta.layer_ids[slots[local]];
@@ -348,6 +362,14 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   }
   for (auto& e : pipe.evicts) e->report(result.counters);
   pipe.store->report(result.counters);
+  // Whether each of the spec's stages acted in this shard (1 or 0; summed over a run's shards).
+  for (const Stage* stage : pipe.spec_stages) {
+    const auto it = std::find_if(pipe.evicts.begin(), pipe.evicts.end(),
+                                 [&](const auto& e) { return e.get() == stage; });
+    const bool acted = it != pipe.evicts.end() ? evicted_by[it - pipe.evicts.begin()] > 0
+                                               : static_cast<const StoreStage*>(stage)->acted();
+    result.stage_acted.push_back(acted ? 1 : 0);
+  }
   return result;
 }
 
@@ -426,6 +448,10 @@ void append_run(RunResult& into, const RunResult& part) {
   into.steps.insert(into.steps.end(), part.steps.begin(), part.steps.end());
   into.kv.insert(into.kv.end(), part.kv.begin(), part.kv.end());
   for (const auto& [k, v] : part.counters) into.counters[k] += v;
+  if (into.stage_acted.size() < part.stage_acted.size()) {
+    into.stage_acted.resize(part.stage_acted.size(), 0);
+  }
+  for (size_t i = 0; i < part.stage_acted.size(); ++i) into.stage_acted[i] += part.stage_acted[i];
   into.seconds += part.seconds;
 }
 

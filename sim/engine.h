@@ -40,6 +40,9 @@ struct RunResult {
   std::vector<StepRecord> steps;
   std::vector<KvRecord> kv;
   std::map<std::string, double> counters;  // policy-specific, summed over shards
+  // Per stage of the spec (in spec order): the shards in which it acted (Stage kinds in
+  // policies/policy.h, StoreStage::acted); 0 = the stage never acted over the run.
+  std::vector<int64_t> stage_acted;
   double seconds = 0;
 };
 

@@ -17,6 +17,7 @@
 #include "sim/results.h"
 #include "sim/schema_doc.h"
 #include "sim/skvq_calibration_io.h"
+#include "sim/stage_activity.h"
 #include "sim/summary_table.h"
 #include "sim/sweep.h"
 #include "trace/synth.h"
@@ -117,7 +118,7 @@ int cmd_replay(int argc, char** argv) {
   for (const auto& s : specs) s.check_against(trace.meta());  // before any work
   trace.validate_all_values();
 
-  ProgressBar bar("replay", !quiet && stderr_is_terminal());
+  ProgressBar bar("replay", !quiet && progress_bar_wanted());
   options.progress = [&](size_t done, size_t total) { bar.update(done, total); };
   const auto runs = replay(trace, specs, options);
   bar.finish();
@@ -130,11 +131,15 @@ int cmd_replay(int argc, char** argv) {
   if (!quiet) {
     std::cout << "\nteacher-forced replay of " << trace_path << " (" << trace.meta().model_name
               << "), measured steps: " << options.measure.describe() << "\n\n";
-    TextColumn policy{"policy", {}};
-    for (const auto& r : runs) policy.cells.push_back(r.spec);
-    print_summary_table(std::cout, {policy}, runs);
+    TextColumn run{"run", {}}, policy{"policy", {}};  // run: its /runs/NNNN in the results
+    for (size_t i = 0; i < runs.size(); ++i) {
+      run.cells.push_back(std::to_string(i));
+      policy.cells.push_back(runs[i].spec);
+    }
+    print_summary_table(std::cout, {run, policy}, runs);
     std::cout << "\nresults: " << out << "\n";
   }
+  print_idle_stage_warnings(std::cerr, runs);
   return 0;
 }
 

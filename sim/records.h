@@ -25,13 +25,16 @@ inline constexpr Column<StepRecord> kStepColumns[] = {
     {"step", &StepRecord::step, "token",
      "token position `t` of the query (decode steps are `t >= prompt_len`)"},
     {"rel_err", &StepRecord::rel_err, "", "`‖o_hat − o‖ / ‖o‖`", Summary::kMeanP95, "rel err"},
-    {"cosine", &StepRecord::cosine, "", "`o_hat·o / (‖o_hat‖ ‖o‖)`", Summary::kMean, "cosine", 6},
+    {"cosine", &StepRecord::cosine, "", "`o_hat·o / (‖o_hat‖ ‖o‖)`", Summary::kMean, "cosine"},
     {"mass_retained", &StepRecord::mass_retained, "",
-     "`Σ_{i kept} p_i` where `p` is the exact attention over all tokens `≤ t` (in the window)",
+     "`Σ_{i kept} p_i` where `p` is the exact attention over all tokens `≤ t` (in the window): "
+     "the attention that eviction (or merging away) lost is `1 − mass_retained`",
      Summary::kMean, "mass kept"},
     {"kl", &StepRecord::kl, "nats",
      "`KL(p̃ ‖ p̂)` where `p̃` is `p` restricted to the kept tokens and renormalised and `p̂` "
-     "the compressed attention",
+     "the compressed attention: how the weights among the kept tokens changed (through changed "
+     "keys), not what eviction lost (that is `mass_retained`); exactly `0` where every kept key "
+     "is bitwise the exact key, e.g. under pure eviction",
      Summary::kMean, "KL"},
     {"top1_agreement", &StepRecord::top1_agreement, "",
      "`1` when the compressed attention's top token (largest score `q·k̂_i` over the cache) is "

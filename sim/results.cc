@@ -8,6 +8,7 @@
 
 #include "sim/base/atomic_write.h"
 #include "sim/base/errors.h"
+#include "sim/stage_activity.h"
 #include "sim/table_io.h"
 
 namespace kvsim {
@@ -250,6 +251,9 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
   h5::write_attr(group.get(), "resolved", run.resolved);
   h5::write_attr(group.get(), "stages", run.stages);
   h5::write_attr(group.get(), "seed", static_cast<int64_t>(run.seed));
+  std::string idle;  // the stages that never acted, `+`-joined (sim/stage_activity.h)
+  for (const std::string& name : idle_stages(run)) idle += (idle.empty() ? "" : "+") + name;
+  h5::write_attr(group.get(), "idle_stages", idle);
   {
     std::vector<CounterRow> rows;
     for (const auto& [name, value] : run.counters) rows.push_back({name, value});

@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "sim/results.h"
+#include "sim/stage_activity.h"
 #include "sim/summary_table.h"
 #include "sim/sweep.h"
 #include "sim/sweep_mpi.h"
@@ -43,6 +44,7 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
     opt = parse_options(argc, argv);
     if (opt.help) return;
     file = SweepFile::load(opt.sweep_file);
+    apply_overrides(opt, file);
     sweep_ptr = std::make_unique<Sweep>(resolve_sweep(file, opt.traces));
   });
   if (f.code) return report_failure(mpi, f);
@@ -119,7 +121,7 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
       }
       fs::remove(opt.checkpoint_dir, ec);  // only when empty
     }
-    if (opt.quiet) return;
+    if (opt.quiet) return print_idle_stage_warnings(std::cerr, runs);
     std::ostream& os = std::cout;
     const bool many = sweep.traces.size() > 1;
     TextColumn run_column{"run", {}}, trace{"trace", {}}, policy{"policy", {}};
@@ -151,6 +153,8 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
        << fmt(work, 4) << " s; rank 0: gather " << fmt(gather_seconds, 3) << " s, results file "
        << fmt(write_seconds, 3) << " s\n";
     os << "results: " << opt.out << "\n";
+    os.flush();
+    print_idle_stage_warnings(std::cerr, runs);
   });
   if (f.code) return report_failure(mpi, f);
   return 0;

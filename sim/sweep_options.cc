@@ -5,9 +5,11 @@
 #include <boost/program_options.hpp>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "sim/base/errors.h"
+#include "sim/engine.h"
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -28,12 +30,18 @@ Options parse_options(int argc, char** argv) {
       "worker threads per rank (0 = the node's cores / ranks on the node)")(
       "trace,t", po::value<std::vector<std::string>>()->composing(),
       "trace file, repeatable: replaces the sweep file's traces")(
+      "measure", po::value<std::string>(),
+      "measured decode steps: auto | all | stride=N | last=N; replaces the sweep file's "
+      "`measure` (as kvsim replay --measure)")(
+      "sequences", po::value<std::vector<int>>()->multitoken()->composing(),
+      "sequence indices of every trace; replace the sweep file's `sequences` (as kvsim replay "
+      "--sequences; give the sweep file before this option)")(
       "dry-run", "print the expanded grid, the units and the plan; run nothing")(
       "ranks", po::value<int>(), "with --dry-run: plan for this many ranks (default: the job's)")(
       "quiet,q", "no progress bar and no summary table")(
       "progress",
-      "draw the progress bar even when stderr is not a terminal (under mpirun the "
-      "ranks' stderr is a pipe: pass this to see it)")("help,h", "show this help")(
+      "draw the progress bar even when stderr is not a terminal (by default rank 0 draws it "
+      "when its stderr is a terminal, directly or through mpirun's)")("help,h", "show this help")(
       "config", po::value<std::string>(), "read options from a file of `key = value` lines");
   po::positional_options_description positional;
   positional.add("sweep", 1);
@@ -67,6 +75,20 @@ Options parse_options(int argc, char** argv) {
   o.checkpoint_dir = vm.count("checkpoint-dir") ? vm["checkpoint-dir"].as<std::string>()
                                                 : (o.out.empty() ? "" : o.out + ".ckpt");
   if (vm.count("trace")) o.traces = vm["trace"].as<std::vector<std::string>>();
+  if (vm.count("measure")) {
+    o.measure = vm["measure"].as<std::string>();
+    try {
+      (void)MeasureRule::parse(o.measure);
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("kvsim sweep: --measure: ") + e.what());
+    }
+  }
+  if (vm.count("sequences")) {
+    o.sequences = vm["sequences"].as<std::vector<int>>();
+    if (std::set<int>(o.sequences.begin(), o.sequences.end()).size() != o.sequences.size()) {
+      throw ConfigError("kvsim sweep: --sequences lists an index twice");
+    }
+  }
   o.resume = vm.count("resume") > 0;
   o.quiet = vm.count("quiet") > 0;
   o.progress = vm.count("progress") > 0;
@@ -85,6 +107,11 @@ Options parse_options(int argc, char** argv) {
     if (o.plan_ranks < 1) throw ConfigError("--ranks must be >= 1");
   }
   return o;
+}
+
+void apply_overrides(const Options& options, SweepFile& file) {
+  if (!options.measure.empty()) file.measure = options.measure;
+  if (!options.sequences.empty()) file.sequences = options.sequences;
 }
 
 void check_output_path(const std::string& out) {

@@ -243,7 +243,7 @@ UnitResults run_units(const Mpi& mpi, const Options& opt, const Sweep& sweep, co
       my_blocks[sweep.units[plan.todo[i]].block].push_back(plan.todo[i]);
     }
   }
-  const bool draw = mpi.rank == 0 && !opt.quiet && (opt.progress || stderr_is_terminal());
+  const bool draw = mpi.rank == 0 && !opt.quiet && (opt.progress || progress_bar_wanted());
   Progress progress(mpi, static_cast<int64_t>(plan.todo.size()), draw, resumed);
   UnitResults mine;
   std::map<int64_t, std::vector<std::shared_ptr<const PolicyState>>> prepared;  // by config

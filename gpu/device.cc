@@ -1,11 +1,13 @@
-// CUDA build of device.h plus the internal helpers declared in cuda_check.cuh.
+// CUDA build of device.h plus the internal helpers declared in cuda_check.cuh: host code over
+// the CUDA runtime API, compiled by the C++ compiler (kvsim_gpu_device, gpu/CMakeLists.txt).
+#include "gpu/device.h"
+
 #include <cuda_runtime.h>
 
 #include <sstream>
 #include <string>
 
 #include "gpu/cuda_check.cuh"
-#include "gpu/device.h"
 #include "sim/base/errors.h"
 
 namespace kvsim::gpu {
