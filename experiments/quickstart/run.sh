@@ -3,14 +3,16 @@
 # embedded default trace, print the summary table, and write a report with plots.
 #   bash experiments/quickstart/run.sh [trace.h5]
 # Builds only the `kvsim` target (no tests, no GPU kernels, no benchmarks) in build/,
-# configured as `bash tests/run.sh` configures it, so the test command reuses it.
+# configured as `bash tests/run.sh` configures it, so the test command reuses it; the
+# Python package kvsim (docs/python.md) is installed last, once the results are shown.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
-step() { echo; echo "== quickstart [$1/4] $2 ($(($(date +%s) - start)) s)"; }
+step() { echo; echo "== quickstart [$1/5] $2 ($(($(date +%s) - start)) s)"; }
 
 step 1 "set up and build the kvsim CLI (first run: packages if missing, then 1-2 min of compiling on 2 cores)"
-bash .ci/setup.sh build --target kvsim
+# The Python package is installed last (step 5), after the results are on screen.
+KVSIM_SKIP_PYTHON_PACKAGE=1 bash .ci/setup.sh build --target kvsim
 KVSIM=build/sim/kvsim
 OUT=results/quickstart
 mkdir -p "$OUT"
@@ -40,4 +42,7 @@ plots=$({ grep -oE '\]\([A-Za-z0-9_.-]+\.png\)' "$OUT/report/index.md" || true; 
   awk '!seen[$0]++' | paste -sd' ' -)
 echo "report: $OUT/report/index.md"
 echo "plots:  $plots (in $OUT/report/)"
+
+step 5 "install the Python package kvsim (docs/python.md; compiles its extension, ~1-2 min on 2 cores)"
+bash .ci/install_python_package.sh
 echo "quickstart: done in $(($(date +%s) - start)) s"
