@@ -409,10 +409,15 @@ RunResult replay_unit(const TraceMeta& meta, const UnitData& unit, const PolicyS
 }
 
 void validate_sequences(const TraceReader& trace, const std::vector<int>& sequences) {
-  for (int s : sequences) {
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int s = sequences[i];
     if (s < 0 || s >= trace.num_sequences()) {
       throw ConfigError("sequence " + std::to_string(s) + " out of range (trace has " +
                         std::to_string(trace.num_sequences()) + ")");
+    }
+    // A sequence given twice would be replayed twice and count twice in every mean.
+    if (std::find(sequences.begin(), sequences.begin() + i, s) != sequences.begin() + i) {
+      throw ConfigError("sequence " + std::to_string(s) + " is given twice");
     }
     const auto& info = trace.sequence(s);
     if (info.num_tokens <= info.prompt_len) {

@@ -5,16 +5,22 @@
 #include <vector>
 
 #include "sim/checkpoint.h"
+#include "sim/sweep_spec.h"
+
+namespace kvsim {
+struct Sweep;
+}
 
 namespace kvsim::sweep_driver {
 
 struct Options {
-  std::string sweep_file, out, checkpoint_dir;
+  std::string sweep_file, out, checkpoint_dir, config_file;
   std::vector<std::string> traces;
   bool resume = false, dry_run = false, quiet = false, keep_checkpoint = false, help = false;
   bool progress = false;
   CheckpointSync sync = CheckpointSync::kBackground;
   int threads = 0, plan_ranks = 0;
+  uint64_t max_configs = kDefaultMaxConfigs;
   std::string help_text;
 };
 
@@ -23,8 +29,9 @@ struct Options {
 // `help_text` are set.
 Options parse_options(int argc, char** argv);
 
-// Throws IoError unless `out` can be written: its directory exists and is
-// writable, and `out` is not a directory.
-void check_output_path(const std::string& out);
+// Throws unless `opt.out` can be written and is none of the sweep's inputs (the
+// sweep file, the --config file, the traces, the specs' calibration files):
+// check_output_file (sim/output_check.h).
+void check_sweep_output(const Options& opt, const Sweep& sweep);
 
 }  // namespace kvsim::sweep_driver
