@@ -364,6 +364,7 @@ int run(int argc, char** argv) {
   if (command == "sweep") return run_sweep_command(sub_argc, sub_argv, kVersion);
   if (command == "schema") return cmd_schema(sub_argc, sub_argv);
   if (command == "version" || command == "--version") {
+    if (argc > 2) throw ConfigError("kvsim version: unexpected argument '" + std::string(argv[2]) + "'");
     std::cout << "kvsim " << kVersion << " (CUDA kernels "
               << (gpu::cuda_compiled() ? "built" : "not built") << ")\n";
     return 0;

@@ -57,7 +57,7 @@ std::vector<std::string> remove_stale_temporaries(const std::string& path,
     if (process_may_be_alive(std::stol(digits))) continue;
     std::error_code rm;
     if (entry.is_regular_file(rm) && fs::remove(entry.path(), rm)) {
-      removed.push_back(entry.path().string());
+      removed.push_back((target.parent_path() / name).string());
     }
   }
   return removed;
