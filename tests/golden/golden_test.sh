@@ -21,7 +21,7 @@ if [ ! -f "$TRACE" ]; then
   exit 0
 fi
 replay() {
-  "$KVSIM" replay -t "$TRACE" --measure last=4 --seed 7 -q -o "$1" \
+  "$KVSIM" replay -t "$TRACE" --measure last=4 --sequences 0 --seed 7 -q -o "$1" \
     -p full -p uniform:bits=2,k_axis=channel -p kivi:bits=2,residual=32 \
     -p skvq:k_bits=2,v_bits=2,group=32,window=32 -p mikv:hi_bits=4,lo_bits=3 \
     -p minicache -p h2o:heavy=0.125,recent=0.125 -p random:ratio=0.25
