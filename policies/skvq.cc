@@ -52,8 +52,8 @@
 #include <memory>
 
 #include "policies/clipped_quantizer.h"
-#include "policies/quantizer.h"
 #include "policies/policy.h"
+#include "policies/quantizer.h"
 #include "policies/skvq_calibration.h"
 #include "sim/base/errors.h"
 #include "sim/base/rng.h"

@@ -194,8 +194,8 @@ int cmd_synth(int argc, char** argv) {
   po::options_description desc("kvsim synth options");
   desc.add_options()("out,o", po::value<std::string>()->required(), "trace file to write")(
       "preset", po::value<std::string>()->default_value("default"), "default | tiny | bench")(
-      "seed", po::value<std::string>(), "random seed, in [0, 2^64 - 1]")("sequences", po::value<int>(),
-                                                    "number of sequences")(
+      "seed", po::value<std::string>(), "random seed, in [0, 2^64 - 1]")(
+      "sequences", po::value<int>(), "number of sequences")(
       "layers", po::value<int>(), "model layers")("keep-layers", po::value<std::string>(),
                                                   "store only these layers, e.g. 0,4,5,7")(
       "q-heads", po::value<int>(), "query heads")("kv-heads", po::value<int>(), "kv heads")(
@@ -364,7 +364,8 @@ int run(int argc, char** argv) {
   if (command == "sweep") return run_sweep_command(sub_argc, sub_argv, kVersion);
   if (command == "schema") return cmd_schema(sub_argc, sub_argv);
   if (command == "version" || command == "--version") {
-    if (argc > 2) throw ConfigError("kvsim version: unexpected argument '" + std::string(argv[2]) + "'");
+    if (argc > 2)
+      throw ConfigError("kvsim version: unexpected argument '" + std::string(argv[2]) + "'");
     std::cout << "kvsim " << kVersion << " (CUDA kernels "
               << (gpu::cuda_compiled() ? "built" : "not built") << ")\n";
     return 0;

@@ -26,11 +26,11 @@ void check_output_file(const std::string& out, const std::vector<std::string>& i
   if (::access(dir.c_str(), W_OK | X_OK) != 0) {
     throw IoError(prefix + "directory '" + dir.string() + "' is not writable");
   }
-  struct stat target{};
+  struct stat target {};
   if (::stat(out.c_str(), &target) == 0) {
     if (S_ISDIR(target.st_mode)) throw IoError(prefix + "it is a directory");
     for (const auto& input : inputs) {
-      struct stat in{};
+      struct stat in {};
       if (input.empty() || ::stat(input.c_str(), &in) != 0) continue;
       if (in.st_dev == target.st_dev && in.st_ino == target.st_ino) {
         throw ConfigError("refusing to write " + what + " '" + out + "': it is the input '" +

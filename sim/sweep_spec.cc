@@ -10,8 +10,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <limits>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -308,9 +308,8 @@ std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies
                                      uint64_t max_configs) {
   const uint64_t count = count_configs(policies);
   if (count > max_configs) {
-    const std::string n = count == std::numeric_limits<uint64_t>::max()
-                              ? "more than 1.8e19"
-                              : std::to_string(count);
+    const std::string n =
+        count == std::numeric_limits<uint64_t>::max() ? "more than 1.8e19" : std::to_string(count);
     throw ConfigError("the sweep's grids expand to " + n + " configurations, more than the limit " +
                       std::to_string(max_configs) +
                       " (check the grid axes; raise the limit with --max-configs N)");

@@ -77,7 +77,8 @@ TEST(Fp16, DoublesAreRoundedOnce) {
     if (i % 2 == 0) {
       const std::uint16_t lo = static_cast<std::uint16_t>(rng.next_u64() % 0x7BFF);
       const double tie = (static_cast<double>(half_bits_to_float(lo)) +
-                          half_bits_to_float(static_cast<std::uint16_t>(lo + 1))) / 2;
+                          half_bits_to_float(static_cast<std::uint16_t>(lo + 1))) /
+                         2;
       const double offset = std::ldexp(tie, -30) * static_cast<double>(rng.next_u64() % 64);
       x = rng.next_u64() % 2 ? tie + offset : tie - offset;
     } else {

@@ -73,8 +73,7 @@ TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
 TEST(MiKV, PromptTokensDemotedAtPrefillAreQuantizedFromTheOriginals) {
   HandCase hc;
   Pipeline pipe = Pipeline::create(
-      PolicySpec::parse("mikv:heavy=0.2,recent=0.2,hi_bits=4,lo_bits=2,balance=false"), hc.ctx,
-      {});
+      PolicySpec::parse("mikv:heavy=0.2,recent=0.2,hi_bits=4,lo_bits=2,balance=false"), hc.ctx, {});
   std::vector<int32_t> positions(10);
   for (int i = 0; i < 10; ++i) positions[i] = i;
   std::vector<float> attention = {0.1f, 0.2f, 0.1f, 3.0f, 0.1f, 2.0f, 0.3f, 0.2f, 9.f, 9.f};

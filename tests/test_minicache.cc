@@ -4,8 +4,8 @@
 
 #include <cmath>
 
-#include "sim/base/fp16.h"
 #include "policies/slerp.h"
+#include "sim/base/fp16.h"
 #include "test_util.h"
 
 namespace kvsim {

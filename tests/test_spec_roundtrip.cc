@@ -119,7 +119,8 @@ struct Given {
 };
 
 // A random stage of `info`: a random subset of its parameters with random values.
-std::string random_stage(Rng& rng, const PolicyInfo& info, size_t stage, std::vector<Given>& given) {
+std::string random_stage(Rng& rng, const PolicyInfo& info, size_t stage,
+                         std::vector<Given>& given) {
   std::string args;
   for (const auto& p : info.params) {
     if (rng.next_u64() % 2) continue;
@@ -156,8 +157,8 @@ bool check_spec(const std::string& text, const std::vector<Given>& given) {
   EXPECT_EQ(again.stages().size(), spec->stages().size()) << text;
   for (size_t s = 0; s < spec->stages().size() && s < again.stages().size(); ++s) {
     for (const auto& p : spec->stages()[s].info->params) {
-      EXPECT_TRUE(same_value(value_of(again.stages()[s].params, p),
-                             value_of(spec->stages()[s].params, p)))
+      EXPECT_TRUE(
+          same_value(value_of(again.stages()[s].params, p), value_of(spec->stages()[s].params, p)))
           << canonical << ": '" << p.name << "' changes on re-parsing";
     }
   }

@@ -109,7 +109,7 @@ double softmax_inplace(float* s, size_t n) {
   float mx = s[0];
 #pragma omp simd reduction(max : mx)
   for (size_t i = 1; i < n; ++i) mx = std::max(mx, s[i]);
-  // Two passes: the exponentials vectorise alone, and lane_sum() fixes the order.
+    // Two passes: the exponentials vectorise alone, and lane_sum() fixes the order.
 #pragma omp simd
   for (size_t i = 0; i < n; ++i) s[i] = fast_expf(s[i] - mx);
   const float sum = lane_sum(s, n);
