@@ -31,6 +31,18 @@ struct HandCase {
     }
     ctx = testing::hand_context(meta, {&layer}, 10, 10);
   }
+
+  // Runs the prefill of `pipe` over the 10 tokens, whose attention column sums make
+  // tokens 3 and 5 the heavy hitters; returns the cache.
+  HeadCache prefill(Pipeline& pipe) const {
+    const std::vector<int32_t> positions = testing::range(0, 10);
+    const std::vector<float> attention = {0.1f, 0.2f, 0.1f, 3.0f, 0.1f, 2.0f, 0.3f, 0.2f, 9.f, 9.f};
+    pipe.store->observe_prefill(0, 0, positions, attention);
+    HeadCache cache;
+    cache.head_dim = 4;
+    pipe.store->insert(0, 0, cache, positions, layer, /*prefill=*/true);
+    return cache;
+  }
 };
 
 TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
@@ -38,14 +50,7 @@ TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
   // heavy = recent = 0.2 of P = 10 -> 2 heavy hitters + 2 recent at fp16.
   Pipeline pipe = Pipeline::create(
       PolicySpec::parse("mikv:heavy=0.2,recent=0.2,lo_bits=2,balance=false"), hc.ctx, {});
-  std::vector<int32_t> positions(10);
-  for (int i = 0; i < 10; ++i) positions[i] = i;
-  // Prefill attention column sums: tokens 3 and 5 are the heavy hitters.
-  std::vector<float> attention = {0.1f, 0.2f, 0.1f, 3.0f, 0.1f, 2.0f, 0.3f, 0.2f, 9.f, 9.f};
-  pipe.store->observe_prefill(0, 0, positions, attention);
-  HeadCache cache;
-  cache.head_dim = 4;
-  pipe.store->insert(0, 0, cache, positions, hc.layer, /*prefill=*/true);
+  const HeadCache cache = hc.prefill(pipe);
   ASSERT_EQ(cache.size(), 10u);  // nothing evicted
   for (int t = 0; t < 10; ++t) {
     const bool high = t == 3 || t == 5 || t == 8 || t == 9;
@@ -74,13 +79,7 @@ TEST(MiKV, PromptTokensDemotedAtPrefillAreQuantizedFromTheOriginals) {
   HandCase hc;
   Pipeline pipe = Pipeline::create(
       PolicySpec::parse("mikv:heavy=0.2,recent=0.2,hi_bits=4,lo_bits=2,balance=false"), hc.ctx, {});
-  std::vector<int32_t> positions(10);
-  for (int i = 0; i < 10; ++i) positions[i] = i;
-  std::vector<float> attention = {0.1f, 0.2f, 0.1f, 3.0f, 0.1f, 2.0f, 0.3f, 0.2f, 9.f, 9.f};
-  pipe.store->observe_prefill(0, 0, positions, attention);
-  HeadCache cache;
-  cache.head_dim = 4;
-  pipe.store->insert(0, 0, cache, positions, hc.layer, /*prefill=*/true);
+  const HeadCache cache = hc.prefill(pipe);
   int differs_from_double = 0;
   for (int t = 0; t < 10; ++t) {
     const bool high = t == 3 || t == 5 || t == 8 || t == 9;
