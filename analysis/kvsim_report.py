@@ -126,11 +126,22 @@ def _index_markdown(results: Results, table: pd.DataFrame, front: pd.DataFrame,
     return "\n".join(lines)
 
 
+def _check_complete(results: Results) -> None:
+    """Raise ValueError, before anything is written, when /summary lists runs but none
+    has a /runs group: every figure and per-layer table would be empty while the summary
+    looks complete. (Some runs missing is noted in index.md instead.)"""
+    listed = set(int(r) for r in results.summary["run"])
+    if listed and not listed & set(results.runs):
+        raise ValueError(f"{results.path}: /summary lists {len(listed)} run(s) but no /runs "
+                         "group holds any of them: the file is incomplete, no report written")
+
+
 def write_report(results: Results | str | os.PathLike, out_dir: str | os.PathLike,
                  quiet: bool = True) -> dict[str, str]:
     """Write the report folder; returns {name: path} of the files written."""
     if not isinstance(results, Results):
         results = load_results(results)
+    _check_complete(results)
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, name) for name in REPORT_FILES}

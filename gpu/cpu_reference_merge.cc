@@ -70,11 +70,11 @@ void slerp_merge(const float* xa, const float* xb, std::int64_t num_rows, int di
     distance[r] = 0.0;
     const bool ok =
         slerp_unit_direction(xa + r * dim, xb + r * dim, dim, t, unit.data(), na, nb, distance[r]);
-    norm_a[r] = float_to_half_bits(static_cast<float>(na));
-    norm_b[r] = float_to_half_bits(static_cast<float>(nb));
+    norm_a[r] = double_to_half_bits(na);
+    norm_b[r] = double_to_half_bits(nb);
     merged[r] = ok ? 1 : 0;
     for (int c = 0; c < dim; ++c) {
-      dir[c] = ok ? float_to_half_bits(static_cast<float>(unit[c])) : std::uint16_t{0};
+      dir[c] = ok ? double_to_half_bits(unit[c]) : std::uint16_t{0};
     }
   }
 }

@@ -36,7 +36,7 @@ __device__ __forceinline__ double warp_sum(double x) {
 }
 
 __device__ __forceinline__ std::uint16_t to_half_bits(double x) {
-  return __half_as_ushort(__float2half_rn(static_cast<float>(x)));
+  return __half_as_ushort(__double2half(x));  // rounded once, as double_to_half_bits()
 }
 
 // e_c = wa * xa_c / na + wb * xb_c / nb, in slerp_unit_direction()'s order (sim/base/slerp.h).

@@ -1,7 +1,9 @@
 // `full`: the fp16 reference cache. Every entry is kept as the trace stores it,
-// so its attention equals the exact attention and every error metric is 0.
+// so its attention equals the exact attention and every error metric is 0 (on a
+// float32 trace the entries are rounded to fp16: the error of 16-bit storage).
 // Memory: 16 bits per K and V element, no metadata.
 #include "policies/policy.h"
+#include "policies/quantizer.h"
 
 namespace kvsim {
 namespace {
@@ -9,12 +11,13 @@ namespace {
 class FullStore final : public StoreStage {
  public:
   FullStore(const Params&, const ShardContext& ctx)
-      : head_dim_(ctx.meta->head_dim),
+      : dtype_(ctx.meta->dtype),
+        head_dim_(ctx.meta->head_dim),
         tokens_(ctx.slots.size(), std::vector<int64_t>(ctx.meta->num_kv_heads, 0)) {}
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
               const LayerData& raw, bool /*prefill*/) override {
-    for (int32_t pos : positions) cache.append(pos, raw.key(head, pos), raw.value(head, pos));
+    for (int32_t pos : positions) append_16bit_row(cache, raw, head, pos, dtype_);
     tokens_[layer][head] += static_cast<int64_t>(positions.size());
   }
   void removed(int layer, int head, HeadCache&, std::span<const int32_t> positions) override {
@@ -26,6 +29,7 @@ class FullStore final : public StoreStage {
   bool acted() const override { return true; }  // the reference: storing exactly is its job
 
  private:
+  StoredDType dtype_;
   int64_t head_dim_;
   std::vector<std::vector<int64_t>> tokens_;  // [layer][kv head] entries held
 };

@@ -43,7 +43,8 @@ namespace {
 class KiviStore final : public StoreStage {
  public:
   KiviStore(const Params& p, const ShardContext& ctx)
-      : d_(ctx.meta->head_dim),
+      : dtype_(ctx.meta->dtype),
+        d_(ctx.meta->head_dim),
         hkv_(ctx.meta->num_kv_heads),
         bits_(static_cast<int>(p.get_int("bits"))),
         group_(static_cast<int>(p.get_int("group"))),
@@ -104,7 +105,7 @@ class KiviStore final : public StoreStage {
   void append(Head& s, int head, HeadCache& cache, std::span<const int32_t> positions,
               const LayerData& raw) {
     for (int32_t pos : positions) {
-      cache.append(pos, raw.key(head, pos), raw.value(head, pos));
+      append_16bit_row(cache, raw, head, pos, dtype_);  // the fp16 residual
       s.keys.add_pending(pos);
       s.value_residual.push_back(pos);
     }
@@ -130,6 +131,7 @@ class KiviStore final : public StoreStage {
     }
   }
 
+  StoredDType dtype_;
   int d_, hkv_, bits_, group_;
   size_t residual_;
   bool lazy_values_;

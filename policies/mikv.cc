@@ -41,7 +41,8 @@ namespace {
 class MiKV final : public StoreStage {
  public:
   MiKV(const Params& p, const ShardContext& ctx)
-      : d_(ctx.meta->head_dim),
+      : dtype_(ctx.meta->dtype),
+        d_(ctx.meta->head_dim),
         heads_(ctx.meta->num_kv_heads),
         group_(ctx.meta->num_q_heads / ctx.meta->num_kv_heads),
         hi_bits_(static_cast<int>(p.get_int("hi_bits"))),
@@ -89,17 +90,22 @@ class MiKV final : public StoreStage {
     if (prefill) init_balancer(s, head, raw, positions);
     for (int32_t p : positions) {
       if (!by_attention_) s.score[p] = -key_norm(raw.key(head, p));
-      cache.append(p, raw.key(head, p), raw.value(head, p));
-      const size_t row = cache.size() - 1;
-      if (hi_bits_ < 16) {
-        encode(s, cache, row, hi_bits_);
-        acted_ = true;
-      }
+      append_16bit_row(cache, raw, head, p, dtype_);
       s.high[p] = 1;
       s.important.push_back(p);
       ++s.num_high;
     }
+    // Demotions first, so that a token demoted on arrival (the prompt's unimportant
+    // ones) is quantized from its 16-bit original, not from a hi_bits copy; then the
+    // arrivals still important are stored at hi_bits.
     enforce_budget(s, cache);
+    if (hi_bits_ < 16) {
+      for (int32_t p : positions) {
+        if (!s.high[p]) continue;
+        encode(s, cache, static_cast<size_t>(cache.find(p)), hi_bits_);
+        acted_ = true;
+      }
+    }
   }
 
   void removed(int layer, int head, HeadCache&, std::span<const int32_t> positions) override {
@@ -214,6 +220,7 @@ class MiKV final : public StoreStage {
     s.important.swap(kept);
   }
 
+  StoredDType dtype_;
   int d_, heads_, group_;
   int hi_bits_, lo_bits_, quant_group_;
   bool balance_, by_attention_;

@@ -212,10 +212,10 @@ class MiniCache final : public MergeStage {
       const bool ok_v =
           minicache_slerp(la.value(head, p), lb.value(head, p), d_, t_, ev, dist_v[i], nva, nvb);
       mergeable[i] = ok_k && ok_v;
-      s.magnitude[0][2 * p] = round_to_half(nka);
-      s.magnitude[0][2 * p + 1] = round_to_half(nva);
-      s.magnitude[1][2 * p] = round_to_half(nkb);
-      s.magnitude[1][2 * p + 1] = round_to_half(nvb);
+      s.magnitude[0][2 * p] = nka;  // fp16 values already (minicache_slerp)
+      s.magnitude[0][2 * p + 1] = nva;
+      s.magnitude[1][2 * p] = nkb;
+      s.magnitude[1][2 * p + 1] = nvb;
     }
     if (!s.have_thresholds && !both.empty()) {  // from the prompt (the first event)
       for (int side = 0; side < 2; ++side) {

@@ -10,6 +10,8 @@ namespace kvsim {
 
 namespace {
 
+constexpr const char* kReservedInStrings = ",+[]";
+
 std::string format_double(double x) {
   std::ostringstream os;
   os.precision(12);
@@ -79,6 +81,11 @@ ParamValue convert(const std::string& policy, const ParamSpec& spec, const std::
       if (raw == "false" || raw == "0" || raw == "no") return false;
       throw bad("not a boolean");
     case ParamType::kString:
+      // The spec's separators and brackets cannot appear in a value: the
+      // canonical form must parse back to the same value (docs/policies.md).
+      if (raw.find_first_of(kReservedInStrings) != std::string::npos) {
+        throw bad("a string value may not contain any of " + std::string(kReservedInStrings));
+      }
       return raw;
     case ParamType::kEnum:
       for (const auto& c : spec.choices) {
@@ -206,7 +213,13 @@ const std::vector<int64_t>& Params::get_int_list(const std::string& key) const {
 std::string format_param_value(const ParamValue& value) {
   struct Visitor {
     std::string operator()(int64_t v) const { return std::to_string(v); }
-    std::string operator()(double v) const { return format_double(v); }
+    // The shortest text that reads back as the same double: canonical forms
+    // re-parse to the same value.
+    std::string operator()(double v) const {
+      char buf[32];
+      const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+      return ec == std::errc() ? std::string(buf, end) : format_double(v);
+    }
     std::string operator()(bool v) const { return v ? "true" : "false"; }
     std::string operator()(const std::string& v) const { return v; }
     std::string operator()(const std::vector<int64_t>& v) const {

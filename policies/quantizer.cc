@@ -8,6 +8,24 @@
 
 namespace kvsim {
 
+void append_16bit_row(HeadCache& cache, const LayerData& raw, int head, int32_t pos,
+                      StoredDType dtype) {
+  cache.append(pos, raw.key(head, pos), raw.value(head, pos));
+  if (dtype != StoredDType::kFloat32) return;
+  const size_t row = cache.size() - 1;
+  for (float* x : {cache.key_row(row), cache.value_row(row)}) {
+    for (int c = 0; c < cache.head_dim; ++c) {
+      const float h = round_to_half(x[c]);
+      if (std::isinf(h)) {
+        throw FormatError("float32 trace value " + std::to_string(x[c]) + " (kv head " +
+                          std::to_string(head) + ", token " + std::to_string(pos) +
+                          ") is beyond fp16's range (65504): a 16-bit cache cannot hold it");
+      }
+      x[c] = h;
+    }
+  }
+}
+
 QuantGroup quantize_group(const float* x, size_t n, size_t stride, int bits, float* out,
                           size_t out_stride, uint8_t* codes) {
   KVSIM_CHECK(n > 0 && bits >= 1 && bits <= 16);

@@ -27,6 +27,15 @@ struct QuantGroup {
 QuantGroup quantize_group(const float* x, size_t n, size_t stride, int bits, float* out,
                           size_t out_stride, uint8_t* codes = nullptr);
 
+// Appends the trace's K/V rows of `pos` (kv head `head` of `raw`) to `cache` as a
+// 16-bit cache holds them, the precision every "fp16" row's memory is counted at
+// (full, residuals, sinks, windows, MiKV's 16-bit tokens): a 16-bit trace's values
+// are kept as stored (fp16, or bf16, whose values a 16-bit cache of the model holds);
+// a float32 trace's are rounded to fp16 once. Throws FormatError when a float32 value
+// is beyond fp16's range (it would be stored as infinity).
+void append_16bit_row(HeadCache& cache, const LayerData& raw, int head, int32_t pos,
+                      StoredDType dtype);
+
 enum class QuantAxis { kToken, kChannel };
 QuantAxis parse_axis(const std::string& name);
 

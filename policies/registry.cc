@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <map>
 #include <numeric>
 
@@ -93,16 +94,50 @@ std::vector<std::string> split_stages(const std::string& text) {
   return out;
 }
 
+// Whitespace may surround the separators (`h2o + kivi`, `bits = 2`) and is
+// dropped; inside a name or value (`calib=my file.h5`) it is refused, since
+// dropping it would silently read another value.
+std::string strip_whitespace(const std::string& raw) {
+  auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
+  auto is_separator = [](char c) { return std::strchr(":,=+[]", c) != nullptr; };
+  std::string out;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (!is_space(raw[i])) {
+      out.push_back(raw[i]);
+      continue;
+    }
+    size_t next = i;
+    while (next < raw.size() && is_space(raw[next])) ++next;
+    if (!out.empty() && next < raw.size() && !is_separator(out.back()) &&
+        !is_separator(raw[next])) {
+      throw ConfigError("policy spec '" + raw + "': whitespace inside a name or value");
+    }
+    i = next - 1;
+  }
+  return out;
+}
+
+// Brackets delimit list values; an unbalanced one would make the splitters
+// swallow the rest of the spec into one value.
+void check_brackets(const std::string& text) {
+  int depth = 0;
+  for (char c : text) {
+    if (c == '[' && ++depth > 1) {
+      throw ConfigError("policy spec '" + text + "': nested '[' (a list holds numbers)");
+    }
+    if (c == ']' && --depth < 0) throw ConfigError("policy spec '" + text + "': unmatched ']'");
+  }
+  if (depth != 0) throw ConfigError("policy spec '" + text + "': unclosed '['");
+}
+
 }  // namespace
 
 PolicySpec PolicySpec::parse(const std::string& raw_text) {
   PolicySpec spec;
-  std::string text;
-  for (char c : raw_text) {
-    if (!std::isspace(static_cast<unsigned char>(c))) text.push_back(c);
-  }
+  const std::string text = strip_whitespace(raw_text);
   spec.text_ = text;
   if (text.empty()) throw ConfigError("empty policy spec");
+  check_brackets(text);
   const auto& registry = PolicyRegistry::instance();
   for (const auto& part : split_stages(text)) {
     const auto colon = part.find(':');

@@ -53,6 +53,7 @@
 
 #include "policies/clipped_quantizer.h"
 #include "policies/policy.h"
+#include "policies/quantizer.h"
 #include "policies/skvq_calibration.h"
 #include "sim/base/errors.h"
 #include "sim/base/rng.h"
@@ -75,7 +76,8 @@ class SkvqStore final : public StoreStage {
         sinks_(p.get_int("sinks")),
         window_(p.get_int("window")),
         meta_bits_(meta_format_bits(opt_.meta)),
-        reorder_(opt_.reorders(*ctx.meta)) {
+        reorder_(opt_.reorders(*ctx.meta)),
+        ctx_dtype_(ctx.meta->dtype) {
     const TraceMeta& meta = *ctx.meta;
     const int du = opt_.unit_dim(meta);
     const auto* prepared = dynamic_cast<const SkvqPrepared*>(ctx.prepared.get());
@@ -122,7 +124,7 @@ class SkvqStore final : public StoreStage {
               const LayerData& raw, bool /*prefill*/) override {
     Head& s = at(layer, head);
     for (int32_t pos : positions) {
-      cache.append(pos, raw.key(head, pos), raw.value(head, pos));
+      append_16bit_row(cache, raw, head, pos, ctx_dtype_);  // sinks and window: fp16
       s.track(pos, +1);
       if (s.sinks_assigned < sinks_) {
         s.sinks.push_back(pos);
@@ -298,6 +300,7 @@ class SkvqStore final : public StoreStage {
   int64_t sinks_, window_;
   int meta_bits_;
   bool reorder_;               // reorder=true with more than one group per unit
+  StoredDType ctx_dtype_;      // the trace's: float32 rows are rounded to fp16
   bool acted_ = false;         // some token left the sink/window and was quantized
   std::vector<Layer> layers_;  // [local layer]
   std::vector<Head> heads_;    // [local layer * kv heads]

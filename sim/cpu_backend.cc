@@ -90,7 +90,7 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   out.kept_cross.resize(group);
   out.top1.resize(group);
   weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
-  raw_scores.resize(group * n);
+  raw_scores.resize((group + 1) * n);  // + one row of scratch for the KL's cross terms
   score_gathered(qbuf.data(), group, raw.key(task.kv_head, 0), cache.positions, d, scale,
                  raw_scores.data());
   for (int j = 0; j < group; ++j) {
@@ -99,15 +99,18 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
     const float* rs = raw_scores.data() + j * n;
     const float* cs = out.scores.data() + j * n;
     const float lse_f = static_cast<float>(task.exact_lse[j]);
-    float mass_f = 0.f, cross_f = 0.f;
-#pragma omp simd reduction(+ : mass_f, cross_f)
+    // The terms in place (p over the raw scores, the cross terms after the last row),
+    // then sums in a fixed order (lane_sum, sim/base/attention.h).
+    float* mass_terms = raw_scores.data() + j * n;
+    float* cross_terms = raw_scores.data() + static_cast<size_t>(group) * n;
+#pragma omp simd
     for (size_t i = 0; i < n; ++i) {
       const float p = fast_expf(rs[i] - lse_f);
-      mass_f += p;
-      cross_f += p * (rs[i] - cs[i]);
+      cross_terms[i] = p * (rs[i] - cs[i]);
+      mass_terms[i] = p;
     }
-    out.kept_mass[j] = mass_f;
-    out.kept_cross[j] = cross_f;
+    out.kept_mass[j] = lane_sum(mass_terms, n);
+    out.kept_cross[j] = lane_sum(cross_terms, n);
     // The compressed top token: largest score, lowest position among equal scores (checked
     // explicitly: a merging store's positions need not ascend).
     const int32_t* pos = cache.positions.data();

@@ -332,15 +332,27 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           const float* v = raw.value(h, cache.positions[i]);
           const float* kh = cache.key_row(i);
           const float* vh = cache.value_row(i);
-          float kd = 0, kn = 0, vd = 0, vn = 0;  // per row in float lanes, rows summed in double
-#pragma omp simd reduction(+ : kd, kn, vd, vn)
-          for (int c = 0; c < d; ++c) {
-            kd += (kh[c] - k[c]) * (kh[c] - k[c]);
-            vd += (vh[c] - v[c]) * (vh[c] - v[c]);
-            kn += k[c] * k[c];
-            vn += v[c] * v[c];
+          // Per row in float lanes (a fixed order: sim/base/attention.h), rows summed in
+          // double.
+          float kd[kSumLanes] = {}, kn[kSumLanes] = {}, vd[kSumLanes] = {}, vn[kSumLanes] = {};
+          int c = 0;
+          for (; c + kSumLanes <= d; c += kSumLanes) {
+#pragma omp simd
+            for (int l = 0; l < kSumLanes; ++l) {
+              const float dk = kh[c + l] - k[c + l], dv = vh[c + l] - v[c + l];
+              kd[l] += dk * dk;
+              kn[l] += k[c + l] * k[c + l];
+              vd[l] += dv * dv;
+              vn[l] += v[c + l] * v[c + l];
+            }
           }
-          kdiff += kd, knorm += kn, vdiff += vd, vnorm += vn;
+          float kd_sum = reduce_lanes(kd), kn_sum = reduce_lanes(kn);
+          float vd_sum = reduce_lanes(vd), vn_sum = reduce_lanes(vn);
+          for (; c < d; ++c) {
+            const float dk = kh[c] - k[c], dv = vh[c] - v[c];
+            kd_sum += dk * dk, kn_sum += k[c] * k[c], vd_sum += dv * dv, vn_sum += v[c] * v[c];
+          }
+          kdiff += kd_sum, knorm += kn_sum, vdiff += vd_sum, vnorm += vn_sum;
         }
         const MemoryBits bits = pipe.store->memory(local, h);
         KvRecord kv;
@@ -431,10 +443,15 @@ RunResult replay_unit(const TraceMeta& meta, const UnitData& unit, const PolicyS
 }
 
 void validate_sequences(const TraceReader& trace, const std::vector<int>& sequences) {
-  for (int s : sequences) {
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int s = sequences[i];
     if (s < 0 || s >= trace.num_sequences()) {
       throw ConfigError("sequence " + std::to_string(s) + " out of range (trace has " +
                         std::to_string(trace.num_sequences()) + ")");
+    }
+    // A sequence given twice would be replayed twice and count twice in every mean.
+    if (std::find(sequences.begin(), sequences.begin() + i, s) != sequences.begin() + i) {
+      throw ConfigError("sequence " + std::to_string(s) + " is given twice");
     }
     const auto& info = trace.sequence(s);
     if (info.num_tokens <= info.prompt_len) {

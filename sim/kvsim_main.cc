@@ -1,5 +1,6 @@
 // The `kvsim` command line: replay, synth, inspect, policies.
 #include <boost/program_options.hpp>
+#include <charconv>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
@@ -13,6 +14,7 @@
 #include "sim/calibration.h"
 #include "sim/engine.h"
 #include "sim/inspect.h"
+#include "sim/output_check.h"
 #include "sim/progress.h"
 #include "sim/results.h"
 #include "sim/schema_doc.h"
@@ -56,7 +58,16 @@ po::variables_map parse(const std::string& command, po::options_description& des
   parser.options(desc);
   if (positional) parser.positional(*positional);
   try {
-    po::store(parser.run(), vm);
+    const po::parsed_options parsed = parser.run();
+    // Without a positional description Boost keeps bare words unnamed and store()
+    // drops them: refuse them instead of ignoring them.
+    for (const auto& option : parsed.options) {
+      if (option.string_key.empty() && !option.value.empty()) {
+        throw ConfigError("kvsim " + command + ": unexpected argument '" + option.value[0] +
+                          "' (see kvsim " + command + " --help)");
+      }
+    }
+    po::store(parsed, vm);
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
       std::ifstream in(path);
@@ -71,6 +82,24 @@ po::variables_map parse(const std::string& command, po::options_description& des
   return vm;
 }
 
+// A seed on the command line: decimal digits only, at most 2^64 - 1. (Boost parses
+// "-1" into a uint64_t as 2^64 - 1 without complaint.)
+uint64_t parse_seed(const std::string& text) {
+  uint64_t seed = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), seed);
+  if (text.empty() || text[0] < '0' || text[0] > '9' || ec != std::errc() ||
+      end != text.data() + text.size()) {
+    throw ConfigError("--seed '" + text + "': expected an integer in [0, 2^64 - 1]");
+  }
+  return seed;
+}
+
+// The --config file, when given: an input that no output may replace.
+std::vector<std::string> config_inputs(const po::variables_map& vm) {
+  if (!vm.count("config")) return {};
+  return {vm["config"].as<std::string>()};
+}
+
 int cmd_replay(int argc, char** argv) {
   po::options_description desc("kvsim replay options");
   desc.add_options()("trace,t", po::value<std::string>()->required(),
@@ -81,7 +110,8 @@ int cmd_replay(int argc, char** argv) {
       "measure", po::value<std::string>()->default_value("auto"),
       "measured decode steps: auto | all | stride=N | last=N")(
       "sequences", po::value<std::vector<int>>()->multitoken(), "sequence indices (default all)")(
-      "seed", po::value<uint64_t>()->default_value(0), "seed for randomised policies")(
+      "seed", po::value<std::string>()->default_value("0"),
+      "seed for randomised policies, in [0, 2^64 - 1]")(
       "threads", po::value<int>()->default_value(0), "worker threads (0 = all cores)")(
       "device", po::value<std::string>()->default_value("cpu"), "cpu | cuda")(
       "quiet,q", "no progress bar and no summary table");
@@ -107,13 +137,20 @@ int cmd_replay(int argc, char** argv) {
   }
   ReplayOptions options;
   options.measure = MeasureRule::parse(vm["measure"].as<std::string>());
-  options.seed = vm["seed"].as<uint64_t>();
+  options.seed = parse_seed(vm["seed"].as<std::string>());
   options.threads = vm["threads"].as<int>();
   if (options.threads < 0) throw ConfigError("--threads must be >= 0");
   if (vm.count("sequences")) options.sequences = vm["sequences"].as<std::vector<int>>();
   const bool quiet = vm.count("quiet") > 0;
 
   const std::string trace_path = vm["trace"].as<std::string>();
+  const std::string out = vm["out"].as<std::string>();
+  std::vector<std::string> inputs = config_inputs(vm);
+  inputs.push_back(trace_path);
+  for (const auto& s : specs) {
+    for (const auto& file : spec_input_files(s)) inputs.push_back(file);
+  }
+  check_output_file(out, inputs, "results");
   TraceReader trace(trace_path);
   for (const auto& s : specs) s.check_against(trace.meta());  // before any work
   trace.validate_all_values();
@@ -123,7 +160,6 @@ int cmd_replay(int argc, char** argv) {
   const auto runs = replay(trace, specs, options);
   bar.finish();
 
-  const std::string out = vm["out"].as<std::string>();
   ResultsContext context{trace_path, kVersion, options.measure.describe(), {}};
   for (int s = 0; s < trace.num_sequences(); ++s) context.sequences.push_back(trace.sequence(s));
   write_results(out, trace.meta(), context, runs);
@@ -163,8 +199,8 @@ int cmd_synth(int argc, char** argv) {
   po::options_description desc("kvsim synth options");
   desc.add_options()("out,o", po::value<std::string>()->required(), "trace file to write")(
       "preset", po::value<std::string>()->default_value("default"), "default | tiny | bench")(
-      "seed", po::value<uint64_t>(), "random seed")("sequences", po::value<int>(),
-                                                    "number of sequences")(
+      "seed", po::value<std::string>(), "random seed, in [0, 2^64 - 1]")(
+      "sequences", po::value<int>(), "number of sequences")(
       "layers", po::value<int>(), "model layers")("keep-layers", po::value<std::string>(),
                                                   "store only these layers, e.g. 0,4,5,7")(
       "q-heads", po::value<int>(), "query heads")("kv-heads", po::value<int>(), "kv heads")(
@@ -184,7 +220,7 @@ int cmd_synth(int argc, char** argv) {
     return 0;
   }
   SynthConfig c = synth_preset(vm["preset"].as<std::string>());
-  if (vm.count("seed")) c.seed = vm["seed"].as<uint64_t>();
+  if (vm.count("seed")) c.seed = parse_seed(vm["seed"].as<std::string>());
   auto set_int = [&](const char* key, int& field) {
     if (vm.count(key)) field = vm[key].as<int>();
   };
@@ -204,6 +240,7 @@ int cmd_synth(int argc, char** argv) {
   if (vm.count("dtype")) c.dtype = parse_dtype(vm["dtype"].as<std::string>());
   c.validate();
   const std::string out = vm["out"].as<std::string>();
+  check_output_file(out, config_inputs(vm), "trace");
   write_synth_trace(out, c);
   std::cout << "wrote " << out << ": " << c.sequences << " sequence(s), "
             << synth_meta(c).num_layers() << " layers, " << c.q_heads << "/" << c.kv_heads
@@ -259,6 +296,11 @@ int cmd_calibrate(int argc, char** argv) {
     throw ConfigError("kvsim calibrate: only 'skvq' has a calibration step, got '" + spec + "'");
   }
   const Params params = parse_skvq_params(colon == std::string::npos ? "" : spec.substr(colon + 1));
+  const std::string out = vm["out"].as<std::string>();
+  std::vector<std::string> inputs = config_inputs(vm);
+  inputs.push_back(vm["trace"].as<std::string>());
+  if (!params.get_string("calib").empty()) inputs.push_back(params.get_string("calib"));
+  check_output_file(out, inputs, "calibration file");
   TraceReader trace(vm["trace"].as<std::string>());
   std::vector<int> sequences;
   if (vm.count("sequences")) sequences = vm["sequences"].as<std::vector<int>>();
@@ -266,7 +308,6 @@ int cmd_calibrate(int argc, char** argv) {
     for (int s = 0; s < trace.num_sequences(); ++s) sequences.push_back(s);
   }
   validate_sequences(trace, sequences);
-  const std::string out = vm["out"].as<std::string>();
   save_skvq_calibration(out, calibrate_skvq(trace, sequences, params));
   std::cout << "wrote " << out << ": SKVQ calibration of " << trace.meta().num_layers()
             << " layers from " << sequences.size() << " sequence(s) of " << trace.path() << "\n";
@@ -328,6 +369,8 @@ int run(int argc, char** argv) {
   if (command == "sweep") return run_sweep_command(sub_argc, sub_argv, kVersion);
   if (command == "schema") return cmd_schema(sub_argc, sub_argv);
   if (command == "version" || command == "--version") {
+    if (argc > 2)
+      throw ConfigError("kvsim version: unexpected argument '" + std::string(argv[2]) + "'");
     std::cout << "kvsim " << kVersion << " (CUDA kernels "
               << (gpu::cuda_compiled() ? "built" : "not built") << ")\n";
     return 0;
@@ -343,6 +386,10 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   try {
     return kvsim::run(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::cerr << "kvsim: error: out of memory (the input needs more memory than this machine "
+                 "gives the process)\n";
+    return 1;
   } catch (const kvsim::ConfigError& e) {
     std::cerr << "kvsim: error: " << e.what() << "\n";
     return 2;

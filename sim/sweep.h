@@ -80,7 +80,8 @@ struct Sweep {
 // sequences, and enumerates blocks and units with their estimated costs.
 // Does not read trace values (see value_check_layers).
 // `trace_override`, when not empty, replaces the file's traces.
-Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace_override);
+Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace_override,
+                    uint64_t max_configs = kDefaultMaxConfigs);
 
 // Every (trace, sequence, slot) of every trace -- each trace's value check,
 // in a fixed order so that ranks can split it.

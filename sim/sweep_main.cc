@@ -45,7 +45,10 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
     if (opt.help) return;
     file = SweepFile::load(opt.sweep_file);
     apply_overrides(opt, file);
-    sweep_ptr = std::make_unique<Sweep>(resolve_sweep(file, opt.traces));
+    sweep_ptr = std::make_unique<Sweep>(resolve_sweep(file, opt.traces, opt.max_configs));
+    // Before any work: the output is writable and replaces no input; stale
+    // temporaries of a killed earlier run are removed.
+    if (mpi.rank == 0 && !opt.dry_run) check_sweep_output(opt, *sweep_ptr);
   });
   if (f.code) return report_failure(mpi, f);
   if (opt.help) {

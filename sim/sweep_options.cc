@@ -1,18 +1,16 @@
 #include "sim/sweep_options.h"
 
-#include <unistd.h>
-
 #include <boost/program_options.hpp>
-#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 
 #include "sim/base/errors.h"
 #include "sim/engine.h"
+#include "sim/output_check.h"
+#include "sim/sweep.h"
 
 namespace po = boost::program_options;
-namespace fs = std::filesystem;
 
 namespace kvsim::sweep_driver {
 
@@ -37,6 +35,8 @@ Options parse_options(int argc, char** argv) {
       "sequence indices of every trace; replace the sweep file's `sequences` (as kvsim replay "
       "--sequences; give the sweep file before this option)")(
       "dry-run", "print the expanded grid, the units and the plan; run nothing")(
+      "max-configs", po::value<uint64_t>()->default_value(kDefaultMaxConfigs),
+      "refuse a sweep whose grids expand to more configurations (counted before expanding)")(
       "ranks", po::value<int>(), "with --dry-run: plan for this many ranks (default: the job's)")(
       "quiet,q", "no progress bar and no summary table")(
       "progress",
@@ -69,6 +69,7 @@ Options parse_options(int argc, char** argv) {
   if (o.help) return o;
   if (!vm.count("sweep")) throw ConfigError("kvsim sweep: no sweep file given (see --help)");
   o.sweep_file = vm["sweep"].as<std::string>();
+  if (vm.count("config")) o.config_file = vm["config"].as<std::string>();
   o.dry_run = vm.count("dry-run") > 0;
   if (vm.count("out")) o.out = vm["out"].as<std::string>();
   if (o.out.empty() && !o.dry_run) throw ConfigError("kvsim sweep: --out is required");
@@ -99,6 +100,7 @@ Options parse_options(int argc, char** argv) {
   } else if (sync != "background") {
     throw ConfigError("--fsync '" + sync + "': expected background or unit");
   }
+  o.max_configs = vm["max-configs"].as<uint64_t>();
   o.threads = vm["threads"].as<int>();
   if (o.threads < 0) throw ConfigError("--threads must be >= 0");
   if (vm.count("ranks")) {
@@ -114,18 +116,14 @@ void apply_overrides(const Options& options, SweepFile& file) {
   if (!options.sequences.empty()) file.sequences = options.sequences;
 }
 
-void check_output_path(const std::string& out) {
-  fs::path parent = fs::path(out).parent_path();
-  if (parent.empty()) parent = ".";
-  if (!fs::is_directory(parent)) {
-    throw IoError("cannot write results '" + out + "': directory '" + parent.string() +
-                  "' does not exist");
+void check_sweep_output(const Options& opt, const Sweep& sweep) {
+  std::vector<std::string> inputs = sweep.trace_paths;
+  inputs.push_back(opt.sweep_file);
+  if (!opt.config_file.empty()) inputs.push_back(opt.config_file);
+  for (const auto& spec : sweep.specs) {
+    for (const auto& file : spec_input_files(spec)) inputs.push_back(file);
   }
-  if (::access(parent.c_str(), W_OK) != 0) {
-    throw IoError("cannot write results '" + out + "': directory '" + parent.string() +
-                  "' is not writable");
-  }
-  if (fs::is_directory(out)) throw IoError("cannot write results '" + out + "': a directory");
+  check_output_file(opt.out, inputs, "results");
 }
 
 }  // namespace kvsim::sweep_driver

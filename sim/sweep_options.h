@@ -7,10 +7,14 @@
 #include "sim/checkpoint.h"
 #include "sim/sweep_spec.h"
 
+namespace kvsim {
+struct Sweep;
+}
+
 namespace kvsim::sweep_driver {
 
 struct Options {
-  std::string sweep_file, out, checkpoint_dir;
+  std::string sweep_file, out, checkpoint_dir, config_file;
   std::vector<std::string> traces;
   std::string measure;         // --measure, replaces the file's `measure` ("" = the file's)
   std::vector<int> sequences;  // --sequences, replaces the file's `sequences` (empty = the file's)
@@ -18,6 +22,7 @@ struct Options {
   bool progress = false;
   CheckpointSync sync = CheckpointSync::kBackground;
   int threads = 0, plan_ranks = 0;
+  uint64_t max_configs = kDefaultMaxConfigs;
   std::string help_text;
 };
 
@@ -30,8 +35,9 @@ Options parse_options(int argc, char** argv);
 // traces are replaced by resolve_sweep's `trace_override`).
 void apply_overrides(const Options& options, SweepFile& file);
 
-// Throws IoError unless `out` can be written: its directory exists and is
-// writable, and `out` is not a directory.
-void check_output_path(const std::string& out);
+// Throws unless `opt.out` can be written and is none of the sweep's inputs (the
+// sweep file, the --config file, the traces, the specs' calibration files):
+// check_output_file (sim/output_check.h).
+void check_sweep_output(const Options& opt, const Sweep& sweep);
 
 }  // namespace kvsim::sweep_driver

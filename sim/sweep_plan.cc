@@ -33,7 +33,8 @@ std::string sweep_identity(const Sweep& sweep) {
   return os.str();
 }
 
-Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace_override) {
+Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace_override,
+                    uint64_t max_configs) {
   Sweep s;
   s.file = file.path;
   s.trace_paths = trace_override.empty() ? file.traces : trace_override;
@@ -56,7 +57,7 @@ Sweep resolve_sweep(const SweepFile& file, const std::vector<std::string>& trace
   }
   s.seed = file.seed;
 
-  s.configs = expand_grid(file.policies);
+  s.configs = expand_grid(file.policies, max_configs);
   if (s.configs.empty()) throw ConfigError("sweep file " + file.path + ": no policies");
   std::map<std::string, size_t> seen;
   for (size_t c = 0; c < s.configs.size(); ++c) {

@@ -139,7 +139,6 @@ Failure read_checkpoints(const Mpi& mpi, const Options& opt, const Sweep& sweep,
   resume.done.assign(num_units, 0);
   const Failure f = phase(mpi, [&] {
     if (mpi.rank != 0) return;
-    check_output_path(opt.out);
     CheckpointScan scan = scan_checkpoints(opt.checkpoint_dir, sweep.hash, opt.resume);
     if (scan.foreign_records > 0) {
       std::ostringstream os;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -287,7 +288,32 @@ std::vector<Placeholder> placeholders(const std::string& spec) {
 
 }  // namespace
 
-std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies) {
+// Configurations of all grids: the product of each template's axis lengths,
+// summed; saturates at UINT64_MAX.
+uint64_t count_configs(const std::vector<PolicyTemplate>& policies) {
+  constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+  uint64_t total = 0;
+  for (const PolicyTemplate& t : policies) {
+    uint64_t product = 1;
+    for (const auto& axis : t.grid) {
+      const uint64_t n = axis.values.size();
+      product = n != 0 && product > kMax / n ? kMax : product * n;
+    }
+    total = total > kMax - product ? kMax : total + product;
+  }
+  return total;
+}
+
+std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies,
+                                     uint64_t max_configs) {
+  const uint64_t count = count_configs(policies);
+  if (count > max_configs) {
+    const std::string n =
+        count == std::numeric_limits<uint64_t>::max() ? "more than 1.8e19" : std::to_string(count);
+    throw ConfigError("the sweep's grids expand to " + n + " configurations, more than the limit " +
+                      std::to_string(max_configs) +
+                      " (check the grid axes; raise the limit with --max-configs N)");
+  }
   std::vector<SweepConfig> out;
   for (const PolicyTemplate& t : policies) {
     const std::vector<Placeholder> holes = placeholders(t.spec);

@@ -46,6 +46,14 @@ struct SweepConfig {
 // Expands every template's grid (cartesian product, in file order). Throws
 // ConfigError on a placeholder without grid values, a grid key the spec does
 // not use, or an empty grid axis.
-std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies);
+// The most configurations a sweep expands to unless the user raises it
+// (`kvsim sweep --max-configs`): the grid is counted before it is expanded, so a
+// mistyped axis cannot make every rank grow until it dies.
+constexpr uint64_t kDefaultMaxConfigs = 10000;
+
+// Throws ConfigError, with the count, when the grids hold more than `max_configs`
+// configurations.
+std::vector<SweepConfig> expand_grid(const std::vector<PolicyTemplate>& policies,
+                                     uint64_t max_configs = kDefaultMaxConfigs);
 
 }  // namespace kvsim

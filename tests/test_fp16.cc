@@ -45,6 +45,56 @@ TEST(Fp16, RandomValuesWithinHalfUlp) {
   }
 }
 
+// The nearest half to a double by definition: the two halves around the float nearest x
+// bracket x; the closer one wins, a tie the even pattern (differences computed exactly in
+// long double, which holds a half's and a double's bits).
+std::uint16_t nearest_half_reference(double x) {
+  const std::uint16_t h = float_to_half_bits(static_cast<float>(x));
+  std::uint16_t best = h;
+  long double best_err = std::fabs(static_cast<long double>(half_bits_to_float(h)) - x);
+  for (const int delta : {-1, 1}) {
+    const auto c = static_cast<std::uint16_t>(h + delta);
+    if ((c & 0x7C00u) == 0x7C00u || (c ^ h) & 0x8000u) continue;  // inf/NaN or sign flip
+    const long double err = std::fabs(static_cast<long double>(half_bits_to_float(c)) - x);
+    if (err < best_err || (err == best_err && (c & 1u) == 0)) best = c, best_err = err;
+  }
+  return best;
+}
+
+TEST(Fp16, DoublesAreRoundedOnce) {
+  // The MiniCache magnitude of issue 16: through float it lands on the tie 4.638671875
+  // and goes to 4.640625; the nearest half is 4.63671875.
+  EXPECT_EQ(half_bits_to_float(float_to_half_bits(static_cast<float>(4.638671865))), 4.640625f);
+  EXPECT_EQ(round_double_to_half(4.638671865), 4.63671875f);
+  EXPECT_EQ(round_double_to_half(4.638671875), 4.640625f);  // an exact tie: the even 4.640625
+  EXPECT_EQ(round_double_to_half(4.638671885), 4.640625f);
+  Rng rng(11);
+  int double_rounding_cases = 0;
+  for (int i = 0; i < 200000; ++i) {
+    // Values just beside a tie between two halves (where double rounding errs), and
+    // random ones over the normal and subnormal ranges.
+    double x;
+    if (i % 2 == 0) {
+      const std::uint16_t lo = static_cast<std::uint16_t>(rng.next_u64() % 0x7BFF);
+      const double tie = (static_cast<double>(half_bits_to_float(lo)) +
+                          half_bits_to_float(static_cast<std::uint16_t>(lo + 1))) /
+                         2;
+      const double offset = std::ldexp(tie, -30) * static_cast<double>(rng.next_u64() % 64);
+      x = rng.next_u64() % 2 ? tie + offset : tie - offset;
+    } else {
+      x = rng.normal() * std::ldexp(1.0, static_cast<int>(rng.next_u64() % 40) - 28);
+    }
+    const std::uint16_t want = nearest_half_reference(x);
+    ASSERT_EQ(double_to_half_bits(x), want) << x;
+    ASSERT_EQ(double_to_half_bits(-x), want ^ 0x8000u) << -x;
+    double_rounding_cases += float_to_half_bits(static_cast<float>(x)) != want;
+  }
+  EXPECT_GT(double_rounding_cases, 100);  // the cases exercise the difference
+  EXPECT_TRUE(std::isinf(round_double_to_half(65520.0)));
+  EXPECT_EQ(round_double_to_half(65519.99), 65504.f);
+  EXPECT_TRUE(std::isnan(round_double_to_half(std::numeric_limits<double>::quiet_NaN())));
+}
+
 TEST(Bf16, RoundTripAndRounding) {
   EXPECT_EQ(bf16_bits_to_float(float_to_bf16_bits(1.f)), 1.f);
   EXPECT_EQ(bf16_bits_to_float(float_to_bf16_bits(-3.5f)), -3.5f);

@@ -31,6 +31,18 @@ struct HandCase {
     }
     ctx = testing::hand_context(meta, {&layer}, 10, 10);
   }
+
+  // Runs the prefill of `pipe` over the 10 tokens, whose attention column sums make
+  // tokens 3 and 5 the heavy hitters; returns the cache.
+  HeadCache prefill(Pipeline& pipe) const {
+    const std::vector<int32_t> positions = testing::range(0, 10);
+    const std::vector<float> attention = {0.1f, 0.2f, 0.1f, 3.0f, 0.1f, 2.0f, 0.3f, 0.2f, 9.f, 9.f};
+    pipe.store->observe_prefill(0, 0, positions, attention);
+    HeadCache cache;
+    cache.head_dim = 4;
+    pipe.store->insert(0, 0, cache, positions, layer, /*prefill=*/true);
+    return cache;
+  }
 };
 
 TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
@@ -38,14 +50,7 @@ TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
   // heavy = recent = 0.2 of P = 10 -> 2 heavy hitters + 2 recent at fp16.
   Pipeline pipe = Pipeline::create(
       PolicySpec::parse("mikv:heavy=0.2,recent=0.2,lo_bits=2,balance=false"), hc.ctx, {});
-  std::vector<int32_t> positions(10);
-  for (int i = 0; i < 10; ++i) positions[i] = i;
-  // Prefill attention column sums: tokens 3 and 5 are the heavy hitters.
-  std::vector<float> attention = {0.1f, 0.2f, 0.1f, 3.0f, 0.1f, 2.0f, 0.3f, 0.2f, 9.f, 9.f};
-  pipe.store->observe_prefill(0, 0, positions, attention);
-  HeadCache cache;
-  cache.head_dim = 4;
-  pipe.store->insert(0, 0, cache, positions, hc.layer, /*prefill=*/true);
+  const HeadCache cache = hc.prefill(pipe);
   ASSERT_EQ(cache.size(), 10u);  // nothing evicted
   for (int t = 0; t < 10; ++t) {
     const bool high = t == 3 || t == 5 || t == 8 || t == 9;
@@ -65,6 +70,34 @@ TEST(MiKV, HandWorkedImportanceSplitAndMemory) {
   const MemoryBits m = pipe.store->memory(0, 0);
   EXPECT_EQ(m.data, 4 * 2 * 16 * 4 + 6 * 2 * 2 * 4);
   EXPECT_EQ(m.meta, 6 * 2 * 32 + 10);
+}
+
+// With hi_bits < 16, a prompt token demoted at prefill is quantized from its 16-bit
+// original at lo_bits, not from a hi_bits copy (no double quantization); the tokens
+// kept important are stored at hi_bits.
+TEST(MiKV, PromptTokensDemotedAtPrefillAreQuantizedFromTheOriginals) {
+  HandCase hc;
+  Pipeline pipe = Pipeline::create(
+      PolicySpec::parse("mikv:heavy=0.2,recent=0.2,hi_bits=4,lo_bits=2,balance=false"), hc.ctx, {});
+  const HeadCache cache = hc.prefill(pipe);
+  int differs_from_double = 0;
+  for (int t = 0; t < 10; ++t) {
+    const bool high = t == 3 || t == 5 || t == 8 || t == 9;
+    for (const bool keys : {true, false}) {
+      const float* x = keys ? hc.layer.key(0, t) : hc.layer.value(0, t);
+      std::vector<float> want(x, x + 4), twice(x, x + 4);
+      quantize_group(want.data(), 4, 1, high ? 4 : 2, want.data(), 1);
+      quantize_group(twice.data(), 4, 1, 4, twice.data(), 1);
+      quantize_group(twice.data(), 4, 1, 2, twice.data(), 1);
+      const float* got = keys ? cache.key_row(t) : cache.value_row(t);
+      for (int c = 0; c < 4; ++c) {
+        EXPECT_EQ(got[c], want[c]) << "token " << t << (keys ? " key" : " value");
+        differs_from_double += !high && twice[c] != want[c];
+      }
+    }
+  }
+  // The case tells the two apart: quantizing the 4-bit copy gives other values.
+  EXPECT_GT(differs_from_double, 0);
 }
 
 TEST(MiKV, BalancerScalesAreSqrtOfQueryOverKeyRange) {

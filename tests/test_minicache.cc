@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "policies/slerp.h"
 #include "sim/base/fp16.h"
 #include "test_util.h"
 
@@ -112,6 +113,27 @@ double merged_layer_error(const std::string& path, const std::string& spec) {
     if (s.layer >= 2) err += s.rel_err, ++n;
   }
   return err / n;
+}
+
+// The stored magnitude is the norm rounded once from double to fp16: a norm just
+// below the tie 4.638671875 between two halves (which its float rounding reaches)
+// is stored as 4.63671875, not 4.640625.
+TEST(MiniCache, MagnitudesAreRoundedOnceToFp16) {
+  const float a = std::nextafter(4.638671875f, 0.f);
+  float xa[2] = {a, 0.f};
+  bool found = false;
+  for (float b = 1e-3f; b < 3e-3f && !found; b = std::nextafter(b, 1.f)) {
+    xa[1] = b;
+    const double norm = std::sqrt(double(a) * a + double(b) * b);
+    found = norm < 4.638671875 && static_cast<float>(norm) == 4.638671875f;
+  }
+  ASSERT_TRUE(found) << "no norm that float rounding moves onto the tie";
+  const float xb[2] = {1.f, 1.f};
+  float direction[2], norm_a = 0, norm_b = 0;
+  double distance = 0;
+  ASSERT_TRUE(minicache_slerp(xa, xb, 2, 0.6, direction, distance, norm_a, norm_b));
+  EXPECT_EQ(norm_a, 4.63671875f);
+  EXPECT_EQ(norm_b, round_double_to_half(std::sqrt(2.0)));
 }
 
 TEST(MiniCache, RestoresIdenticalLayersExactlyUpToFp16) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <sstream>
 
 #include "sim/base/errors.h"
 #include "sim/base/rng.h"
@@ -30,6 +31,18 @@ void SynthConfig::validate() const {
   if (sliding_window < 0 || sliding_every < 0) fail("sliding_window/every must be >= 0");
   for (int l : keep_layers) {
     if (l < 0 || l >= model_layers) fail("keep layer " + std::to_string(l) + " out of range");
+  }
+  // One sequence's stored layers are generated in memory at once (float32):
+  // refuse what cannot be allocated instead of failing in the allocator.
+  const int stored = keep_layers.empty() ? model_layers : static_cast<int>(keep_layers.size());
+  const double bytes = 4.0 * stored * (q_heads + 2.0 * kv_heads) * tokens * head_dim;
+  if (bytes > kMaxSequenceBytes) {
+    std::ostringstream os;
+    os << "one sequence needs " << bytes / (1u << 30) << " GiB in memory (" << stored
+       << " layers x " << q_heads << "+2x" << kv_heads << " heads x " << tokens << " tokens x "
+       << head_dim << " dims, float32); the limit is " << (kMaxSequenceBytes >> 30)
+       << " GiB: use fewer tokens, heads, layers or --keep-layers";
+    fail(os.str());
   }
 }
 

@@ -33,6 +33,10 @@ struct SynthConfig {
   StoredDType dtype = StoredDType::kFloat16;
   int gzip_level = 0;
 
+  // Largest in-memory size of one sequence's stored layers (float32), the
+  // generator's working set: 16 GiB (the `bench` preset needs 3 GiB).
+  static constexpr uint64_t kMaxSequenceBytes = uint64_t{16} << 30;
+
   void validate() const;  // throws ConfigError
 };
 

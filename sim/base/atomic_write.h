@@ -6,6 +6,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace kvsim {
 
@@ -18,6 +19,13 @@ void atomic_commit(const std::string& tmp, const std::string& path);
 
 // Removes `tmp` if it exists (errors ignored).
 void atomic_discard(const std::string& tmp);
+
+// Removes the temporaries of `path` (`<path><infix><pid>`) whose process is no longer
+// alive on this host, i.e. left by a process that was killed while writing; returns
+// their names. A temporary of a live process (this one included) is kept. On a
+// filesystem shared by several hosts a pid is only checked on this host (docs/cli.md).
+std::vector<std::string> remove_stale_temporaries(const std::string& path,
+                                                  const std::string& infix = ".tmp.");
 
 // Calls write(tmp) with a temporary path next to `path`, then renames it to
 // `path`. If `write` throws, the temporary file is removed and the exception

@@ -92,17 +92,27 @@ void score_gathered(const float* q, int num_queries, const float* keys_base,
              [&](size_t i) { return keys_base + static_cast<size_t>(rows[i]) * d; });
 }
 
+float lane_sum(const float* x, size_t n) {
+  float lanes[kSumLanes] = {};
+  size_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+#pragma omp simd
+    for (int l = 0; l < kSumLanes; ++l) lanes[l] += x[i + l];
+  }
+  float sum = reduce_lanes(lanes);
+  for (; i < n; ++i) sum += x[i];
+  return sum;
+}
+
 double softmax_inplace(float* s, size_t n) {
   if (n == 0) return -std::numeric_limits<double>::infinity();
   float mx = s[0];
 #pragma omp simd reduction(max : mx)
   for (size_t i = 1; i < n; ++i) mx = std::max(mx, s[i]);
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (size_t i = 0; i < n; ++i) {
-    s[i] = fast_expf(s[i] - mx);
-    sum += s[i];
-  }
+    // Two passes: the exponentials vectorise alone, and lane_sum() fixes the order.
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) s[i] = fast_expf(s[i] - mx);
+  const float sum = lane_sum(s, n);
   const float inv = 1.f / sum;
 #pragma omp simd
   for (size_t i = 0; i < n; ++i) s[i] *= inv;

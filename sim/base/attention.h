@@ -40,6 +40,24 @@ inline float fast_expf(float x) {
   return y * std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
 }
 
+// Float sums in a fixed order on every machine (docs/replay.md, "Bit-identical
+// results"): kSumLanes lanes, lane l summing the terms i = l mod kSumLanes of the whole
+// blocks in order (a loop over l of independent lanes vectorises at any width), the
+// lanes then summed pairwise by reduce_lanes(), then the tail in order. An `omp simd
+// reduction` lets the compiler choose the order by the vector width instead.
+constexpr int kSumLanes = 16;
+
+// acc[0] + ... + acc[15] pairwise: (l += l + w) for w = 8, 4, 2, 1.
+inline float reduce_lanes(float (&acc)[kSumLanes]) {
+  for (int w = kSumLanes / 2; w > 0; w /= 2) {
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  }
+  return acc[0];
+}
+
+// x[0] + ... + x[n-1] in that fixed order.
+float lane_sum(const float* x, size_t n);
+
 // In-place softmax of s[0..n); returns the log-sum-exp of the input.
 double softmax_inplace(float* s, size_t n);
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 
 namespace kvsim {
@@ -91,6 +92,24 @@ constexpr float half_bits_to_float(std::uint16_t bits) {
 
 // Rounds a float to the nearest half-representable value (as a float).
 constexpr float round_to_half(float value) { return half_bits_to_float(float_to_half_bits(value)); }
+
+// Converts a double to the nearest half (ties to even), rounding once: the double is
+// first rounded to a float *to odd* (an inexact result takes the neighbour with an odd
+// last bit), which keeps the information a second rounding needs, then to half. A plain
+// double -> float -> half rounds twice: 4.638671865 became 4.640625 instead of 4.63671875.
+inline std::uint16_t double_to_half_bits(double value) {
+  float f = static_cast<float>(value);
+  if (static_cast<double>(f) != value && (std::bit_cast<std::uint32_t>(f) & 1u) == 0 &&
+      value == value) {
+    f = std::nextafter(f, value > static_cast<double>(f) ? HUGE_VALF : -HUGE_VALF);
+  }
+  return float_to_half_bits(f);
+}
+
+// Rounds a double to the nearest half-representable value (as a float), once.
+inline float round_double_to_half(double value) {
+  return half_bits_to_float(double_to_half_bits(value));
+}
 
 // float -> bfloat16 bits, round to nearest even.
 inline uint16_t float_to_bf16_bits(float value) {

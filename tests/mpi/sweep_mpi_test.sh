@@ -98,9 +98,14 @@ resume)
   "$KVSIM" sweep sweep.yaml -o res.h5 --resume --dry-run >dry2.log 2>&1
   grep -q "$done_units of $total units done" dry2.log && ok || fail "torn record changed the count: $(cat dry2.log | tail -3)"
   grep -Eq "[1-9][0-9]* torn tail" dry2.log && ok || fail "torn record not reported: $(cat dry2.log | tail -3)"
+  # A temporary results file of a rank 0 killed during the final write (its pid is dead).
+  dead=$(sh -c 'echo $$')
+  cp full.h5 "res.h5.tmp.$dead"
   # Resume on another rank count: only the missing units are computed.
   mpi 4 "$KVSIM" sweep sweep.yaml -o res.h5 --resume --threads 1 >resume.log 2>&1 && ok ||
     fail "resume: $(cat resume.log)"
+  [ ! -e "res.h5.tmp.$dead" ] && grep -q "removed 'res.h5.tmp.$dead'" resume.log && ok ||
+    fail "the stale temporary was not removed on resume: $(ls; tail -3 resume.log)"
   grep -q "resume: $done_units of $total units" resume.log && ok || fail "resume line: $(cat resume.log | tail -4)"
   info res.h5
   [ "$units_from_checkpoint" = "$done_units" ] && ok || fail "units_from_checkpoint"

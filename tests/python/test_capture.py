@@ -272,6 +272,26 @@ def test_cli_errors_are_clear(tmp_path):
     assert not list(tmp_path.glob("x.h5*"))
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "0,x"], "'x' is not an index"),
+    (["--layers", "5-2"], "range '5-2' is empty"),
+    (["--sample", "--temperature", "0"], "--temperature 0.0: must be a finite number > 0"),
+    (["--temperature", "nan"], "--temperature nan"),
+    (["--top-p", "0"], "--top-p 0.0: must be in (0, 1]"),
+    (["--top-p", "1.5"], "--top-p 1.5"),
+    (["--top-k", "-1"], "--top-k -1"),
+    (["--threads", "-2"], "--threads -2"),
+    (["--seed", "-1"], "--seed -1"),
+])
+def test_cli_arguments_checked_before_the_model_loads(tmp_path, args, message):
+    # "no-such-model" would fail when the model is resolved: the argument error comes first.
+    r = subprocess.run([sys.executable, SCRIPT, "--model", "no-such-model", "--out",
+                        str(tmp_path / "x.h5"), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "unknown model" not in r.stderr
+    assert not list(tmp_path.glob("x.h5*"))
+
+
 # --- the embedded default trace (no model needed to check it) -------------------------------
 
 @pytest.mark.skipif(not os.path.exists(EMBEDDED), reason="trace/data/smollm2_default.h5 not present")

@@ -430,6 +430,23 @@ def test_subprocess_errors(tmp_path):
     assert "--out" in proc.stderr
 
 
+def test_results_without_runs_are_refused(tmp_path):
+    # /runs missing, or without any run of /summary: the report would be a summary table
+    # over empty figures; refused with the reason, nothing written.
+    for drop in (["runs"], ["runs/0000", "runs/0001", "runs/0002"]):
+        path = tmp_path / "cut.h5"
+        write_fake_results(path, TYPICAL_RUNS[:3])
+        with h5py.File(path, "r+") as f:
+            for name in drop:
+                del f[name]
+        out = tmp_path / f"r{len(drop)}"
+        proc = run_script(str(path), "--out", str(out))
+        assert proc.returncode == 1, proc.stdout
+        assert "no /runs group holds any of them" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not out.exists()
+
+
 def test_single_run(tmp_path):
     path = tmp_path / "one.h5"
     summary = write_fake_results(path, [{"spec": "quant(bits=4)", "bits": 4.5, "err": 0.03}])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -37,30 +38,59 @@ DEFAULTS = {"model": None, "prompts": "passkey,needle,multidoc,continuation", "p
             "sample": False, "repeats": 1}
 
 
+def _layer_parts(spec: str) -> list[tuple[int, int]]:
+    """The (first, last) index pairs of a --layers list (negative = from the end), checked
+    for syntax without the model: integers, and ranges in ascending order where both ends
+    count from the same side."""
+    parts = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                first, last = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                a, b = int(first), int(last)
+            else:
+                a = b = int(part)
+        except ValueError:
+            raise CaptureError(f"--layers {spec!r}: '{part}' is not an index or a range a-b "
+                               "(e.g. 0,1,14-17,-2,-1)") from None
+        if (a < 0) == (b < 0) and b < a:
+            raise CaptureError(f"--layers {spec!r}: range '{part}' is empty (write it low-high)")
+        parts.append((a, b))
+    return parts
+
+
 def parse_layers(spec: str, n_layers: int) -> list[int]:
     """'all', or comma-separated indices and ranges ('0,1,14-17,-1' ; negative = from the end)."""
     spec = spec.strip().lower()
     if spec in ("all", "", "*"):
         return list(range(n_layers))
     out = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part[1:]:
-            a, b = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-            a, b = int(a), int(b)
-            a, b = (a + n_layers if a < 0 else a), (b + n_layers if b < 0 else b)
-            out.update(range(a, b + 1))
-        else:
-            i = int(part)
-            out.add(i + n_layers if i < 0 else i)
+    for a, b in _layer_parts(spec):
+        a, b = (a + n_layers if a < 0 else a), (b + n_layers if b < 0 else b)
+        out.update(range(a, b + 1))
     bad = sorted(i for i in out if not 0 <= i < n_layers)
     if bad:
         raise CaptureError(f"--layers {spec}: {bad} outside the model's {n_layers} layers")
     if not out:
         raise CaptureError(f"--layers {spec!r} selects no layer")
     return sorted(out)
+
+
+def check_sampling_and_threads(a: argparse.Namespace) -> None:
+    """Refuse values the sampler or torch would reject late or misread (before any load)."""
+    if not (math.isfinite(a.temperature) and a.temperature > 0):
+        raise CaptureError(f"--temperature {a.temperature}: must be a finite number > 0")
+    if not (math.isfinite(a.top_p) and 0 < a.top_p <= 1):
+        raise CaptureError(f"--top-p {a.top_p}: must be in (0, 1] (1 = off)")
+    if a.top_k < 0:
+        raise CaptureError(f"--top-k {a.top_k}: must be >= 0 (0 = off)")
+    if not 0 <= a.threads <= 4096:
+        raise CaptureError(f"--threads {a.threads}: must be in [0, 4096] (0 = automatic)")
+    if a.seed < 0:
+        raise CaptureError(f"--seed {a.seed}: must be >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +178,9 @@ def resolve_options(a: argparse.Namespace) -> argparse.Namespace:
         raise CaptureError("--repeats must be >= 1")
     if not 0 <= a.gzip <= 9:
         raise CaptureError("--gzip must be 0..9")
+    check_sampling_and_threads(a)
+    if a.layers.strip().lower() not in ("all", "", "*"):
+        _layer_parts(a.layers.strip().lower())  # syntax now; the range once the model is known
     sys.path.insert(0, PROMPTS_DIR)
     import make_prompts
     if own_prompts:  # read before the (slow) model load, so that a bad file fails fast
