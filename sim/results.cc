@@ -326,7 +326,9 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     }
     append_column_names(summary.get(), names);
     if (extend) extend(root);
-    h5::check(H5Fflush(root, H5F_SCOPE_GLOBAL), "cannot flush '" + tmp + "'");
+    summary.reset();
+    runs_group.reset();
+    h5::close_file(file, tmp);
   });
 }
 

@@ -13,6 +13,14 @@ enum class StoredDType { kFloat16, kBFloat16, kFloat32 };
 std::string dtype_name(StoredDType dtype);
 StoredDType parse_dtype(const std::string& name);  // throws ConfigError
 
+// What a trace may declare (docs/reliability.md): checked before anything is allocated.
+inline constexpr int64_t kMaxTraceLayers = 1 << 12;        // stored and model layers
+inline constexpr int64_t kMaxTraceHeads = 1 << 12;         // query or KV heads
+inline constexpr int64_t kMaxTraceHeadDim = 1 << 12;       // channels per head
+inline constexpr int64_t kMaxTraceTokens = 1 << 24;        // tokens per sequence
+inline constexpr int64_t kMaxTraceSequences = 1 << 20;     // sequences per trace
+inline constexpr uint64_t kMaxLayerElements = 1ull << 32;  // Hq * T * d of one layer read
+
 // File-level metadata.
 struct TraceMeta {
   std::string model_name;
@@ -34,6 +42,12 @@ struct TraceMeta {
   int slot_of_layer(int original_layer) const;
   // Throws FormatError naming the problem.
   void validate(const std::string& context) const;
+  // The largest |value| of Q, K or V for which the engine's float arithmetic stays finite:
+  // a squared distance of two head vectors (at most 4 d x^2) and a scaled score
+  // (at most max(1, attn_scale) d x^2) must stay below FLT_MAX, so
+  // x <= sqrt(FLT_MAX / (4 d max(1, attn_scale))). About 1.2e18 for d = 64 (float16 and
+  // bfloat16 traces of real models are far below it).
+  double value_bound() const;
 };
 
 struct SequenceInfo {
