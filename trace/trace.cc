@@ -64,7 +64,9 @@ std::vector<float> read_slab(hid_t dataset, int slot, hsize_t heads, hsize_t tok
          << ", channel " << i % dim;
       if (std::isfinite(out[i])) {
         os << "; |values| must be at most " << bound
-           << " = sqrt(FLT_MAX / (4 head_dim max(1, attn_scale))), or attention overflows float";
+           << " = min(65504 / max(2, sqrt(head_dim)), sqrt(FLT_MAX / (4 head_dim max(1, "
+              "attn_scale)))): the fp16 cache (its scales and norms) and float attention "
+              "cannot hold more";
       }
       throw FormatError(os.str());
     }

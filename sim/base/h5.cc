@@ -206,6 +206,26 @@ Handle open_attr(hid_t obj, const std::string& name, const std::string& context)
                               context + ": cannot open attribute '" + name + "'");
 }
 
+// Copies the strings HDF5 allocated for a variable-length read and frees them (also after a
+// read that failed part-way: call `check` after this). Throws FormatError for a string
+// longer than kMaxStringBytes.
+std::vector<std::string> collect_strings(std::vector<char*>& ptrs, const std::string& what) {
+  std::vector<std::string> out;
+  out.reserve(ptrs.size());
+  bool too_long = false;
+  for (char*& p : ptrs) {
+    out.emplace_back(p ? std::string(p, strnlen(p, kMaxStringBytes + 1)) : "");
+    too_long = too_long || out.back().size() > kMaxStringBytes;
+    H5free_memory(p);
+    p = nullptr;
+  }
+  if (too_long) {
+    throw FormatError(what + " holds a string longer than " + std::to_string(kMaxStringBytes) +
+                      " bytes");
+  }
+  return out;
+}
+
 // Opens an attribute that must hold one value (a scalar or a 1-element array) of class `cls`;
 // returns the attribute and its file type. Bounds every later read to one element.
 Handle open_single_attr(hid_t obj, const std::string& name, const std::string& context,
@@ -292,12 +312,9 @@ std::vector<std::string> read_attr_strings(hid_t obj, const std::string& name,
   }
   Handle type = utf8_string_type();
   std::vector<char*> ptrs(static_cast<size_t>(n), nullptr);
-  check(H5Aread(attr.get(), type.get(), ptrs.data()), context + ": cannot read " + name);
-  std::vector<std::string> out;
-  for (char* p : ptrs) {
-    out.emplace_back(p ? std::string(p, strnlen(p, kMaxStringBytes)) : "");
-    H5free_memory(p);
-  }
+  const herr_t status = H5Aread(attr.get(), type.get(), ptrs.data());
+  std::vector<std::string> out = collect_strings(ptrs, context + ": attribute '" + name + "'");
+  check(status, context + ": cannot read " + name);
   return out;
 }
 
@@ -307,10 +324,10 @@ std::string read_attr_string(hid_t obj, const std::string& name, const std::stri
   std::string out;
   if (H5Tis_variable_str(file_type.get()) > 0) {
     Handle type = utf8_string_type();
-    char* ptr = nullptr;
-    check(H5Aread(attr.get(), type.get(), &ptr), context + ": cannot read attribute " + name);
-    out = ptr ? std::string(ptr, strnlen(ptr, kMaxStringBytes + 1)) : "";
-    H5free_memory(ptr);
+    std::vector<char*> ptr(1, nullptr);
+    const herr_t status = H5Aread(attr.get(), type.get(), ptr.data());
+    out = collect_strings(ptr, context + ": attribute '" + name + "'")[0];
+    check(status, context + ": cannot read attribute " + name);
   } else {
     // A fixed-size string: read exactly its declared size (bounded), whatever its padding.
     const size_t size = H5Tget_size(file_type.get());
@@ -322,10 +339,6 @@ std::string read_attr_string(hid_t obj, const std::string& name, const std::stri
     std::string raw(size, '\0');
     check(H5Aread(attr.get(), file_type.get(), raw.data()), context + ": cannot read " + name);
     out.assign(raw.c_str(), strnlen(raw.c_str(), size));
-  }
-  if (out.size() > kMaxStringBytes) {
-    throw FormatError(context + ": attribute '" + name + "' is longer than " +
-                      std::to_string(kMaxStringBytes) + " bytes");
   }
   return out;
 }
@@ -521,14 +534,10 @@ std::vector<T> read_vector(hid_t location, const std::string& name, const std::s
   } else if constexpr (std::is_same_v<T, std::string>) {
     Handle type = utf8_string_type();
     std::vector<char*> ptrs(n, nullptr);
-    if (n > 0 && H5Dread(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) {
-      throw FormatError(with_detail(context + ": cannot read strings '" + name + "'"));
-    }
-    std::vector<std::string> out;
-    for (char* p : ptrs) {
-      out.emplace_back(p ? std::string(p, strnlen(p, kMaxStringBytes)) : "");
-      H5free_memory(p);
-    }
+    const bool ok =
+        n == 0 || H5Dread(dset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) >= 0;
+    std::vector<std::string> out = collect_strings(ptrs, context + ": '" + name + "'");
+    if (!ok) throw FormatError(with_detail(context + ": cannot read strings '" + name + "'"));
     return out;
   } else {
     std::vector<T> out(n);

@@ -70,8 +70,10 @@ void TraceMeta::validate(const std::string& context) const {
 }
 
 double TraceMeta::value_bound() const {
+  constexpr double kFp16Max = 65504;
   const double scale = std::max(1.0, attn_scale);
-  return std::sqrt(static_cast<double>(FLT_MAX) / (4.0 * head_dim * scale));
+  const double fp16_bound = kFp16Max / std::max(2.0, std::sqrt(static_cast<double>(head_dim)));
+  return std::min(fp16_bound, std::sqrt(static_cast<double>(FLT_MAX) / (4.0 * head_dim * scale)));
 }
 
 }  // namespace kvsim

@@ -42,11 +42,13 @@ struct TraceMeta {
   int slot_of_layer(int original_layer) const;
   // Throws FormatError naming the problem.
   void validate(const std::string& context) const;
-  // The largest |value| of Q, K or V for which the engine's float arithmetic stays finite:
-  // a squared distance of two head vectors (at most 4 d x^2) and a scaled score
-  // (at most max(1, attn_scale) d x^2) must stay below FLT_MAX, so
-  // x <= sqrt(FLT_MAX / (4 d max(1, attn_scale))). About 1.2e18 for d = 64 (float16 and
-  // bfloat16 traces of real models are far below it).
+  // The largest |value| of Q, K or V that the engine computes with. The simulated cache is
+  // fp16: quantizers keep scales and zero-points in fp16, so a group's range (at most twice
+  // the bound) must fit fp16's 65504; MiniCache keeps a vector's norm (at most sqrt(d) times
+  // the bound) in fp16. With a large attn_scale, float binds: a squared distance of two head
+  // vectors (at most 4 d x^2) and a scaled score (at most max(1, attn_scale) d x^2) must stay
+  // below FLT_MAX. So x <= min(65504 / max(2, sqrt(d)), sqrt(FLT_MAX / (4 d max(1, scale)))):
+  // 8188 for d = 64, 5790 for d = 128.
   double value_bound() const;
 };
 

@@ -40,7 +40,8 @@ for harness in spec trace; do
   mkdir -p "$corpus"
   # -rss_limit_mb / -malloc_limit_mb: a file that makes the reader allocate more is a finding.
   echo "fuzz: $harness for ${SECONDS_EACH} s"
-  if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  if ! ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp" \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$BUILD_DIR/tests/fuzz/kvsim_fuzz_$harness" "$corpus" "tests/fuzz/corpus/$harness" \
     -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
     -max_len=65536 -print_final_stats=1 -artifact_prefix="$FINDINGS/$harness-" \
