@@ -1,10 +1,10 @@
 #include "sim/base/h5.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -28,20 +28,37 @@ herr_t keep_innermost(unsigned depth, const H5E_error2_t* error, void* out) {
   return true;
 }();
 
+// Points the file's descriptor (POSIX driver) at an anonymous in-memory file, so that the
+// rest of a failed flush can complete (into memory) and the file can be closed. Linux only.
+bool redirect_writes_to_memory(hid_t id) {
+#ifdef __linux__
+  void* handle = nullptr;
+  if (H5Fget_vfd_handle(id, H5P_DEFAULT, &handle) < 0 || handle == nullptr) return false;
+  const int fd = *static_cast<int*>(handle);
+  const int memory = ::memfd_create("kvsim-discarded-hdf5", 0);
+  if (memory < 0) return false;
+  const bool redirected = ::dup2(memory, fd) == fd;
+  ::close(memory);
+  return redirected;
+#else
+  (void)id;
+  return false;
+#endif
+}
+
 // Closes a file id. HDF5 1.10 destroys a file whose close fails (its last flush cannot write,
-// e.g. on a full disk) but keeps its id, and the library's later cleanup then crashes on it.
-// So a file is flushed first and closed only once everything is written. When the flush
-// fails, the file (which the caller removes) is emptied so that its blocks are free for the
-// rest of the flush; if even that fails, the file stays open until the process ends.
+// e.g. on a full disk) but keeps its id, and the library's later cleanup (at exit, or at
+// MPI_Finalize) then crashes on it. So a file is flushed first and closed only once the flush
+// succeeded. When the flush fails, the file is being discarded (the caller removes it): its
+// descriptor is pointed at an in-memory file, the flush completes there and the file closes.
+// If even that fails, the file stays open until the process ends (no exit handler runs).
 // Returns the first failure's reason ("" = written and closed).
 std::string close_file_id(hid_t id) {
-  char name[PATH_MAX] = {};
-  const bool named = H5Fget_name(id, name, sizeof name) > 0;
   std::string why;
   if (H5Fflush(id, H5F_SCOPE_LOCAL) < 0) {
     why = last_error_detail();
     if (why.empty()) why = "cannot write the file";
-    if (!named || ::truncate(name, 0) != 0 || H5Fflush(id, H5F_SCOPE_LOCAL) < 0) return why;
+    if (!redirect_writes_to_memory(id) || H5Fflush(id, H5F_SCOPE_LOCAL) < 0) return why;
   }
   if (H5Fclose(id) < 0 && why.empty()) {
     why = last_error_detail();
