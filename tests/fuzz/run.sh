@@ -4,7 +4,9 @@
 #   bash tests/fuzz/run.sh [SECONDS] [BUILD_DIR]   default: 60 s per harness, build-fuzz
 #   bash tests/fuzz/run.sh 3600                     a longer run (one hour each)
 # New inputs go to BUILD_DIR/fuzz-corpus/<harness> (the committed seeds are never modified);
-# a finding is written as BUILD_DIR/fuzz-findings/<harness>-crash-... and fails the script.
+# findings are written as BUILD_DIR/fuzz-findings/<harness>-{crash,timeout,oom,leak}-... and
+# classified (tests/fuzz/classify.py): one in kvsim's code fails the script; one inside the
+# HDF5 library (a documented limit, docs/reliability.md) is listed.
 # Without clang++ or libFuzzer the script says so and exits 0 (nothing to run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,24 +35,33 @@ CC=clang CXX=clang++ cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInf
 cmake --build "$BUILD_DIR" -j "${KVSIM_JOBS:-$(nproc)}" --target kvsim_fuzz_spec kvsim_fuzz_trace
 
 FINDINGS="$BUILD_DIR/fuzz-findings"
+rm -rf "$FINDINGS"
 mkdir -p "$FINDINGS"
 status=0
 for harness in spec trace; do
   corpus="$BUILD_DIR/fuzz-corpus/$harness"
   mkdir -p "$corpus"
-  # -rss_limit_mb / -malloc_limit_mb: a file that makes the reader allocate more is a finding.
+  binary="$BUILD_DIR/tests/fuzz/kvsim_fuzz_$harness"
+  # One worker process that is restarted after each finding (-fork=1), so that the run lasts
+  # its time and collects every finding. -rss_limit_mb / -malloc_limit_mb: a file that makes
+  # the reader allocate more is a finding.
   echo "fuzz: $harness for ${SECONDS_EACH} s"
-  if ! ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp" \
+  ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp" \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    "$BUILD_DIR/tests/fuzz/kvsim_fuzz_$harness" "$corpus" "tests/fuzz/corpus/$harness" \
-    -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -max_len=65536 -print_final_stats=1 -artifact_prefix="$FINDINGS/$harness-" \
-    >"$BUILD_DIR/fuzz-$harness.log" 2>&1; then
-    echo "fuzz: $harness FOUND a problem (input in $FINDINGS):"
-    tail -40 "$BUILD_DIR/fuzz-$harness.log"
+    "$binary" "$corpus" "tests/fuzz/corpus/$harness" -fork=1 -ignore_crashes=1 -ignore_ooms=1 \
+    -ignore_timeouts=1 -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 \
+    -malloc_limit_mb=1024 -max_len=65536 -artifact_prefix="$FINDINGS/$harness-" \
+    >"$BUILD_DIR/fuzz-$harness.log" 2>&1 || true
+  grep -E "^#[0-9]+: cov" "$BUILD_DIR/fuzz-$harness.log" | tail -1
+  findings=("$FINDINGS/$harness"-*)
+  [ -e "${findings[0]}" ] || continue
+  # A finding inside the HDF5 library (damaged metadata it does not check) is a known limit
+  # (docs/reliability.md) and is listed; a finding in kvsim's code fails the run.
+  export LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp"
+  if ! python3 tests/fuzz/classify.py "$binary" "${findings[@]}"; then
+    echo "fuzz: $harness FOUND a problem in kvsim (inputs in $FINDINGS, log $BUILD_DIR/fuzz-$harness.log)"
     status=1
   fi
-  grep -E "^stat::number_of_executed_units|^#[0-9]+.*DONE" "$BUILD_DIR/fuzz-$harness.log" || true
 done
-[ "$status" -eq 0 ] && echo "fuzz: no findings"
+[ "$status" -eq 0 ] && echo "fuzz: no findings in kvsim's code"
 exit "$status"

@@ -2,6 +2,7 @@
 """Rewrite an HDF5 file (a kvsim trace) with checksums, keeping every value and attribute.
 
     python3 trace/capture/add_checksums.py IN.h5 OUT.h5
+    python3 trace/capture/add_checksums.py --without IN.h5 OUT.h5   (the old layout)
 
 Every dataset is rewritten chunked (its own chunks, or one chunk for a small contiguous
 dataset) with its compression and shuffle kept and Fletcher-32 added, in the HDF5 1.10
@@ -28,32 +29,39 @@ def copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
         dst.attrs.create(name, src.attrs[name], dtype=src.attrs.get_id(name).dtype)
 
 
-def copy_dataset(name: str, src: h5py.Dataset, parent: h5py.Group) -> None:
-    """Recreate `src` under `parent` with Fletcher-32 (chunked when it holds data)."""
+def copy_dataset(name: str, src: h5py.Dataset, parent: h5py.Group, checksums: bool) -> None:
+    """Recreate `src` under `parent`: with Fletcher-32 (chunked when it holds data), or
+    without (then contiguous unless it was chunked), compression and shuffle kept."""
     data = src[()]
     kw = {}
-    if src.size > 0 and src.shape:
+    if src.chunks and not checksums:
+        kw = dict(chunks=src.chunks, shuffle=src.shuffle)
+    if src.size > 0 and src.shape and checksums:
         kw = dict(chunks=src.chunks or src.shape, fletcher32=True, shuffle=src.shuffle)
+    if kw:
         if src.compression:
             kw.update(compression=src.compression, compression_opts=src.compression_opts)
     dst = parent.create_dataset(name, shape=src.shape, dtype=src.dtype, data=data, **kw)
     copy_attrs(src, dst)
 
 
-def copy_group(src: h5py.Group, dst: h5py.Group) -> None:
+def copy_group(src: h5py.Group, dst: h5py.Group, checksums: bool) -> None:
     copy_attrs(src, dst)
     for name, obj in src.items():
         if isinstance(obj, h5py.Dataset):
-            copy_dataset(name, obj, dst)
+            copy_dataset(name, obj, dst, checksums)
         else:
-            copy_group(obj, dst.create_group(name))
+            copy_group(obj, dst.create_group(name), checksums)
 
 
-def add_checksums(src_path: str, dst_path: str) -> None:
+def add_checksums(src_path: str, dst_path: str, checksums: bool = True) -> None:
+    """Copy `src_path` to `dst_path` with checksums (or, checksums=False, in the layout
+    kvsim wrote before them: HDF5's earliest format, no Fletcher-32)."""
     tmp = f"{dst_path}.tmp.{os.getpid()}"
+    libver = LIBVER if checksums else ("earliest", "latest")
     try:
-        with h5py.File(src_path, "r") as src, h5py.File(tmp, "w", libver=LIBVER) as dst:
-            copy_group(src, dst)
+        with h5py.File(src_path, "r") as src, h5py.File(tmp, "w", libver=libver) as dst:
+            copy_group(src, dst, checksums)
         os.replace(tmp, dst_path)
     except BaseException:
         if os.path.exists(tmp):
@@ -63,10 +71,12 @@ def add_checksums(src_path: str, dst_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--without", action="store_true",
+                        help="write the old layout without checksums (for comparisons)")
     parser.add_argument("src")
     parser.add_argument("dst")
     args = parser.parse_args(argv)
-    add_checksums(args.src, args.dst)
+    add_checksums(args.src, args.dst, checksums=not args.without)
     return 0
 
 
