@@ -15,22 +15,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-failures=0
-passes=0
-ok() { passes=$((passes + 1)); }
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-# expect_fail CODE PATTERN -- command...: exit code and stderr must match.
-expect_fail() {
-  local code="$1" pattern="$2"
-  shift 3
-  local err rc
-  err=$("$@" 2>&1 >/dev/null)
-  rc=$?
-  if [ "$rc" -ne "$code" ]; then fail "'$*' exited $rc, expected $code ($err)"; return; fi
-  if ! grep -qE -- "$pattern" <<<"$err"; then fail "'$*': message '$err' lacks /$pattern/"; return; fi
-  ok
-}
+# shellcheck source=tests/cli_lib.sh
+source "$(dirname "$0")/cli_lib.sh"
 
 # h5edit FILE PYTHON: runs PYTHON with `f` the file opened read-write (h5py).
 h5edit() {

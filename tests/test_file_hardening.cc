@@ -21,22 +21,9 @@
 namespace kvsim {
 namespace {
 
+using testing::open_rw;
 using testing::TempDir;
-
-std::string write_tiny(const TempDir& dir, const std::string& name, int sequences = 1,
-                       StoredDType dtype = StoredDType::kFloat16) {
-  SynthConfig c = synth_preset("tiny");
-  c.sequences = sequences;
-  c.dtype = dtype;
-  const std::string path = dir.file(name);
-  write_synth_trace(path, c);
-  return path;
-}
-
-h5::Handle open_rw(const std::string& path) {
-  h5::silence_hdf5_errors();
-  return h5::checked(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), "open rw");
-}
+using testing::write_tiny;
 
 // The message of the FormatError that opening and fully reading `path` throws ("" if none).
 std::string read_error(const std::string& path) {
@@ -74,7 +61,7 @@ void put_vector(hid_t location, const char* name, hid_t file_type, std::vector<d
 template <typename Edit>
 std::string damaged_error(Edit edit, int sequences = 1) {
   TempDir dir;
-  const std::string path = write_tiny(dir, "t.h5", sequences);
+  const std::string path = write_tiny(dir, "t.h5", StoredDType::kFloat16, 0, sequences);
   {
     h5::Handle f = open_rw(path);
     edit(f.get());
