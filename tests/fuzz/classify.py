@@ -24,7 +24,7 @@ FRAME = re.compile(r"^\s*#\d+ 0x[0-9a-f]+ (.*)$")
 
 def classify(binary: str, finding: str) -> tuple[str, str]:
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:symbolize=1")
-    run = subprocess.run([binary, "-timeout=20", finding], capture_output=True, text=True,
+    run = subprocess.run([binary, "-timeout=10", finding], capture_output=True, text=True,
                          env=env, timeout=120)
     for line in (run.stdout + run.stderr).splitlines():
         m = FRAME.match(line)

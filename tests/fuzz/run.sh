@@ -49,7 +49,7 @@ for harness in spec trace; do
   ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp" \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     "$binary" "$corpus" "tests/fuzz/corpus/$harness" -fork=1 -ignore_crashes=1 -ignore_ooms=1 \
-    -ignore_timeouts=1 -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 \
+    -ignore_timeouts=1 -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
     -malloc_limit_mb=1024 -max_len=65536 -artifact_prefix="$FINDINGS/$harness-" \
     >"$BUILD_DIR/fuzz-$harness.log" 2>&1 || true
   grep -E "^#[0-9]+: cov" "$BUILD_DIR/fuzz-$harness.log" | tail -1
