@@ -42,13 +42,15 @@ for harness in spec trace; do
   corpus="$BUILD_DIR/fuzz-corpus/$harness"
   mkdir -p "$corpus"
   binary="$BUILD_DIR/tests/fuzz/kvsim_fuzz_$harness"
+  dict=()
+  [ -f "tests/fuzz/$harness.dict" ] && dict=(-dict="tests/fuzz/$harness.dict")
   # One worker process that is restarted after each finding (-fork=1), so that the run lasts
   # its time and collects every finding. -rss_limit_mb / -malloc_limit_mb: a file that makes
   # the reader allocate more is a finding.
   echo "fuzz: $harness for ${SECONDS_EACH} s"
   ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/fuzz/lsan.supp" \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    "$binary" "$corpus" "tests/fuzz/corpus/$harness" -fork=1 -ignore_crashes=1 -ignore_ooms=1 \
+    "$binary" "$corpus" "tests/fuzz/corpus/$harness" "${dict[@]}" -fork=1 -ignore_crashes=1 -ignore_ooms=1 \
     -ignore_timeouts=1 -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 \
     -malloc_limit_mb=1024 -max_len=65536 -artifact_prefix="$FINDINGS/$harness-" \
     >"$BUILD_DIR/fuzz-$harness.log" 2>&1 || true
