@@ -468,7 +468,14 @@ void check_storage(hid_t dataset, hsize_t elements, const std::string& context) 
                         " (kvsim reads deflate, shuffle and fletcher32)");
     }
   }
-  const hsize_t stored = H5Dget_storage_size(dataset);
+  // The layout message's own claim, capped by the file's size (a damaged message may claim
+  // more than the file holds).
+  hsize_t stored = H5Dget_storage_size(dataset);
+  if (const hid_t file = H5Iget_file_id(dataset); file >= 0) {
+    hsize_t file_size = 0;
+    if (H5Fget_filesize(file, &file_size) >= 0) stored = std::min(stored, file_size);
+    H5Fclose(file);
+  }
   const long double declared = static_cast<long double>(elements) * element_bytes;
   // Deflate cannot shrink data by more than 1032:1, so a compressed dataset holds at least
   // 1/1032 of its declared bytes; an uncompressed one holds all of them.
