@@ -277,6 +277,24 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
   }
 }
 
+// Throws FormatError at the first NaN or infinity of a record column: the engine's metrics are
+// finite for every trace the reader accepts (TraceMeta::value_bound), so a non-finite value is
+// a defect that must not reach a results file as a number.
+template <typename Record>
+void check_finite(const RunResult& run, size_t index, const char* table, Columns<Record> columns,
+                  const std::vector<Record>& records) {
+  for (size_t row = 0; row < records.size(); ++row) {
+    for (const Column<Record>& c : columns) {
+      const double x = numeric_cell(c, records[row]);
+      if (!std::isfinite(x)) {
+        throw FormatError("results: run " + std::to_string(index) + " ('" + run.spec +
+                          "'): column '" + table + "/" + c.name + "' is " + std::to_string(x) +
+                          " at row " + std::to_string(row) + "; no results file written");
+      }
+    }
+  }
+}
+
 ColumnDoc summary_column_doc(const SummaryColumn& c) {
   return {c.name, ColumnType::kFloat64, c.unit, c.doc};
 }
@@ -285,6 +303,10 @@ ColumnDoc summary_column_doc(const SummaryColumn& c) {
 
 void write_results(const std::string& path, const TraceMeta& meta, const ResultsContext& context,
                    const std::vector<RunResult>& runs, const ResultsExtension& extend) {
+  for (size_t i = 0; i < runs.size(); ++i) {
+    check_finite<StepRecord>(runs[i], i, "steps", kStepColumns, runs[i].steps);
+    check_finite<KvRecord>(runs[i], i, "kv", kKvColumns, runs[i].kv);
+  }
   atomic_write(path, [&](const std::string& tmp) {
     h5::Handle file = h5::create_file(tmp);
     const hid_t root = file.get();
@@ -321,6 +343,13 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     std::vector<std::string> names;
     for (size_t c = 0; c < columns.size(); ++c) {
       const SummaryColumn& column = summary_columns()[c];
+      for (size_t i = 0; i < columns[c].size(); ++i) {
+        if (!std::isfinite(columns[c][i])) {
+          throw FormatError("results: run " + std::to_string(i) + " ('" + runs[i].spec +
+                            "'): /summary column '" + column.name + "' is " +
+                            std::to_string(columns[c][i]) + "; no results file written");
+        }
+      }
       write_column(summary.get(), summary_column_doc(column), columns[c]);
       if (!column.label.empty()) {  // the header tables show (CLI, kvsim_tables.py)
         h5::Handle dataset = h5::open_dataset(summary.get(), column.name, "results");
@@ -330,7 +359,9 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     }
     append_column_names(summary.get(), names);
     if (extend) extend(root);
-    h5::check(H5Fflush(root, H5F_SCOPE_GLOBAL), "cannot flush '" + tmp + "'");
+    summary.reset();
+    runs_group.reset();
+    h5::close_file(file, tmp);
   });
 }
 

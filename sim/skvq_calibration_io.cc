@@ -91,7 +91,7 @@ void save_skvq_calibration(const std::string& path, const SkvqCalibration& calib
       h5::write_vector(root, p + "starts", starts[side]);
       h5::write_vector(root, p + "clip", clips[side]);
     }
-    h5::check(H5Fflush(root, H5F_SCOPE_GLOBAL), "cannot flush '" + tmp + "'");
+    h5::close_file(file, tmp);
   });
 }
 

@@ -5,23 +5,8 @@ set -u
 KVSIM="$1"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-failures=0
-passes=0
-
-ok() { passes=$((passes + 1)); }
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-# expect_fail CODE PATTERN -- command...: exit code and stderr must match.
-expect_fail() {
-  local code="$1" pattern="$2"
-  shift 3
-  local err
-  err=$("$@" 2>&1 >/dev/null)
-  local rc=$?
-  if [ "$rc" -ne "$code" ]; then fail "'$*' exited $rc, expected $code ($err)"; return; fi
-  if ! grep -qE -- "$pattern" <<<"$err"; then fail "'$*': message '$err' lacks /$pattern/"; return; fi
-  ok
-}
+# shellcheck source=tests/cli_lib.sh
+source "$(dirname "$0")/cli_lib.sh"
 
 "$KVSIM" synth --preset tiny --out "$WORK/t.h5" >/dev/null || fail "synth"
 [ -f "$WORK/t.h5" ] && ok || fail "synth wrote nothing"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs, builds and runs every test that can run here.
 #   bash tests/run.sh            release build (CUDA code compiled when nvcc exists)
-#                                + AddressSanitizer/UBSan build, C++ and Python tests
+#                                + AddressSanitizer/UBSan build, C++ and Python tests,
+#                                + the fuzz harnesses for 60 s each (tests/fuzz/run.sh)
 #   bash tests/run.sh --quick    release build and tests only
 # GPU tests skip cleanly when no GPU is present.
 set -euo pipefail
@@ -28,5 +29,7 @@ if [ "$QUICK" -eq 0 ]; then
      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 2 -E '_mpi_')
   (cd build-asan && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
      UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -R '_mpi_')
+  echo "== libFuzzer harnesses (clang; 60 s each; skipped without clang) =="
+  bash tests/fuzz/run.sh 60 build-fuzz
 fi
 echo "tests: all passed"

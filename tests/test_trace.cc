@@ -13,23 +13,9 @@
 namespace kvsim {
 namespace {
 
+using testing::open_rw;
 using testing::TempDir;
-
-std::string write_tiny(const TempDir& dir, const std::string& name, StoredDType dtype,
-                       int gzip = 0) {
-  SynthConfig c = synth_preset("tiny");
-  c.dtype = dtype;
-  c.gzip_level = gzip;
-  const std::string path = dir.file(name);
-  write_synth_trace(path, c);
-  return path;
-}
-
-// Opens a trace read-write so that a test can damage it.
-h5::Handle open_rw(const std::string& path) {
-  h5::silence_hdf5_errors();
-  return h5::checked(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), "open rw");
-}
+using testing::write_tiny;
 
 void expect_format_error(const std::string& path, const std::string& fragment) {
   try {

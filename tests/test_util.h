@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "sim/base/errors.h"
+#include "sim/base/h5.h"
 #include "sim/engine.h"
 #include "trace/synth.h"
 
@@ -32,6 +33,26 @@ class TempDir {
 };
 
 inline SynthConfig tiny_config() { return synth_preset("tiny"); }
+
+// Writes the "tiny" synthetic trace (in `dtype`, deflated at `gzip`, with `sequences`
+// sequences) as `dir/name`; returns its path.
+inline std::string write_tiny(const TempDir& dir, const std::string& name,
+                              StoredDType dtype = StoredDType::kFloat16, int gzip = 0,
+                              int sequences = 1) {
+  SynthConfig c = synth_preset("tiny");
+  c.dtype = dtype;
+  c.gzip_level = gzip;
+  c.sequences = sequences;
+  const std::string path = dir.file(name);
+  write_synth_trace(path, c);
+  return path;
+}
+
+// Opens an HDF5 file read-write so that a test can damage it.
+inline h5::Handle open_rw(const std::string& path) {
+  h5::silence_hdf5_errors();
+  return h5::checked(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), "open rw");
+}
 
 // The default preset (d = 64, 4 outlier key channels per head) cut to 4
 // layers and 320 tokens, a 256-token prompt: the policy tests' trace.

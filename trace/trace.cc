@@ -26,7 +26,7 @@ constexpr const char* kDtypeAttr = "dtype";
 
 // Reads a dataset slab [slot, :, :, :] into float32, converting the stored type.
 std::vector<float> read_slab(hid_t dataset, int slot, hsize_t heads, hsize_t tokens, hsize_t dim,
-                             StoredDType dtype, const std::string& context) {
+                             StoredDType dtype, double bound, const std::string& context) {
   const size_t count = heads * tokens * dim;
   std::vector<float> out(count);
   h5::Handle file_space = h5::checked<FormatError>(H5Dget_space(dataset), "H5Dget_space");
@@ -38,7 +38,8 @@ std::vector<float> read_slab(hid_t dataset, int slot, hsize_t heads, hsize_t tok
   h5::Handle mem_space = h5::checked(H5Screate_simple(1, mem_dims, nullptr), "H5Screate_simple");
   auto read_into = [&](hid_t mem_type, void* buffer) {
     if (H5Dread(dataset, mem_type, mem_space.get(), file_space.get(), H5P_DEFAULT, buffer) < 0) {
-      throw FormatError(context + ": cannot read data (truncated or corrupt file)");
+      throw FormatError(
+          h5::with_detail(context + ": cannot read data (truncated or corrupt file)"));
     }
   };
   if (dtype == StoredDType::kFloat32) {
@@ -55,11 +56,18 @@ std::vector<float> read_slab(hid_t dataset, int slot, hsize_t heads, hsize_t tok
     }
   }
   for (size_t i = 0; i < count; ++i) {
-    if (!std::isfinite(out[i])) {
+    if (!std::isfinite(out[i]) || std::fabs(out[i]) > bound) {
       const size_t per_head = tokens * dim;
       std::ostringstream os;
-      os << context << ": non-finite value (" << out[i] << ") at head " << i / per_head
-         << ", token " << (i % per_head) / dim << ", channel " << i % dim;
+      os << context << ": " << (std::isfinite(out[i]) ? "too large" : "non-finite") << " value ("
+         << out[i] << ") at head " << i / per_head << ", token " << (i % per_head) / dim
+         << ", channel " << i % dim;
+      if (std::isfinite(out[i])) {
+        os << "; |values| must be at most " << bound
+           << " = min(65504 / max(2, sqrt(head_dim)), sqrt(FLT_MAX / (4 head_dim max(1, "
+              "attn_scale)))): the fp16 cache (its scales and norms) and float attention "
+              "cannot hold more";
+      }
       throw FormatError(os.str());
     }
   }
@@ -116,10 +124,13 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
   meta_.model_name = h5::read_attr_string(root, "model_name", ctx);
   meta_.model_source = h5::read_attr_string(root, "model_source", ctx);
   meta_.trace_id = h5::read_attr_string(root, "trace_id", ctx);
-  meta_.num_model_layers = static_cast<int>(h5::read_attr_int(root, "num_model_layers", ctx));
-  meta_.num_q_heads = static_cast<int>(h5::read_attr_int(root, "num_q_heads", ctx));
-  meta_.num_kv_heads = static_cast<int>(h5::read_attr_int(root, "num_kv_heads", ctx));
-  meta_.head_dim = static_cast<int>(h5::read_attr_int(root, "head_dim", ctx));
+  auto read_count = [&](const char* name, int64_t max) {
+    return static_cast<int>(h5::read_attr_int(root, name, ctx, 1, max));
+  };
+  meta_.num_model_layers = read_count("num_model_layers", kMaxTraceLayers);
+  meta_.num_q_heads = read_count("num_q_heads", kMaxTraceHeads);
+  meta_.num_kv_heads = read_count("num_kv_heads", kMaxTraceHeads);
+  meta_.head_dim = read_count("head_dim", kMaxTraceHeadDim);
   meta_.attn_scale = h5::read_attr_double(root, "attn_scale", ctx);
   meta_.rope_theta = h5::read_attr_double(root, "rope_theta", ctx);
   try {
@@ -133,8 +144,16 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
   meta_.sliding_window.assign(windows.begin(), windows.end());
   meta_.validate(ctx);
 
-  const int64_t num_sequences = h5::read_attr_int(root, "num_sequences", ctx);
+  const int64_t num_sequences =
+      h5::read_attr_int(root, "num_sequences", ctx, 1, kMaxTraceSequences);
   h5::Handle seqs = h5::open_group(root, "sequences", ctx);
+  H5G_info_t seqs_info{};
+  h5::check(H5Gget_info(seqs.get(), &seqs_info), ctx + ": cannot read group 'sequences'");
+  if (seqs_info.nlinks != static_cast<hsize_t>(num_sequences)) {
+    throw FormatError(ctx + ": num_sequences is " + std::to_string(num_sequences) +
+                      " but group 'sequences' holds " + std::to_string(seqs_info.nlinks) +
+                      " entries");
+  }
   const hsize_t L = meta_.num_layers();
   for (int64_t s = 0; s < num_sequences; ++s) {
     const std::string name = sequence_group_name(static_cast<int>(s));
@@ -142,8 +161,17 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
     h5::Handle group = h5::open_group(seqs.get(), name, ctx);
     SequenceInfo info;
     info.prompt_len = h5::read_attr_int(group.get(), "prompt_len", sctx);
-    const auto tokens = h5::read_int32_vector(group.get(), "token_ids", sctx);
-    info.num_tokens = static_cast<int64_t>(tokens.size());
+    {  // the length only: token_ids are read when asked for
+      h5::Handle token_ids = h5::open_dataset(group.get(), "token_ids", sctx);
+      const auto dims = h5::dataset_shape(token_ids.get());
+      if (dims.size() != 1) throw FormatError(sctx + ": 'token_ids' must be 1-D");
+      if (dims[0] > static_cast<hsize_t>(kMaxTraceTokens)) {
+        throw FormatError(sctx + ": " + std::to_string(dims[0]) + " tokens (at most " +
+                          std::to_string(kMaxTraceTokens) + ")");
+      }
+      h5::check_storage(token_ids.get(), dims[0], sctx + " dataset 'token_ids'");
+      info.num_tokens = static_cast<int64_t>(dims[0]);
+    }
     if (info.num_tokens == 0) throw FormatError(sctx + ": no tokens");
     if (info.prompt_len < 1 || info.prompt_len > info.num_tokens) {
       throw FormatError(sctx + ": prompt_len " + std::to_string(info.prompt_len) +
@@ -167,6 +195,11 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
         throw FormatError(os.str());
       }
       check_dataset_type(dset.get(), meta_.dtype, sctx + " dataset '" + dname + "'");
+      if (heads * T * D > kMaxLayerElements) {
+        throw FormatError(sctx + ": dataset '" + dname + "' has " + std::to_string(heads * T * D) +
+                          " values per layer (at most " + std::to_string(kMaxLayerElements) + ")");
+      }
+      h5::check_storage(dset.get(), L * heads * T * D, sctx + " dataset '" + dname + "'");
     }
     sequences_.push_back(info);
   }
@@ -187,7 +220,7 @@ LayerData TraceReader::read_layer(int sequence, int slot) const {
   const hsize_t T = out.num_tokens, D = meta_.head_dim;
   auto read = [&](const char* dname, int heads) {
     h5::Handle dset = h5::open_dataset(group.get(), dname, ctx);
-    return read_slab(dset.get(), slot, heads, T, D, meta_.dtype,
+    return read_slab(dset.get(), slot, heads, T, D, meta_.dtype, meta_.value_bound(),
                      ctx + " dataset '" + std::string(dname) + "'");
   };
   out.q = read("q", meta_.num_q_heads);
@@ -197,6 +230,7 @@ LayerData TraceReader::read_layer(int sequence, int slot) const {
 }
 
 std::vector<int32_t> TraceReader::read_token_ids(int sequence) const {
+  KVSIM_CHECK(sequence >= 0 && sequence < num_sequences());
   const std::string name = sequence_group_name(sequence);
   h5::Handle group = h5::open_group(file_.get(), "sequences/" + name, "trace '" + path_ + "'");
   return h5::read_int32_vector(group.get(), "token_ids", "trace '" + path_ + "' sequence " + name);
@@ -204,6 +238,7 @@ std::vector<int32_t> TraceReader::read_token_ids(int sequence) const {
 
 void TraceReader::validate_all_values() const {
   for (int s = 0; s < num_sequences(); ++s) {
+    (void)read_token_ids(s);
     for (int l = 0; l < meta_.num_layers(); ++l) (void)read_layer(s, l);
   }
 }
@@ -277,6 +312,8 @@ void TraceWriter::add_sequence(const std::vector<int32_t>& token_ids, int64_t pr
       h5::check(H5Pset_shuffle(plist.get()), "H5Pset_shuffle");
       h5::check(H5Pset_deflate(plist.get(), options_.gzip_level), "H5Pset_deflate");
     }
+    // Last in the pipeline: the checksum covers the bytes as stored.
+    h5::check(H5Pset_fletcher32(plist.get()), "H5Pset_fletcher32");
     for (float x : data) {
       if (!std::isfinite(x)) throw ConfigError(std::string("non-finite value in ") + dname);
     }
@@ -321,8 +358,7 @@ void TraceWriter::finish() {
   KVSIM_CHECK(!finished_);
   if (num_sequences_ == 0) throw ConfigError("a trace needs at least one sequence");
   h5::write_attr(file_.get(), "num_sequences", int64_t{num_sequences_});
-  h5::check(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL), "H5Fflush");
-  file_.reset();
+  h5::close_file(file_, tmp_path_);
   atomic_commit(tmp_path_, path_);
   finished_ = true;
 }

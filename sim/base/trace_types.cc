@@ -1,6 +1,7 @@
 #include "sim/base/trace_types.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 
 #include "sim/base/errors.h"
@@ -34,6 +35,16 @@ int TraceMeta::slot_of_layer(int original_layer) const {
 void TraceMeta::validate(const std::string& context) const {
   auto fail = [&](const std::string& msg) { throw FormatError(context + ": " + msg); };
   if (layer_ids.empty()) fail("no layers stored");
+  if (static_cast<int64_t>(layer_ids.size()) > kMaxTraceLayers) {
+    fail(std::to_string(layer_ids.size()) + " stored layers (at most " +
+         std::to_string(kMaxTraceLayers) + ")");
+  }
+  if (num_model_layers > kMaxTraceLayers || num_q_heads > kMaxTraceHeads ||
+      num_kv_heads > kMaxTraceHeads || head_dim > kMaxTraceHeadDim) {
+    fail("num_model_layers, num_q_heads, num_kv_heads and head_dim must be at most " +
+         std::to_string(kMaxTraceLayers) + ", " + std::to_string(kMaxTraceHeads) + ", " +
+         std::to_string(kMaxTraceHeads) + " and " + std::to_string(kMaxTraceHeadDim));
+  }
   if (num_q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0) {
     fail("num_q_heads, num_kv_heads and head_dim must be positive");
   }
@@ -56,6 +67,13 @@ void TraceMeta::validate(const std::string& context) const {
   }
   if (!(attn_scale > 0) || !std::isfinite(attn_scale)) fail("attn_scale must be positive");
   if (!(rope_theta >= 0) || !std::isfinite(rope_theta)) fail("rope_theta must be >= 0");
+}
+
+double TraceMeta::value_bound() const {
+  constexpr double kFp16Max = 65504;
+  const double scale = std::max(1.0, attn_scale);
+  const double fp16_bound = kFp16Max / std::max(2.0, std::sqrt(static_cast<double>(head_dim)));
+  return std::min(fp16_bound, std::sqrt(static_cast<double>(FLT_MAX) / (4.0 * head_dim * scale)));
 }
 
 }  // namespace kvsim

@@ -13,6 +13,14 @@ enum class StoredDType { kFloat16, kBFloat16, kFloat32 };
 std::string dtype_name(StoredDType dtype);
 StoredDType parse_dtype(const std::string& name);  // throws ConfigError
 
+// What a trace may declare (docs/reliability.md): checked before anything is allocated.
+inline constexpr int64_t kMaxTraceLayers = 1 << 12;        // stored and model layers
+inline constexpr int64_t kMaxTraceHeads = 1 << 12;         // query or KV heads
+inline constexpr int64_t kMaxTraceHeadDim = 1 << 12;       // channels per head
+inline constexpr int64_t kMaxTraceTokens = 1 << 24;        // tokens per sequence
+inline constexpr int64_t kMaxTraceSequences = 1 << 20;     // sequences per trace
+inline constexpr uint64_t kMaxLayerElements = 1ull << 32;  // Hq * T * d of one layer read
+
 // File-level metadata.
 struct TraceMeta {
   std::string model_name;
@@ -34,6 +42,14 @@ struct TraceMeta {
   int slot_of_layer(int original_layer) const;
   // Throws FormatError naming the problem.
   void validate(const std::string& context) const;
+  // The largest |value| of Q, K or V that the engine computes with. The simulated cache is
+  // fp16: quantizers keep scales and zero-points in fp16, so a group's range (at most twice
+  // the bound) must fit fp16's 65504; MiniCache keeps a vector's norm (at most sqrt(d) times
+  // the bound) in fp16. With a large attn_scale, float binds: a squared distance of two head
+  // vectors (at most 4 d x^2) and a scaled score (at most max(1, attn_scale) d x^2) must stay
+  // below FLT_MAX. So x <= min(65504 / max(2, sqrt(d)), sqrt(FLT_MAX / (4 d max(1, scale)))):
+  // 8188 for d = 64, 5790 for d = 128.
+  double value_bound() const;
 };
 
 struct SequenceInfo {

@@ -2,6 +2,8 @@
 
 The file is written as `<path>.tmp.<pid>` and renamed to `<path>` by `close()`, so a
 trace under its final name is always whole; on error the temporary file is removed.
+Like kvsim's own writer, it uses the HDF5 1.10 object formats (checksummed metadata) and
+Fletcher-32 on every dataset (docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import numpy as np
 FORMAT = "kvsim-trace"
 VERSION = 1
 DTYPES = ("float16", "bfloat16", "float32")
+# The HDF5 format bounds kvsim writes: 1.10 objects carry checksums (HDF5 >= 1.10 reads them).
+LIBVER = ("v110", "v110")
 
 
 def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
@@ -81,7 +85,7 @@ class TraceWriter:
         if d_name and not os.path.isdir(d_name):
             raise OSError(f"output directory '{d_name}' does not exist")
         self.tmp = f"{self.path}.tmp.{os.getpid()}"
-        self.f = h5py.File(self.tmp, "w")
+        self.f = h5py.File(self.tmp, "w", libver=LIBVER)
         try:
             a = self.f.attrs
             a["format"] = FORMAT
@@ -99,8 +103,8 @@ class TraceWriter:
             a["num_sequences"] = np.int64(0)
             for k, v in (meta.get("extra") or {}).items():
                 a[k] = _attr(v)
-            self.f.create_dataset("layer_ids", data=np.asarray(layer_ids, dtype=np.int32))
-            self.f.create_dataset("sliding_window", data=np.asarray(windows, dtype=np.int32))
+            self.f.create_dataset("layer_ids", data=np.asarray(layer_ids, dtype=np.int32), fletcher32=True)
+            self.f.create_dataset("sliding_window", data=np.asarray(windows, dtype=np.int32), fletcher32=True)
             self.seqs = self.f.create_group("sequences")
         except BaseException:
             self.abort()
@@ -123,14 +127,14 @@ class TraceWriter:
         g.attrs["num_tokens"] = np.int64(T)
         for key, val in (attrs or {}).items():
             g.attrs[key] = _attr(val)
-        g.create_dataset("token_ids", data=token_ids.astype(np.int32))
+        g.create_dataset("token_ids", data=token_ids.astype(np.int32), fletcher32=True)
         store = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}[self.dtype]
         for dname, arr in (("q", q), ("k", k), ("v", v)):
             data = encode(arr, self.dtype, f"sequence {name} {dname}")
             kw = {}
             if self.gzip:
                 kw = {"compression": "gzip", "compression_opts": self.gzip, "shuffle": True}
-            ds = g.create_dataset(dname, data=data, dtype=store, chunks=(1, 1, T, d), **kw)
+            ds = g.create_dataset(dname, data=data, dtype=store, chunks=(1, 1, T, d), fletcher32=True, **kw)
             ds.attrs["dtype"] = self.dtype
         self.num_sequences += 1
         self.f.attrs["num_sequences"] = np.int64(self.num_sequences)
