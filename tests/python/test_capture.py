@@ -292,6 +292,19 @@ def test_cli_arguments_checked_before_the_model_loads(tmp_path, args, message):
     assert not list(tmp_path.glob("x.h5*"))
 
 
+def test_cli_layer_range_checked_before_the_model_loads(tmp_path):
+    # SmolLM2's GGUF header declares 30 blocks: layer 40 is refused from the header alone.
+    pytest.importorskip("gguf")
+    from kvcap import models
+    ref = models.resolve("smollm2")
+    assert models.gguf_block_count(ref) == 30
+    r = subprocess.run([sys.executable, SCRIPT, "--model", "smollm2", "--layers", "0,40",
+                        "--out", str(tmp_path / "x.h5")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "[40] outside the model's 30 layers" in r.stderr, r.stderr
+    assert "loading" not in r.stderr.lower() and "loaded" not in r.stderr.lower(), r.stderr
+    assert not list(tmp_path.glob("x.h5*"))
+
+
 # --- the embedded default trace (no model needed to check it) -------------------------------
 
 @pytest.mark.skipif(not os.path.exists(EMBEDDED), reason="trace/data/smollm2_default.h5 not present")

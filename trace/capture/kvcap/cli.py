@@ -180,7 +180,7 @@ def resolve_options(a: argparse.Namespace) -> argparse.Namespace:
         raise CaptureError("--gzip must be 0..9")
     check_sampling_and_threads(a)
     if a.layers.strip().lower() not in ("all", "", "*"):
-        _layer_parts(a.layers.strip().lower())  # syntax now; the range once the model is known
+        _layer_parts(a.layers.strip().lower())  # syntax now; the range from the model's header
     sys.path.insert(0, PROMPTS_DIR)
     import make_prompts
     if own_prompts:  # read before the (slow) model load, so that a bad file fails fast
@@ -234,6 +234,9 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
 
     check_writable(out_path)
     ref = models.resolve(model_spec, a.cache_dir)
+    declared_layers = models.gguf_block_count(ref)
+    if declared_layers is not None:  # the --layers range, before the (slow) model load
+        parse_layers(a.layers, declared_layers)
     t_load = time.time()
     model, tok = models.load(ref, device=a.device, dtype=a.model_dtype, cache_dir=a.cache_dir, attn=a.attn, log=log,
                                quiet=a.quiet)

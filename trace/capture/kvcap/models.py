@@ -125,6 +125,23 @@ def resolve(spec: str, cache_dir: str | None = None) -> ModelRef:
                        "(a hub id needs HF_HUB_OFFLINE=0 and a machine that can reach the hub)")
 
 
+def gguf_block_count(ref: ModelRef) -> int | None:
+    """The number of transformer blocks a GGUF model declares (`<arch>.block_count` in its
+    header), read without loading the weights, so that `--layers` is checked before the
+    (slow) model load. None when the model is no GGUF file or the header does not say."""
+    if not ref.gguf_file:
+        return None
+    try:
+        import gguf
+        reader = gguf.GGUFReader(os.path.join(ref.load_dir, ref.gguf_file))
+        arch_field = reader.fields["general.architecture"]
+        arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+        blocks = reader.fields[f"{arch}.block_count"]
+        return int(blocks.parts[blocks.data[0]][0])
+    except Exception:  # an unreadable header is reported by the model load itself
+        return None
+
+
 def set_offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
