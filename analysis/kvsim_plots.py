@@ -243,13 +243,33 @@ def plot_per_layer(table: pd.DataFrame, runs: Runs,
         hi = pos.max() if pos.size else 1.0
         norm = Normalize(vmin=0.0, vmax=hi)
 
-    n_rows, n_cols = matrix.shape
+    fig, ax, image, annotate = _layer_heatmap(
+        table, order, labels, layers, shown, cmap, norm,
+        "Mean attention-output relative error per layer", attrs)
+    bar = fig.colorbar(image, ax=ax, extend=extend, shrink=0.95)
+    bar.set_label("mean relative error" + (" [log scale]" if log else "")
+                  + ("\n(white = exactly 0)" if extend == "min" else ""), fontsize=9)
+    if annotate:
+        # An exact 0 on a log scale is drawn in the "under" colour, white.
+        _label_cells(ax, matrix, lambda i, j, v: cmap(norm(shown[i, j])) if v != 0 or not log
+                     else (1, 1, 1, 1), format_number)
+    save_figure(fig, path)
+    return notes
+
+
+
+def _layer_heatmap(table: pd.DataFrame, order: list[int], labels: list[str], layers: list[int],
+                   shown: np.ndarray, cmap: Any, norm: Normalize, title: str,
+                   attrs: dict[str, Any]) -> tuple[Any, Any, Any, bool]:
+    """The run x layer heatmap shared by per_layer.png and memory_per_layer.png: figure sized
+    to the matrix, runs as rows (sorted by memory ratio), layers as columns. Returns the
+    figure, the axes, the image and whether the cells are few enough to label."""
+    n_rows, n_cols = shown.shape
     annotate = n_rows * n_cols <= 160 and n_cols <= 24
     label_width = max(len(labels[r]) for r in order) * 0.075
     cell_w, cell_h = (0.42, 0.42) if annotate else (0.13, 0.3)
-    width = min(16.0, max(6.5, 2.8 + label_width + cell_w * n_cols))
-    height = min(24.0, max(3.0, 1.9 + cell_h * n_rows))
-    fig = new_figure(width, height)
+    fig = new_figure(min(16.0, max(6.5, 2.8 + label_width + cell_w * n_cols)),
+                     min(24.0, max(3.0, 1.9 + cell_h * n_rows)))
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, norm=norm,
                       interpolation="nearest")
@@ -260,25 +280,21 @@ def plot_per_layer(table: pd.DataFrame, runs: Runs,
     ax.set_xlabel("layer (model's original layer index)")
     ax.set_ylabel("run (sorted by memory ratio)")
     context = context_line(attrs)
-    ax.set_title("Mean attention-output relative error per layer"
-                 + ("\n" + context if context else ""), fontsize=11)
-    bar = fig.colorbar(image, ax=ax, extend=extend, shrink=0.95)
-    bar.set_label("mean relative error" + (" [log scale]" if log else "")
-                  + ("\n(white = exactly 0)" if extend == "min" else ""), fontsize=9)
+    ax.set_title(title + ("\n" + context if context else ""), fontsize=11)
+    return fig, ax, image, annotate
 
-    if annotate:
-        for i in range(n_rows):
-            for j in range(n_cols):
-                v = matrix[i, j]
-                if not np.isfinite(v):
-                    continue
-                rgba = cmap(norm(shown[i, j])) if v != 0 or not log else (1, 1, 1, 1)
-                dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
-                ax.text(j, i, format_number(v), ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")
-    save_figure(fig, path)
-    return notes
 
+def _label_cells(ax: Any, matrix: np.ndarray, colour_of: Any, text_of: Any) -> None:
+    """Writes each finite cell's value in it, white on dark cells and black on light ones."""
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            v = matrix[i, j]
+            if not np.isfinite(v):
+                continue
+            rgba = colour_of(i, j, v)
+            dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
+            ax.text(j, i, text_of(v), ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
 
 
 def plot_layer_memory(table: pd.DataFrame, runs: Runs,
@@ -293,35 +309,13 @@ def plot_layer_memory(table: pd.DataFrame, runs: Runs,
         return ["No per-layer memory data."]
     norm = Normalize(vmin=0.0, vmax=max(16.0, float(np.nanmax(matrix))))
     cmap = matplotlib.colormaps["magma_r"].with_extremes(bad="#d9d9d9")
-    n_rows, n_cols = matrix.shape
-    annotate = n_rows * n_cols <= 160 and n_cols <= 24
-    label_width = max(len(labels[r]) for r in order) * 0.075
-    cell_w, cell_h = (0.42, 0.42) if annotate else (0.13, 0.3)
-    fig = new_figure(min(16.0, max(6.5, 2.8 + label_width + cell_w * n_cols)),
-                      min(24.0, max(3.0, 1.9 + cell_h * n_rows)))
-    ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", cmap=cmap, norm=norm,
-                      interpolation="nearest")
-    _run_ticks(ax, table, order, labels)
-    step = max(1, math.ceil(n_cols / 32))
-    ax.set_xticks(range(0, n_cols, step), [str(layers[j]) for j in range(0, n_cols, step)],
-                  fontsize=8)
-    ax.set_xlabel("layer (model's original layer index)")
-    ax.set_ylabel("run (sorted by memory ratio)")
-    context = context_line(attrs)
-    ax.set_title("Memory per layer: bits per cached K/V element (fp16 = 16)"
-                 + ("\n" + context if context else ""), fontsize=11)
+    fig, ax, image, annotate = _layer_heatmap(
+        table, order, labels, layers, matrix, cmap, norm,
+        "Memory per layer: bits per cached K/V element (fp16 = 16)", attrs)
     bar = fig.colorbar(image, ax=ax, shrink=0.95)
     bar.set_label("bits per element (data + metadata)", fontsize=9)
     if annotate:
-        for i in range(n_rows):
-            for j in range(n_cols):
-                v = matrix[i, j]
-                if np.isfinite(v):
-                    rgba = cmap(norm(v))
-                    dark = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] < 0.5
-                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
-                            color="white" if dark else "black")
+        _label_cells(ax, matrix, lambda i, j, v: cmap(norm(v)), lambda v: f"{v:.3g}")
     save_figure(fig, path)
     return (["Gray cells in memory_per_layer.png: no kv data for that run and layer."]
             if np.isnan(matrix).any() else [])
