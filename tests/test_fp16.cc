@@ -1,7 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <vector>
 
 #include "sim/base/fp16.h"
 #include "sim/base/rng.h"
@@ -93,6 +96,31 @@ TEST(Fp16, DoublesAreRoundedOnce) {
   EXPECT_TRUE(std::isinf(round_double_to_half(65520.0)));
   EXPECT_EQ(round_double_to_half(65519.99), 65504.f);
   EXPECT_TRUE(std::isnan(round_double_to_half(std::numeric_limits<double>::quiet_NaN())));
+}
+
+// The vectorised array conversions (trace reading) give the scalar conversions' bits for
+// every one of the 65536 patterns, inf and NaN payloads included, at every array offset mod
+// the vector width (the pattern list is converted at offsets 0..16).
+TEST(Fp16, ArrayConversionsMatchScalarForEveryPattern) {
+  std::vector<uint16_t> bits(65536 + 16);
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = static_cast<uint16_t>(i * 40503u);
+  std::vector<float> half(bits.size()), bf16(bits.size());
+  half_bits_to_float_array(bits.data(), half.data(), bits.size());
+  bf16_bits_to_float_array(bits.data(), bf16.data(), bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) {
+    ASSERT_EQ(std::bit_cast<uint32_t>(half[i]),
+              std::bit_cast<uint32_t>(half_bits_to_float(bits[i])))
+        << "half pattern " << bits[i];
+    ASSERT_EQ(std::bit_cast<uint32_t>(bf16[i]),
+              std::bit_cast<uint32_t>(bf16_bits_to_float(bits[i])))
+        << "bf16 pattern " << bits[i];
+  }
+  for (size_t offset = 1; offset <= 16; ++offset) {
+    std::vector<float> shifted(bits.size() - offset);
+    half_bits_to_float_array(bits.data() + offset, shifted.data(), shifted.size());
+    ASSERT_EQ(std::memcmp(shifted.data(), half.data() + offset, shifted.size() * sizeof(float)), 0)
+        << "offset " << offset;
+  }
 }
 
 TEST(Bf16, RoundTripAndRounding) {

@@ -14,6 +14,7 @@
 
 #include <bit>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 namespace kvsim {
@@ -90,6 +91,25 @@ constexpr float half_bits_to_float(std::uint16_t bits) {
   return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
+// half_bits_to_float() over an array, bit for bit the same results (all 65536 patterns:
+// tests/test_fp16.cc), written without branches so that -O3 vectorises the loop: a finite half
+// h = (e, m) moved into a float's exponent and mantissa fields reads as 2^(e-127) 1.m (or the
+// float subnormal m 2^-136 when e = 0), which the exact product by 2^112 rescales to the half's
+// value; e = 31 (inf, NaN) takes the float's all-ones exponent with the payload kept.
+inline void half_bits_to_float_array(const std::uint16_t* bits, float* out, std::size_t n) {
+  constexpr float kRescale = 0x1p112f;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t h = bits[i];
+    const std::uint32_t sign = (h & 0x8000u) << 16;
+    const std::uint32_t magnitude = (h & 0x7FFFu) << 13;
+    const float finite = std::bit_cast<float>(magnitude) * kRescale;
+    const std::uint32_t special = 0x7F800000u | (magnitude & 0x007FE000u);
+    const std::uint32_t abs_bits =
+        (h & 0x7C00u) == 0x7C00u ? special : std::bit_cast<std::uint32_t>(finite);
+    out[i] = std::bit_cast<float>(sign | abs_bits);
+  }
+}
+
 // Rounds a float to the nearest half-representable value (as a float).
 constexpr float round_to_half(float value) { return half_bits_to_float(float_to_half_bits(value)); }
 
@@ -121,6 +141,10 @@ inline uint16_t float_to_bf16_bits(float value) {
 
 inline float bf16_bits_to_float(uint16_t b) {
   return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
+
+inline void bf16_bits_to_float_array(const std::uint16_t* bits, float* out, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = bf16_bits_to_float(bits[i]);
 }
 
 }  // namespace kvsim
