@@ -493,6 +493,23 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
   for (int s : sequences) {
     for (int g = 0; g < static_cast<int>(groups.size()); ++g) units.push_back({s, g});
   }
+  // Layers read by the value check, kept for the units that need them.
+  std::map<std::pair<int, int>, LayerData> checked_layers;
+  if (options.check_values) {
+    std::vector<bool> replayed(trace.num_sequences(), false);
+    for (int s : sequences) replayed[s] = true;
+    size_t kept_bytes = 0;
+    for (int s = 0; s < trace.num_sequences(); ++s) {
+      (void)trace.read_token_ids(s);
+      for (int slot = 0; slot < meta.num_layers(); ++slot) {
+        LayerData layer = trace.read_layer(s, slot);
+        const size_t bytes = sizeof(float) * (layer.q.size() + layer.k.size() + layer.v.size());
+        if (!replayed[s] || kept_bytes + bytes > options.keep_checked_bytes) continue;
+        kept_bytes += bytes;
+        checked_layers.emplace(std::make_pair(s, slot), std::move(layer));
+      }
+    }
+  }
   std::vector<std::vector<std::shared_ptr<const PolicyState>>> prepared;
   for (const auto& p : policies) prepared.push_back(prepare_policy(p, trace));
 
@@ -515,7 +532,15 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
       std::vector<LayerData> layers;
       {
         std::lock_guard lock(io_mutex);  // HDF5 is not thread-safe
-        for (int slot : slots) layers.push_back(trace.read_layer(unit.sequence, slot));
+        for (int slot : slots) {
+          auto kept = checked_layers.find({unit.sequence, slot});
+          if (kept == checked_layers.end()) {
+            layers.push_back(trace.read_layer(unit.sequence, slot));
+          } else {
+            layers.push_back(std::move(kept->second));
+            checked_layers.erase(kept);
+          }
+        }
       }
       const UnitData data =
           make_unit_data(meta, unit.sequence, trace.sequence(unit.sequence), slots,

@@ -55,6 +55,12 @@ struct ReplayOptions {
   std::function<void(size_t, size_t)> progress;
   // Where attention is computed (sim/base/attention_backend.h); null = the CPU backend.
   const AttentionBackend* backend = nullptr;
+  // Read and check every value of the trace (every sequence, as
+  // TraceReader::validate_all_values) before any unit starts. The layers of the units to
+  // replay are kept from that read, up to `keep_checked_bytes` of float32, so that each is
+  // read from the file once.
+  bool check_values = false;
+  size_t keep_checked_bytes = size_t{1} << 30;
 };
 
 // Replays every policy over the trace. Results are identical for any thread

@@ -153,7 +153,7 @@ int cmd_replay(int argc, char** argv) {
   check_output_file(out, inputs, "results");
   TraceReader trace(trace_path);
   for (const auto& s : specs) s.check_against(trace.meta());  // before any work
-  trace.validate_all_values();
+  options.check_values = true;  // every value, before any unit starts (one read per layer)
 
   ProgressBar bar("replay", !quiet && progress_bar_wanted());
   options.progress = [&](size_t done, size_t total) { bar.update(done, total); };
