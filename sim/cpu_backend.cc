@@ -91,8 +91,13 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   out.top1.resize(group);
   weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
   raw_scores.resize((group + 1) * n);  // + one row of scratch for the KL's cross terms
-  score_gathered(qbuf.data(), group, raw.key(task.kv_head, 0), cache.positions, d, scale,
-                 raw_scores.data());
+  if (task.keys_exact) {
+    // The same kernel over the same key values: the exact scores are the cache's, bit for bit.
+    std::copy(out.scores.begin(), out.scores.end(), raw_scores.begin());
+  } else {
+    score_gathered(qbuf.data(), group, raw.key(task.kv_head, 0), cache.positions, d, scale,
+                   raw_scores.data());
+  }
   for (int j = 0; j < group; ++j) {
     // p_i = exp(raw_i - lse) is the exact probability of cached token i; one exp per entry
     // serves both sums of the KL (see docs/replay.md, "Metrics").

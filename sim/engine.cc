@@ -105,6 +105,17 @@ void sort_unique(std::vector<int32_t>& v) {
   v.erase(std::unique(v.begin(), v.end()), v.end());
 }
 
+// Whether every key of `cache` is bitwise the trace's key at its position.
+bool keys_match_trace(const HeadCache& cache, const LayerData& raw, int kv_head) {
+  const size_t bytes = sizeof(float) * cache.head_dim;
+  for (size_t i = 0; i < cache.size(); ++i) {
+    if (std::memcmp(cache.key_row(i), raw.key(kv_head, cache.positions[i]), bytes) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
@@ -216,6 +227,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   // One backend call per step serves every (layer, kv head) cache of the shard.
   std::vector<CacheAttention> attended(caches.size());
   std::vector<CacheAttentionTask> tasks(caches.size());
+  std::vector<uint8_t> keys_exact_of(caches.size(), 0);
   size_t next_measured = 0;
   for (int64_t t = P; t < T; ++t) {
     for (int local = 0; local < L; ++local) {
@@ -265,7 +277,12 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         // The group's query heads are consecutive: their exact lse are too.
         const double* lse =
             is_measured ? exact[local]->lse.data() + next_measured * Hq + h * group : nullptr;
-        tasks[c] = CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c]};
+        // When every kept key is bitwise the exact key (no stage changed a kept key), the
+        // exact scores of the kept tokens are the cache's scores.
+        const bool keys_exact = is_measured && keys_match_trace(caches[c], *layers[local], h);
+        keys_exact_of[c] = keys_exact;
+        tasks[c] =
+            CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c], keys_exact};
       }
     }
     attention.cache_attention(meta, tasks);
@@ -286,14 +303,10 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         if (!is_measured) continue;
 
         const ExactLayer& ex = *exact[local];
-        // When every kept key is bitwise the exact key (no stage changed a kept key), the
-        // compressed attention is the exact one renormalised over the kept tokens: its KL
-        // is 0 exactly, where the formula below would give rounding noise (~1e-7).
-        bool keys_exact = true;
-        for (size_t i = 0; i < n && keys_exact; ++i) {
-          keys_exact =
-              std::memcmp(cache.key_row(i), raw.key(h, cache.positions[i]), sizeof(float) * d) == 0;
-        }
+        // With exact keys the compressed attention is the exact one renormalised over the
+        // kept tokens: its KL is 0 exactly, where the formula below would give rounding
+        // noise (~1e-7).
+        const bool keys_exact = keys_exact_of[static_cast<size_t>(local) * Hkv + h];
         for (int j = 0; j < group; ++j) {
           const int qh = h * group + j;
           const float* o = ex.out.data() + (next_measured * Hq + qh) * d;

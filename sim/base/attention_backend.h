@@ -72,6 +72,10 @@ struct CacheAttentionTask {
   const HeadCache* cache = nullptr;
   const double* exact_lse = nullptr;  // null: not a measured step
   CacheAttention* out = nullptr;
+  // Measured steps: every cached key is bitwise the trace's key at its position (the engine
+  // checks; eviction-only policies). Then raw_i = s_i, and a backend may take the cache's
+  // scores for the exact ones instead of scoring the trace's keys again. False: no promise.
+  bool keys_exact = false;
 };
 
 class AttentionBackend {
