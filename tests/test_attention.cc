@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
+#include <tuple>
+#include <vector>
 
 #include "sim/base/attention.h"
 #include "sim/base/rng.h"
@@ -65,6 +68,49 @@ TEST(AttentionKernels, GatheredScoresEqualContiguousScores) {
   for (int j = 0; j < 2; ++j) {
     for (size_t i = 0; i < rows.size(); ++i) {
       EXPECT_EQ(gathered[j * rows.size() + i], all[j * n + rows[i]]);
+    }
+  }
+}
+
+// score_rows (tiles of 16 keys, a lane per key) and score_gathered (a key at a time, 16 channel
+// lanes) sum in the same order by design (sim/base/attention.cc): equal to the bit at shapes
+// with partial tiles, channel tails and every query-chunk size.
+TEST(AttentionKernels, TiledScoresEqualPerKeyScoresBitwise) {
+  for (const auto& [n, d, queries] :
+       {std::tuple{1, 64, 1}, std::tuple{15, 64, 3}, std::tuple{17, 128, 4}, std::tuple{100, 72, 9},
+        std::tuple{33, 8, 5}, std::tuple{64, 256, 8}}) {
+    const auto q = randn(static_cast<size_t>(queries) * d, 11 + n, 2.0);
+    const auto k = randn(static_cast<size_t>(n) * d, 12 + n, 3.0);
+    std::vector<int32_t> rows(n);
+    for (int i = 0; i < n; ++i) rows[i] = i;
+    std::vector<float> tiled(static_cast<size_t>(queries) * n), per_key(tiled.size());
+    score_rows(q.data(), queries, k.data(), n, d, 0.3f, tiled.data());
+    score_gathered(q.data(), queries, k.data(), rows, d, 0.3f, per_key.data());
+    for (size_t i = 0; i < tiled.size(); ++i) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(tiled[i]), std::bit_cast<uint32_t>(per_key[i]))
+          << "n " << n << " d " << d << " queries " << queries << " entry " << i;
+    }
+  }
+}
+
+// weighted_sum keeps blocks of outputs in registers; every output is still the sum over rows
+// in row order, as the plain loop below computes it: equal to the bit.
+TEST(AttentionKernels, WeightedSumEqualsRowOrderSumBitwise) {
+  for (const auto& [n, d, queries] :
+       {std::tuple{1, 64, 1}, std::tuple{37, 64, 4}, std::tuple{300, 128, 5}, std::tuple{20, 72, 7},
+        std::tuple{9, 8, 3}, std::tuple{50, 200, 8}}) {
+    const auto p = randn(static_cast<size_t>(queries) * n, 21 + n);
+    const auto v = randn(static_cast<size_t>(n) * d, 22 + n);
+    std::vector<float> got(static_cast<size_t>(queries) * d), want(got.size(), 0.f);
+    weighted_sum(p.data(), queries, v.data(), n, d, got.data());
+    for (int j = 0; j < queries; ++j) {
+      for (int i = 0; i < n; ++i) {
+        for (int c = 0; c < d; ++c) want[j * d + c] += p[j * n + i] * v[i * d + c];
+      }
+    }
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+          << "n " << n << " d " << d << " queries " << queries << " entry " << i;
     }
   }
 }

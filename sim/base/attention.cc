@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace kvsim {
 
@@ -78,12 +79,92 @@ void score_impl(const float* q, int num_queries, size_t n, int d, float scale, f
   }
 }
 
+// --- score_rows: tiles of keys, one SIMD lane per key --------------------------------------
+// dot_queries() sums each product q[c] k[c] into lane c mod 16, then the 16 lanes in order
+// (acc[0] + acc[1] + ... + acc[15]), then the tail: per key, 15 scalar additions in a
+// dependent chain. The tile kernel below computes the same sums in the same order, bit for
+// bit, but for kTileKeys keys at once, one key per lane of a transposed tile: lane sum l is
+// accumulated over the channels c = l (mod 16) and added to the running sum before lane l + 1
+// starts, so the 15 horizontal additions become vector additions too.
+constexpr int kTileKeys = 16;
+
+// out[j * kTileKeys + kk] = q[j] . key kk, for a tile stored channel-major:
+// tile[c * kTileKeys + kk] = key kk's channel c.
+template <int NQ>
+inline void tile_dots(const float* q, int d, const float* tile, float* out) {
+  float sum[NQ][kTileKeys] = {};
+  const int blocks = d / kSumLanes;
+  for (int l = 0; l < kSumLanes; ++l) {
+    float acc[NQ][kTileKeys] = {};
+    for (int b = 0; b < blocks; ++b) {
+      const int c = b * kSumLanes + l;
+      const float* kc = tile + c * kTileKeys;
+      for (int j = 0; j < NQ; ++j) {
+        const float qc = q[j * d + c];
+#pragma omp simd
+        for (int kk = 0; kk < kTileKeys; ++kk) acc[j][kk] += qc * kc[kk];
+      }
+    }
+    for (int j = 0; j < NQ; ++j) {
+#pragma omp simd
+      for (int kk = 0; kk < kTileKeys; ++kk) sum[j][kk] += acc[j][kk];
+    }
+  }
+  for (int c = blocks * kSumLanes; c < d; ++c) {
+    const float* kc = tile + c * kTileKeys;
+    for (int j = 0; j < NQ; ++j) {
+      const float qc = q[j * d + c];
+#pragma omp simd
+      for (int kk = 0; kk < kTileKeys; ++kk) sum[j][kk] += qc * kc[kk];
+    }
+  }
+  for (int j = 0; j < NQ; ++j) {
+    for (int kk = 0; kk < kTileKeys; ++kk) out[j * kTileKeys + kk] = sum[j][kk];
+  }
+}
+
+inline void tile_dots_chunk(const float* q, int num_queries, int d, const float* tile, float* out) {
+  switch (num_queries) {
+    case 4:
+      tile_dots<4>(q, d, tile, out);
+      break;
+    case 3:
+      tile_dots<3>(q, d, tile, out);
+      break;
+    case 2:
+      tile_dots<2>(q, d, tile, out);
+      break;
+    default:
+      tile_dots<1>(q, d, tile, out);
+      break;
+  }
+}
+
+// Queries per tile_dots call: 4 x (16 running sums + 16 lane sums) fill 8 AVX-512 registers.
+constexpr int kTileQueries = 4;
+
 }  // namespace
 
 void score_rows(const float* q, int num_queries, const float* keys, size_t n, int d, float scale,
                 float* scores) {
-  score_impl(q, num_queries, n, d, scale, scores,
-             [&](size_t i) { return keys + i * static_cast<size_t>(d); });
+  thread_local std::vector<float> tile;
+  tile.assign(static_cast<size_t>(d) * kTileKeys, 0.f);  // a partial tile's lanes stay 0
+  float dots[kTileQueries * kTileKeys];
+  for (size_t i0 = 0; i0 < n; i0 += kTileKeys) {
+    const int width = static_cast<int>(std::min<size_t>(kTileKeys, n - i0));
+    for (int kk = 0; kk < width; ++kk) {
+      const float* key = keys + (i0 + kk) * static_cast<size_t>(d);
+      for (int c = 0; c < d; ++c) tile[c * kTileKeys + kk] = key[c];
+    }
+    for (int j0 = 0; j0 < num_queries; j0 += kTileQueries) {
+      const int nq = std::min(kTileQueries, num_queries - j0);
+      tile_dots_chunk(q + static_cast<size_t>(j0) * d, nq, d, tile.data(), dots);
+      for (int j = 0; j < nq; ++j) {
+        float* row = scores + static_cast<size_t>(j0 + j) * n + i0;
+        for (int kk = 0; kk < width; ++kk) row[kk] = dots[j * kTileKeys + kk] * scale;
+      }
+    }
+  }
 }
 
 void score_gathered(const float* q, int num_queries, const float* keys_base,
@@ -119,19 +200,51 @@ double softmax_inplace(float* s, size_t n) {
   return mx + std::log(static_cast<double>(sum));
 }
 
+namespace {
+
+// out[j, c0 + c] = sum_i probs[j, i] v[i, c0 + c] for NQ queries and kBlock channels, summed
+// over i in order from 0 (as a plain loop would), with the NQ x kBlock sums in registers.
+constexpr int kBlock = 64;
+
+template <int NQ, int W>
+inline void weighted_block(const float* probs, size_t n, const float* values, int d, int c0,
+                           float* out) {
+  float acc[NQ][W] = {};
+  for (size_t i = 0; i < n; ++i) {
+    const float* v = values + i * static_cast<size_t>(d) + c0;
+    for (int j = 0; j < NQ; ++j) {
+      const float w = probs[static_cast<size_t>(j) * n + i];
+#pragma omp simd
+      for (int c = 0; c < W; ++c) acc[j][c] += w * v[c];
+    }
+  }
+  for (int j = 0; j < NQ; ++j) {
+    for (int c = 0; c < W; ++c) out[static_cast<size_t>(j) * d + c0 + c] = acc[j][c];
+  }
+}
+
+template <int NQ>
+void weighted_queries(const float* probs, size_t n, const float* values, int d, float* out) {
+  int c0 = 0;
+  for (; c0 + kBlock <= d; c0 += kBlock) weighted_block<NQ, kBlock>(probs, n, values, d, c0, out);
+  for (; c0 + 16 <= d; c0 += 16) weighted_block<NQ, 16>(probs, n, values, d, c0, out);
+  for (; c0 < d; ++c0) weighted_block<NQ, 1>(probs, n, values, d, c0, out);
+}
+
+}  // namespace
+
 void weighted_sum(const float* probs, int num_queries, const float* values, size_t n, int d,
                   float* out) {
-  std::fill(out, out + static_cast<size_t>(num_queries) * d, 0.f);
-  // Rows outer, queries inner: each value row is read once for the whole GQA
-  // group while the group's outputs stay in L1.
-  for (size_t i = 0; i < n; ++i) {
-    const float* v = values + i * static_cast<size_t>(d);
-    for (int j = 0; j < num_queries; ++j) {
-      const float w = probs[static_cast<size_t>(j) * n + i];
-      float* o = out + static_cast<size_t>(j) * d;
-#pragma omp simd
-      for (int c = 0; c < d; ++c) o[c] += w * v[c];
-    }
+  // Each output element is the sum over rows i in order, as in the row-by-row loop; blocks of
+  // queries and channels keep their sums in registers while the value rows stream by.
+  int j0 = 0;
+  for (; j0 + 4 <= num_queries; j0 += 4) {
+    weighted_queries<4>(probs + static_cast<size_t>(j0) * n, n, values, d,
+                        out + static_cast<size_t>(j0) * d);
+  }
+  for (; j0 < num_queries; ++j0) {
+    weighted_queries<1>(probs + static_cast<size_t>(j0) * n, n, values, d,
+                        out + static_cast<size_t>(j0) * d);
   }
 }
 
