@@ -24,9 +24,24 @@ void score_gathered(const float* q, int num_queries, const float* keys_base,
 // expf needs -ffast-math). Cody-Waite range reduction and the Cephes degree-6
 // polynomial: relative error below 2e-7 on [-87, 88]; inputs are clamped there
 // (e^-87 is below every probability that matters here).
+// `when ? a : b` through an integer mask: GCC 12 (with -ftrapping-math, the default) does not
+// if-convert the float selects of fast_expf's clamps, which kept its loops scalar.
+inline float select_float(bool when, float a, float b) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(when);
+  return std::bit_cast<float>((std::bit_cast<uint32_t>(a) & mask) |
+                              (std::bit_cast<uint32_t>(b) & ~mask));
+}
+
+// The clamps are std::max(x, -87) and std::min(x, 88) and the rounding is std::floor, written
+// out so that the loops vectorise (std::floor does not without -fno-trapping-math); t lies in
+// (-126, 128), where truncation and a correction is floor.
 inline float fast_expf(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = select_float(x < -87.0f, -87.0f, x);
+  x = select_float(88.0f < x, 88.0f, x);
+  const float t = x * 1.44269504088896341f + 0.5f;
+  const int32_t truncated = static_cast<int32_t>(t);
+  const int32_t floor_t = truncated - (static_cast<float>(truncated) > t ? 1 : 0);
+  const float n = static_cast<float>(floor_t);
   float r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
@@ -36,7 +51,7 @@ inline float fast_expf(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const int32_t e = static_cast<int32_t>(n) + 127;
+  const int32_t e = floor_t + 127;
   return y * std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
 }
 
