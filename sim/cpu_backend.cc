@@ -41,6 +41,10 @@ void prefill_column_sums_one(const TraceMeta& meta, const PrefillSumsTask& task)
   // scores past a row's causal end (or before its window) are masked out.
   constexpr int64_t kRows = 4;
   std::vector<float> qbuf(static_cast<size_t>(kRows) * group * d), scores;
+  const KeyTiles keys(layer.key(kv_head, 0), static_cast<size_t>(prompt_len),
+                      d);  // reused by every row
+  // The common case, nothing evicted before: candidate i is prompt position candidates[0] + i.
+  const bool contiguous = static_cast<size_t>(candidates.back() - candidates.front()) + 1 == nc;
   for (int64_t r0 = first_row; r0 < prompt_len; r0 += kRows) {
     const int64_t r1 = std::min(prompt_len, r0 + kRows);
     const int64_t lo = window_start(window, r0);
@@ -50,16 +54,28 @@ void prefill_column_sums_one(const TraceMeta& meta, const PrefillSumsTask& task)
       gather_queries(layer, kv_head, group, r, qbuf.data() + (r - r0) * group * d);
     }
     scores.resize(static_cast<size_t>(nq) * n);
-    score_rows(qbuf.data(), nq, layer.key(kv_head, static_cast<int>(lo)), n, d,
-               static_cast<float>(meta.attn_scale), scores.data());
+    score_tiles(qbuf.data(), nq, keys, static_cast<size_t>(lo), n,
+                static_cast<float>(meta.attn_scale), scores.data());
     for (int64_t r = r0; r < r1; ++r) {
       const size_t row_lo = static_cast<size_t>(window_start(window, r) - lo);
       const size_t row_n = static_cast<size_t>(r - lo + 1) - row_lo;
       for (int j = 0; j < group; ++j) {
         float* p = scores.data() + (static_cast<size_t>(r - r0) * group + j) * n + row_lo;
         softmax_inplace(p, row_n);
+        const int64_t first_pos = lo + static_cast<int64_t>(row_lo);
+        if (contiguous) {
+          // Positions [first_pos, first_pos + row_n) that are candidates, added in place.
+          const int64_t from = std::max<int64_t>(first_pos, candidates.front());
+          const int64_t to =
+              std::min<int64_t>(first_pos + static_cast<int64_t>(row_n), candidates.back() + 1);
+          float* sums = colsum.data() + j * nc - candidates.front();
+          const float* probs = p - first_pos;
+#pragma omp simd
+          for (int64_t pos = from; pos < to; ++pos) sums[pos] += probs[pos];
+          continue;
+        }
         for (size_t i = 0; i < row_n; ++i) {
-          const int32_t c = column[lo + static_cast<int64_t>(row_lo + i)];
+          const int32_t c = column[first_pos + static_cast<int64_t>(i)];
           if (c >= 0) colsum[j * nc + c] += p[i];
         }
       }
@@ -141,6 +157,9 @@ class CpuBackend final : public AttentionBackend {
     ex.lse.assign(measured.size() * Hq, 0.0);
     ex.top1.assign(measured.size() * Hq, -1);
     std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
+    std::vector<KeyTiles> keys;  // per kv head, reused by every measured step
+    const size_t last = measured.empty() ? 0 : static_cast<size_t>(measured.back()) + 1;
+    for (int h = 0; h < Hkv; ++h) keys.emplace_back(layer.key(h, 0), last, d);
     for (size_t m = 0; m < measured.size(); ++m) {
       const int64_t t = measured[m];
       const int64_t lo = window_start(window, t);
@@ -148,9 +167,8 @@ class CpuBackend final : public AttentionBackend {
       scores.resize(group * n);
       for (int h = 0; h < Hkv; ++h) {
         gather_queries(layer, h, group, t, qbuf.data());
-        const float* keys = layer.key(h, static_cast<int>(lo));
-        score_rows(qbuf.data(), group, keys, n, d, static_cast<float>(meta.attn_scale),
-                   scores.data());
+        score_tiles(qbuf.data(), group, keys[h], static_cast<size_t>(lo), n,
+                    static_cast<float>(meta.attn_scale), scores.data());
         for (int j = 0; j < group; ++j) {
           const float* row = scores.data() + j * n;
           ex.top1[m * Hq + h * group + j] =

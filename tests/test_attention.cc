@@ -125,6 +125,20 @@ TEST(AttentionKernels, TiledScoresEqualPerKeyScoresBitwise) {
       ASSERT_EQ(std::bit_cast<uint32_t>(tiled[i]), std::bit_cast<uint32_t>(per_key[i]))
           << "n " << n << " d " << d << " queries " << queries << " entry " << i;
     }
+    // Pre-made tiles, over key ranges that start and end inside a tile.
+    const KeyTiles tiles(k.data(), n, d);
+    for (const int first : {0, std::min(1, n - 1), n / 2, n - 1}) {
+      const int m = std::max(1, (n - first) * 2 / 3);  // ends inside a tile too
+      std::vector<float> ranged(static_cast<size_t>(queries) * m);
+      score_tiles(q.data(), queries, tiles, first, m, 0.3f, ranged.data());
+      for (int j = 0; j < queries; ++j) {
+        for (int i = 0; i < m; ++i) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(ranged[j * m + i]),
+                    std::bit_cast<uint32_t>(per_key[j * n + first + i]))
+              << "n " << n << " first " << first << " query " << j << " key " << i;
+        }
+      }
+    }
   }
 }
 

@@ -145,25 +145,60 @@ constexpr int kTileQueries = 4;
 
 }  // namespace
 
+namespace {
+
+// Scores of the queries over one tile, written for the tile's keys in [first, first + n)
+// (scores[j * n + i] for key first + i).
+void score_one_tile(const float* q, int num_queries, int d, const float* tile, size_t tile_first,
+                    size_t first, size_t n, float scale, float* scores) {
+  float dots[kTileQueries * kTileKeys];
+  const size_t lo = std::max(tile_first, first);
+  const size_t hi = std::min(tile_first + kTileKeys, first + n);
+  for (int j0 = 0; j0 < num_queries; j0 += kTileQueries) {
+    const int nq = std::min(kTileQueries, num_queries - j0);
+    tile_dots_chunk(q + static_cast<size_t>(j0) * d, nq, d, tile, dots);
+    for (int j = 0; j < nq; ++j) {
+      float* row = scores + static_cast<size_t>(j0 + j) * n - first;
+      for (size_t i = lo; i < hi; ++i) row[i] = dots[j * kTileKeys + (i - tile_first)] * scale;
+    }
+  }
+}
+
+// Copies keys [0, width) (rows of d) into a channel-major tile; lanes past width keep zeros.
+void transpose_tile(const float* keys, int width, int d, float* tile) {
+  for (int kk = 0; kk < width; ++kk) {
+    const float* key = keys + static_cast<size_t>(kk) * d;
+    for (int c = 0; c < d; ++c) tile[c * kTileKeys + kk] = key[c];
+  }
+}
+
+}  // namespace
+
 void score_rows(const float* q, int num_queries, const float* keys, size_t n, int d, float scale,
                 float* scores) {
   thread_local std::vector<float> tile;
   tile.assign(static_cast<size_t>(d) * kTileKeys, 0.f);  // a partial tile's lanes stay 0
-  float dots[kTileQueries * kTileKeys];
   for (size_t i0 = 0; i0 < n; i0 += kTileKeys) {
     const int width = static_cast<int>(std::min<size_t>(kTileKeys, n - i0));
-    for (int kk = 0; kk < width; ++kk) {
-      const float* key = keys + (i0 + kk) * static_cast<size_t>(d);
-      for (int c = 0; c < d; ++c) tile[c * kTileKeys + kk] = key[c];
-    }
-    for (int j0 = 0; j0 < num_queries; j0 += kTileQueries) {
-      const int nq = std::min(kTileQueries, num_queries - j0);
-      tile_dots_chunk(q + static_cast<size_t>(j0) * d, nq, d, tile.data(), dots);
-      for (int j = 0; j < nq; ++j) {
-        float* row = scores + static_cast<size_t>(j0 + j) * n + i0;
-        for (int kk = 0; kk < width; ++kk) row[kk] = dots[j * kTileKeys + kk] * scale;
-      }
-    }
+    transpose_tile(keys + i0 * static_cast<size_t>(d), width, d, tile.data());
+    score_one_tile(q, num_queries, d, tile.data(), i0, 0, n, scale, scores);
+  }
+}
+
+KeyTiles::KeyTiles(const float* keys, size_t n, int d)
+    : head_dim(d), num_keys(n), data((n + kTileKeys - 1) / kTileKeys * kTileKeys * d, 0.f) {
+  for (size_t i0 = 0; i0 < n; i0 += kTileKeys) {
+    const int width = static_cast<int>(std::min<size_t>(kTileKeys, n - i0));
+    transpose_tile(keys + i0 * static_cast<size_t>(d), width, d, data.data() + i0 * d);
+  }
+}
+
+void score_tiles(const float* q, int num_queries, const KeyTiles& tiles, size_t first, size_t n,
+                 float scale, float* scores) {
+  if (n == 0) return;
+  const int d = tiles.head_dim;
+  for (size_t t0 = first / kTileKeys * kTileKeys; t0 < first + n; t0 += kTileKeys) {
+    score_one_tile(q, num_queries, d, tiles.data.data() + t0 * d, t0, first, n, scale, scores);
   }
 }
 

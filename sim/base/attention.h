@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace kvsim {
 
@@ -16,7 +17,22 @@ namespace kvsim {
 void score_rows(const float* q, int num_queries, const float* keys, size_t n, int d, float scale,
                 float* scores);
 
-// Same, with key rows gathered: key i is at keys_base + rows[i] * d.
+// Keys laid out for score_tiles(): tiles of 16 keys, each channel-major (the 16 keys' channel c
+// side by side), the last tile padded with zeros. Made once for keys that many queries score
+// (every prompt row at prefill, every measured step of a layer); score_rows() makes one tile at
+// a time. The scores are score_rows()'s, bit for bit.
+struct KeyTiles {
+  KeyTiles(const float* keys, size_t n, int d);  // keys: [n, d] contiguous rows
+  int head_dim;
+  size_t num_keys;
+  std::vector<float> data;
+};
+
+// scores[j * n + i] = scale * q[j] . key (first + i) of `tiles`, for i < n.
+void score_tiles(const float* q, int num_queries, const KeyTiles& tiles, size_t first, size_t n,
+                 float scale, float* scores);
+
+// Same as score_rows, with key rows gathered: key i is at keys_base + rows[i] * d.
 void score_gathered(const float* q, int num_queries, const float* keys_base,
                     std::span<const int32_t> rows, int d, float scale, float* scores);
 
