@@ -10,7 +10,9 @@ For every trace (the embedded SmolLM2 trace and a 4096-token synthetic trace mad
    must agree to --tolerance (1e-4), or the script stops with exit status 1;
 2. timing: whole processes (start-up, trace reading and checking, replay, output), kvsim and
    NumPy interleaved and alternating which goes first, --repeat times; both limited to
-   --threads threads (kvsim --threads, OPENBLAS/OMP/MKL_NUM_THREADS for NumPy's BLAS).
+   --threads threads (kvsim --threads, OPENBLAS/OMP/MKL_NUM_THREADS for NumPy's BLAS). The
+   row "(read + check)" times reading every value of the trace and checking it alone:
+   ``kvsim inspect --check`` against h5py reading, converting and checking the same arrays.
 
 Prints one Markdown table (min and median seconds of each, and the ratio of the medians,
 NumPy / kvsim: above 1 means kvsim is faster). Figures are in docs/performance.md.
@@ -33,6 +35,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 POLICIES = ("full", "kivi:bits=2", "snapkv", "h2o")
+
+
+# The NumPy side of the trace-reading comparison: numpy_replay.read_trace (h5py reads each
+# dataset whole, converts it to float32 and checks it is finite).
+READ_AND_CHECK = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import numpy_replay; "
+                  "numpy_replay.read_trace(sys.argv[1])")
 
 
 def kvsim_command(kvsim: str, trace: str, policy: str, out: str, threads: int) -> list[str]:
@@ -116,6 +124,12 @@ def main() -> None:
         times: dict[tuple[str, str, str], list[float]] = {}
         for r in range(args.repeat):
             for trace in traces:
+                # Reading and checking every value: kvsim inspect --check, h5py + NumPy.
+                pair = [("kvsim", [args.kvsim, "inspect", trace, "--check"], None),
+                        ("numpy", [sys.executable, "-c", READ_AND_CHECK, trace], env)]
+                for name, command, environment in pair if r % 2 == 0 else pair[::-1]:
+                    times.setdefault((trace, "(read + check)", name), []).append(
+                        run(command, environment))
                 for policy in policies:
                     pair = [("kvsim", kvsim_command(args.kvsim, trace, policy, ours, args.threads),
                              None), ("numpy", numpy_command(trace, policy, theirs), env)]
@@ -127,9 +141,10 @@ def main() -> None:
     print("| trace | policy | kvsim min / median (s) | NumPy min / median (s) | NumPy / kvsim |")
     print("|---|---|---|---|---|")
     for trace in traces:
-        for policy in policies:
+        for policy in ["(read + check)"] + policies:
             k, n = times[(trace, policy, "kvsim")], times[(trace, policy, "numpy")]
-            print(f"| {Path(trace).name} | `{policy}` | {min(k):.3f} / {statistics.median(k):.3f} "
+            label = policy if policy.startswith("(") else f"`{policy}`"
+            print(f"| {Path(trace).name} | {label} | {min(k):.3f} / {statistics.median(k):.3f} "
                   f"| {min(n):.3f} / {statistics.median(n):.3f} "
                   f"| {statistics.median(n) / statistics.median(k):.2f} |")
 
