@@ -77,18 +77,7 @@ TEST(AttentionKernels, GatheredScoresEqualContiguousScores) {
 // 997th bit pattern: both signs, the clamps, the integers and half-integers of t).
 float fast_expf_std_form(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t e = static_cast<int32_t>(n) + 127;
-  return y * std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
+  return expf_from_rounding(x, static_cast<int32_t>(std::floor(x * 1.44269504088896341f + 0.5f)));
 }
 
 TEST(AttentionKernels, FastExpEqualsItsStdFormBitwise) {

@@ -48,6 +48,22 @@ inline float select_float(bool when, float a, float b) {
                               (std::bit_cast<uint32_t>(b) & ~mask));
 }
 
+// e^x = 2^n e^r, r = x - n ln 2 (Cody-Waite, in two parts), for the integer n nearest to
+// x / ln 2 (rounded half up); e^r from the Cephes polynomial.
+inline float expf_from_rounding(float x, int32_t n) {
+  const float nf = static_cast<float>(n);
+  float r = x - nf * 0.693359375f;
+  r = r + nf * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  return y * std::bit_cast<float>(static_cast<uint32_t>(n + 127) << 23);
+}
+
 // The clamps are std::max(x, -87) and std::min(x, 88) and the rounding is std::floor, written
 // out so that the loops vectorise (std::floor does not without -fno-trapping-math); t lies in
 // (-126, 128), where truncation and a correction is floor.
@@ -56,19 +72,7 @@ inline float fast_expf(float x) {
   x = select_float(88.0f < x, 88.0f, x);
   const float t = x * 1.44269504088896341f + 0.5f;
   const int32_t truncated = static_cast<int32_t>(t);
-  const int32_t floor_t = truncated - (static_cast<float>(truncated) > t ? 1 : 0);
-  const float n = static_cast<float>(floor_t);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t e = floor_t + 127;
-  return y * std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
+  return expf_from_rounding(x, truncated - (static_cast<float>(truncated) > t ? 1 : 0));
 }
 
 // Float sums in a fixed order on every machine (docs/replay.md, "Bit-identical

@@ -143,13 +143,18 @@ def snapkv_keep(q: np.ndarray, k: np.ndarray, prompt_len: int, scale: float) -> 
     return keep
 
 
+def shapes(seq: dict) -> tuple[int, int, int, int, int, int]:
+    """layers, query heads, tokens, head_dim, kv heads and the GQA group of a sequence."""
+    L, hq, T, d = seq["q"].shape
+    hkv = seq["k"].shape[1]
+    return L, hq, T, d, hkv, hq // hkv
+
+
 def replay_static(seq: dict, meta: dict, policy: str) -> np.ndarray:
     """full, kivi and snapkv: the cache at every measured step is known in advance, so every
     step and head is one batched product. Returns rel_err [layers, q heads, steps]."""
     q, k, v, P = seq["q"], seq["k"], seq["v"], seq["prompt_len"]
-    L, hq, T, d = q.shape
-    hkv = k.shape[1]
-    group = hq // hkv
+    L, hq, T, d, hkv, group = shapes(seq)
     scale = np.float32(meta["attn_scale"])
     steps = measured_steps(P, T)
     m = len(steps)
@@ -184,9 +189,7 @@ def replay_h2o(seq: dict, meta: dict) -> np.ndarray:
     """H2O: the prefill column sums as batched products, then one Python iteration per decode
     step, vectorised over layers and heads. Returns rel_err [layers, q heads, steps]."""
     q, k, v, P = seq["q"], seq["k"], seq["v"], seq["prompt_len"]
-    L, hq, T, d = q.shape
-    hkv = k.shape[1]
-    group = hq // hkv
+    L, hq, T, d, hkv, group = shapes(seq)
     scale = np.float32(meta["attn_scale"])
     heavy = fraction_tokens(H2O_HEAVY, P)
     recent = max(1, fraction_tokens(H2O_RECENT, P))

@@ -34,8 +34,12 @@ std::vector<float> random_vector(size_t n, uint64_t seed) {
 double min_of(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
 // Peak of a plain multiply-add loop: 256 independent accumulators (16 AVX-512 registers, enough
-// chains to hide the latency), 2 FLOP per update.
-void BM_PeakFma(benchmark::State& state) {
+// chains to hide the latency), 2 FLOP per update. `fused`: std::fma, one instruction. The
+// project compiles with -ffp-contract=off (results bit-identical across machines), so its
+// kernels issue a multiply and an add where the fused loop issues one FMA: the unfused peak is
+// their ceiling, the fused one the chip's.
+template <bool fused>
+void peak_flops(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
   constexpr int kLanes = 256, kIters = 1 << 14;
   for (auto _ : state) {
@@ -46,7 +50,7 @@ void BM_PeakFma(benchmark::State& state) {
       const float a = 0.999999f, b = 1e-7f;
       for (int it = 0; it < kIters; ++it) {
 #pragma omp simd
-        for (int i = 0; i < kLanes; ++i) acc[i] = acc[i] * a + b;
+        for (int i = 0; i < kLanes; ++i) acc[i] = fused ? std::fma(acc[i], a, b) : acc[i] * a + b;
       }
       benchmark::DoNotOptimize(acc);
     }
@@ -54,30 +58,9 @@ void BM_PeakFma(benchmark::State& state) {
   state.counters["FLOP/s"] = benchmark::Counter(
       2.0 * kLanes * kIters * threads * state.iterations(), benchmark::Counter::kIsRate);
 }
+void BM_PeakFma(benchmark::State& state) { peak_flops<false>(state); }
+void BM_PeakFmaFused(benchmark::State& state) { peak_flops<true>(state); }
 BENCHMARK(BM_PeakFma)->Arg(1)->Arg(2)->UseRealTime()->ComputeStatistics("min", min_of);
-
-// The same with fused multiply-adds (std::fma: one instruction, 2 FLOP). The project compiles
-// with -ffp-contract=off (results bit-identical across machines), so its kernels issue a
-// multiply and an add where this issues one FMA: BM_PeakFma is their ceiling, this the chip's.
-void BM_PeakFmaFused(benchmark::State& state) {
-  const int threads = static_cast<int>(state.range(0));
-  constexpr int kLanes = 256, kIters = 1 << 14;
-  for (auto _ : state) {
-#pragma omp parallel num_threads(threads)
-    {
-      alignas(64) float acc[kLanes];
-      for (int i = 0; i < kLanes; ++i) acc[i] = 1.0f + i * 1e-3f;
-      const float a = 0.999999f, b = 1e-7f;
-      for (int it = 0; it < kIters; ++it) {
-#pragma omp simd
-        for (int i = 0; i < kLanes; ++i) acc[i] = std::fma(acc[i], a, b);
-      }
-      benchmark::DoNotOptimize(acc);
-    }
-  }
-  state.counters["FLOP/s"] = benchmark::Counter(
-      2.0 * kLanes * kIters * threads * state.iterations(), benchmark::Counter::kIsRate);
-}
 BENCHMARK(BM_PeakFmaFused)->Arg(1)->UseRealTime()->ComputeStatistics("min", min_of);
 
 // Stream-read bandwidth of one thread: the sum of a 512 MiB float array (16 lanes), far
