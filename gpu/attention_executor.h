@@ -65,13 +65,13 @@ class AttentionExecutor {
   virtual std::unique_ptr<CacheImage> new_cache_image(int head_dim) = 0;
   // `plan` against the image's current rows; `positions` all rows' positions after the delta.
   virtual void apply_delta(CacheImage& image, const CacheDeltaPlan& plan,
-                           std::span<const int32_t> positions,
-                           std::span<const float> staged_keys,
+                           std::span<const int32_t> positions, std::span<const float> staged_keys,
                            std::span<const float> staged_values) = 0;
   virtual ExactLayer exact_attention(const TraceMeta& meta, const LayerImage& layer,
                                      std::span<const int64_t> measured) = 0;
   // Writes the column sums of every task, [colsum_indptr.back()], into `colsums`.
-  virtual void prefill_column_sums(const PrefillCall& call, std::unique_ptr<ExecutorScratch>& scratch,
+  virtual void prefill_column_sums(const PrefillCall& call,
+                                   std::unique_ptr<ExecutorScratch>& scratch,
                                    std::vector<float>& colsums) = 0;
   // Fills `outputs` (already sized for the layout).
   virtual void cache_attention(const RaggedCall& call, std::unique_ptr<ExecutorScratch>& scratch,

@@ -28,7 +28,8 @@ CacheDeltaPlan plan_cache_delta(const HeadCache& before, const HeadCache& now) {
   // The common cases first: rows that stay in place (appends, a rewritten tail).
   size_t i = 0;
   for (; comparable && i < n && i < before.size(); ++i) {
-    if (before.positions[i] != now.positions[i] || !same_row(before.key_row(i), now.key_row(i), d) ||
+    if (before.positions[i] != now.positions[i] ||
+        !same_row(before.key_row(i), now.key_row(i), d) ||
         !same_row(before.value_row(i), now.value_row(i), d)) {
       break;
     }
@@ -55,8 +56,8 @@ CacheDeltaPlan plan_cache_delta(const HeadCache& before, const HeadCache& now) {
   return plan;
 }
 
-void gather_staged_rows(const CacheDeltaPlan& plan, const HeadCache& now,
-                        std::vector<float>& keys, std::vector<float>& values) {
+void gather_staged_rows(const CacheDeltaPlan& plan, const HeadCache& now, std::vector<float>& keys,
+                        std::vector<float>& values) {
   const size_t d = static_cast<size_t>(now.head_dim);
   keys.resize(plan.staged.size() * d);
   values.resize(plan.staged.size() * d);
@@ -178,8 +179,7 @@ PrefillLayout build_prefill_layout(int group, std::span<const PrefillSumsTask> t
   for (const PrefillSumsTask& task : tasks) {
     KVSIM_CHECK(task.layer != nullptr && task.colsum != nullptr);
     const int64_t nc = static_cast<int64_t>(task.candidates.size());
-    const int64_t first =
-        task.rows < 0 ? 0 : std::max<int64_t>(0, task.prompt_len - task.rows);
+    const int64_t first = task.rows < 0 ? 0 : std::max<int64_t>(0, task.prompt_len - task.rows);
     layout.first_row.push_back(first);
     layout.candidate_indptr.push_back(layout.candidate_indptr.back() + nc);
     layout.colsum_indptr.push_back(layout.colsum_indptr.back() + nc * group);

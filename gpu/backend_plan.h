@@ -31,8 +31,7 @@ struct CacheDeltaPlan {
   }
   // Only rows past the kept prefix are staged: an append (or a rewrite of the tail).
   bool in_place() const {
-    return static_cast<int64_t>(source.size()) - kept_prefix ==
-           static_cast<int64_t>(staged.size());
+    return static_cast<int64_t>(source.size()) - kept_prefix == static_cast<int64_t>(staged.size());
   }
 };
 
@@ -47,16 +46,16 @@ void apply_cache_delta(const CacheDeltaPlan& plan, std::span<const int32_t> posi
                        HeadCache& image);
 
 // Gathers the staged rows of `now` ([staged, head_dim] each).
-void gather_staged_rows(const CacheDeltaPlan& plan, const HeadCache& now,
-                        std::vector<float>& keys, std::vector<float>& values);
+void gather_staged_rows(const CacheDeltaPlan& plan, const HeadCache& now, std::vector<float>& keys,
+                        std::vector<float>& values);
 
 // The ragged layout of one cache-attention call: task t's rows are [row_indptr[t],
 // row_indptr[t + 1]) of a flat row space (FlashInfer's indptr); its scores and probabilities
 // are [group, n_t] at group * row_indptr[t]; measured tasks are numbered in task order.
 struct RaggedLayout {
   int group = 0, head_dim = 0;
-  std::vector<int64_t> row_indptr;    // [tasks + 1]
-  std::vector<int32_t> measured_slot; // [tasks]: index among the measured tasks, or -1
+  std::vector<int64_t> row_indptr;     // [tasks + 1]
+  std::vector<int32_t> measured_slot;  // [tasks]: index among the measured tasks, or -1
   int64_t num_measured = 0;
 
   size_t num_tasks() const { return measured_slot.size(); }
@@ -69,13 +68,13 @@ RaggedLayout build_ragged_layout(int group, int head_dim,
 // Element counts of the workspace arrays of a layout, and their byte offsets in one buffer
 // (each array aligned to 256 bytes, as cudaMalloc aligns).
 struct WorkspaceSizes {
-  int64_t descriptors = 0;          // bytes of the per-task descriptors
-  int64_t scores = 0, probs = 0;    // float [group * total_rows]
-  int64_t lse_hat = 0;              // double [tasks * group]
-  int64_t exact_lse = 0;            // double [measured * group]
-  int64_t out_hat = 0;              // float [measured * group * head_dim]
+  int64_t descriptors = 0;                // bytes of the per-task descriptors
+  int64_t scores = 0, probs = 0;          // float [group * total_rows]
+  int64_t lse_hat = 0;                    // double [tasks * group]
+  int64_t exact_lse = 0;                  // double [measured * group]
+  int64_t out_hat = 0;                    // float [measured * group * head_dim]
   int64_t kept_mass = 0, kept_cross = 0;  // float [measured * group]
-  int64_t top1 = 0;                 // int32 [measured * group]
+  int64_t top1 = 0;                       // int32 [measured * group]
 
   struct Offsets {
     size_t descriptors, scores, probs, lse_hat, exact_lse, out_hat, kept_mass, kept_cross, top1,

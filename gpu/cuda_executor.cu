@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "gpu/attention_executor.h"
+#include "gpu/device_buffer.h"
 #include "gpu/dispatch.h"
 #include "gpu/kernel_common.cuh"
 
@@ -24,39 +25,11 @@ constexpr int kWarpsPerBlock = 4;
 
 // --- device memory ------------------------------------------------------------------------
 
-// An owning device allocation (plain cudaMalloc: images live across calls).
-class DeviceMemory {
- public:
-  DeviceMemory() = default;
-  explicit DeviceMemory(size_t bytes) : bytes_(bytes) {
-    if (bytes > 0) KVSIM_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
-  }
-  ~DeviceMemory() {
-    if (ptr_ != nullptr && cudaFree(ptr_) != cudaSuccess) (void)cudaGetLastError();
-  }
-  DeviceMemory(DeviceMemory&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
-    o.ptr_ = nullptr;
-    o.bytes_ = 0;
-  }
-  DeviceMemory& operator=(DeviceMemory&& o) noexcept {
-    std::swap(ptr_, o.ptr_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-  // Grows (contents lost) to at least `bytes`.
-  void reserve(size_t bytes) {
-    if (bytes > bytes_) *this = DeviceMemory(bytes + bytes / 2);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
+// Grows `buffer` (contents lost) to at least `size` elements, with room to spare.
+template <typename T>
+void reserve(DeviceBuffer<T>& buffer, size_t size) {
+  if (size > buffer.size()) buffer = DeviceBuffer<T>(size + size / 2);
+}
 
 void upload(void* dst, const void* src, size_t bytes) {
   if (bytes > 0) KVSIM_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
@@ -67,19 +40,20 @@ void download(void* dst, const void* src, size_t bytes) {
 
 struct DeviceLayer final : LayerImage {
   int slot = 0, num_tokens = 0, head_dim = 0;
-  DeviceMemory q, k, v;
+  DeviceBuffer<float> q, k, v;
   size_t bytes() const override { return q.bytes() + k.bytes() + v.bytes(); }
 };
 
 struct DeviceCache final : CacheImage {
   int head_dim = 0;
   int64_t rows = 0, capacity = 0;
-  DeviceMemory keys, values, positions;
+  DeviceBuffer<float> keys, values;
+  DeviceBuffer<int32_t> positions;
   size_t bytes() const override { return keys.bytes() + values.bytes() + positions.bytes(); }
 };
 
 struct DeviceScratch final : ExecutorScratch {
-  DeviceMemory workspace, staging, prefill;
+  DeviceBuffer<unsigned char> workspace, prefill;
   std::vector<unsigned char> host_descriptors;
 };
 
@@ -195,9 +169,10 @@ __global__ void ragged_cache_attention_kernel(RaggedArgs a) {
   const int j = static_cast<int>(w % a.group);
   const int64_t n = task.n;
   float q[P];
-  load_row<D>(task.q + ((static_cast<int64_t>(task.kv_head) * a.group + j) * task.num_tokens +
-                        task.step) * D,
-              q, lane);
+  load_row<D>(
+      task.q +
+          ((static_cast<int64_t>(task.kv_head) * a.group + j) * task.num_tokens + task.step) * D,
+      q, lane);
   float* scores = a.scores + task.row_begin * a.group + j * n;
   float* probs = a.probs + task.row_begin * a.group + j * n;
   float mx = -FLT_MAX;
@@ -274,7 +249,10 @@ __device__ int find_task(int num_tasks, int64_t w, Begin begin) {
   int lo = 0, hi = num_tasks - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (begin(mid) <= w) lo = mid; else hi = mid - 1;
+    if (begin(mid) <= w)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
@@ -291,8 +269,9 @@ __global__ void prefill_row_lse_kernel(PrefillArgs a) {
   const int64_t r = task.first_row + local / a.group;
   const int j = static_cast<int>(local % a.group);
   float q[P];
-  load_row<D>(task.q + ((static_cast<int64_t>(task.kv_head) * a.group + j) * task.num_tokens + r) * D,
-              q, lane);
+  load_row<D>(
+      task.q + ((static_cast<int64_t>(task.kv_head) * a.group + j) * task.num_tokens + r) * D, q,
+      lane);
   const float* keys = task.k + static_cast<int64_t>(task.kv_head) * task.num_tokens * D;
   float mx = -FLT_MAX;
   double sum = 0;
@@ -337,8 +316,8 @@ __global__ void prefill_colsum_kernel(PrefillArgs a) {
 
 // Row i of the new copy from row source[i] of the old one, or staged row -(source[i] + 1).
 __global__ void gather_rows_kernel(const int32_t* source, int64_t rows, int d, const float* old_k,
-                                   const float* old_v, const float* staged_k,
-                                   const float* staged_v, float* new_k, float* new_v) {
+                                   const float* old_v, const float* staged_k, const float* staged_v,
+                                   float* new_k, float* new_v) {
   const int64_t total = rows * d;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -387,8 +366,7 @@ class CudaExecutor final : public AttentionExecutor {
     image->head_dim = layer.head_dim;
     for (auto [dst, src] : {std::pair{&image->q, &layer.q}, std::pair{&image->k, &layer.k},
                             std::pair{&image->v, &layer.v}}) {
-      *dst = DeviceMemory(sizeof(float) * src->size());
-      upload(dst->as<float>(), src->data(), sizeof(float) * src->size());
+      *dst = DeviceBuffer<float>(std::span<const float>(*src));
     }
     return image;
   }
@@ -399,46 +377,43 @@ class CudaExecutor final : public AttentionExecutor {
     return image;
   }
 
-  void apply_delta(CacheImage& base, const CacheDeltaPlan& plan,
-                   std::span<const int32_t> positions, std::span<const float> staged_keys,
+  void apply_delta(CacheImage& base, const CacheDeltaPlan& plan, std::span<const int32_t> positions,
+                   std::span<const float> staged_keys,
                    std::span<const float> staged_values) override {
     select();
     DeviceCache& image = static_cast<DeviceCache&>(base);
     const int64_t n = static_cast<int64_t>(plan.source.size());
-    const size_t d = static_cast<size_t>(image.head_dim), row_bytes = sizeof(float) * d;
+    const size_t d = static_cast<size_t>(image.head_dim);
     if (plan.in_place() && n <= image.capacity) {  // appends and rewritten tails
       const size_t at = static_cast<size_t>(plan.kept_prefix) * d;
-      upload(image.keys.as<float>() + at, staged_keys.data(), sizeof(float) * staged_keys.size());
-      upload(image.values.as<float>() + at, staged_values.data(),
-             sizeof(float) * staged_values.size());
+      upload(image.keys.data() + at, staged_keys.data(), sizeof(float) * staged_keys.size());
+      upload(image.values.data() + at, staged_values.data(), sizeof(float) * staged_values.size());
     } else {
       const int64_t capacity = std::max<int64_t>({n, image.capacity + image.capacity / 2, 16});
-      DeviceMemory keys(row_bytes * capacity), values(row_bytes * capacity);
+      DeviceBuffer<float> keys(d * capacity), values(d * capacity);
       const size_t staged_bytes = sizeof(float) * staged_keys.size();
       const size_t source_at = 2 * align256(staged_bytes);
-      DeviceMemory staging(source_at + sizeof(int32_t) * n);
-      upload(staging.as<unsigned char>(), staged_keys.data(), staged_bytes);
-      upload(staging.as<unsigned char>() + align256(staged_bytes), staged_values.data(),
-             staged_bytes);
-      upload(staging.as<unsigned char>() + source_at, plan.source.data(), sizeof(int32_t) * n);
+      DeviceBuffer<unsigned char> staging(source_at + sizeof(int32_t) * n);
+      upload(staging.data(), staged_keys.data(), staged_bytes);
+      upload(staging.data() + align256(staged_bytes), staged_values.data(), staged_bytes);
+      upload(staging.data() + source_at, plan.source.data(), sizeof(int32_t) * n);
       if (n > 0) {
         const int threads = 256;
         const unsigned blocks = detail::grid_for(n * static_cast<int64_t>(d), threads, 8);
         gather_rows_kernel<<<blocks, threads>>>(
-            reinterpret_cast<const int32_t*>(staging.as<unsigned char>() + source_at), n,
-            static_cast<int>(d), image.keys.as<float>(), image.values.as<float>(),
-            staging.as<float>(),
-            reinterpret_cast<const float*>(staging.as<unsigned char>() + align256(staged_bytes)),
-            keys.as<float>(), values.as<float>());
+            reinterpret_cast<const int32_t*>(staging.data() + source_at), n, static_cast<int>(d),
+            image.keys.data(), image.values.data(), reinterpret_cast<const float*>(staging.data()),
+            reinterpret_cast<const float*>(staging.data() + align256(staged_bytes)), keys.data(),
+            values.data());
         KVSIM_CUDA_CHECK_LAUNCH("gather_rows_kernel");
       }
       image.keys = std::move(keys);
       image.values = std::move(values);
       image.capacity = capacity;
-      image.positions = DeviceMemory(sizeof(int32_t) * capacity);
+      image.positions = DeviceBuffer<int32_t>(capacity);
       // `staging` is freed here: cudaFree waits for the gather.
     }
-    upload(image.positions.as<int32_t>(), positions.data(), sizeof(int32_t) * n);
+    upload(image.positions.data(), positions.data(), sizeof(int32_t) * n);
     image.rows = n;
   }
 
@@ -457,13 +432,20 @@ class CudaExecutor final : public AttentionExecutor {
     const size_t out_at = align256(sizeof(int64_t) * m);
     const size_t lse_at = out_at + align256(sizeof(float) * ex.out.size());
     const size_t top_at = lse_at + align256(sizeof(double) * ex.lse.size());
-    DeviceMemory buffer(top_at + sizeof(int32_t) * ex.top1.size());
-    unsigned char* base_ptr = buffer.as<unsigned char>();
+    DeviceBuffer<unsigned char> buffer(top_at + sizeof(int32_t) * ex.top1.size());
+    unsigned char* base_ptr = buffer.data();
     upload(base_ptr, measured.data(), sizeof(int64_t) * m);
-    ExactArgs a{layer.q.as<float>(), layer.k.as<float>(), layer.v.as<float>(),
-                reinterpret_cast<const int64_t*>(base_ptr), static_cast<int64_t>(m) * hq,
-                layer.num_tokens, hq, meta.group_size(), meta.sliding_window[layer.slot],
-                static_cast<float>(meta.attn_scale), reinterpret_cast<float*>(base_ptr + out_at),
+    ExactArgs a{layer.q.data(),
+                layer.k.data(),
+                layer.v.data(),
+                reinterpret_cast<const int64_t*>(base_ptr),
+                static_cast<int64_t>(m) * hq,
+                layer.num_tokens,
+                hq,
+                meta.group_size(),
+                meta.sliding_window[layer.slot],
+                static_cast<float>(meta.attn_scale),
+                reinterpret_cast<float*>(base_ptr + out_at),
                 reinterpret_cast<double*>(base_ptr + lse_at),
                 reinterpret_cast<int32_t*>(base_ptr + top_at)};
     KVSIM_DISPATCH_HEAD_DIM(d, kD, [&] {
@@ -491,33 +473,36 @@ class CudaExecutor final : public AttentionExecutor {
         cand_at + align256(sizeof(int32_t) * static_cast<size_t>(layout.candidate_indptr.back()));
     const size_t colsum_at = lse_at + align256(sizeof(double) * static_cast<size_t>(rows));
     const size_t end = colsum_at + sizeof(float) * static_cast<size_t>(sums);
-    s.prefill.reserve(end);
-    unsigned char* dev = s.prefill.as<unsigned char>();
+    reserve(s.prefill, end);
+    unsigned char* dev = s.prefill.data();
     s.host_descriptors.assign(cand_at + sizeof(int32_t) * layout.candidate_indptr.back(), 0);
     for (size_t t = 0; t < tasks; ++t) {
       const PrefillSumsTask& task = call.tasks[t];
       const DeviceLayer& layer = static_cast<const DeviceLayer&>(*call.layers[t]);
-      const PrefillDesc desc{layer.q.as<float>(),
-                             layer.k.as<float>(),
-                             reinterpret_cast<const int32_t*>(dev + cand_at) +
-                                 layout.candidate_indptr[t],
-                             layout.first_row[t],
-                             task.prompt_len,
-                             layout.row_indptr[t],
-                             layout.colsum_indptr[t],
-                             static_cast<int64_t>(task.candidates.size()),
-                             layer.num_tokens,
-                             task.kv_head,
-                             task.window,
-                             0};
+      const PrefillDesc desc{
+          layer.q.data(),
+          layer.k.data(),
+          reinterpret_cast<const int32_t*>(dev + cand_at) + layout.candidate_indptr[t],
+          layout.first_row[t],
+          task.prompt_len,
+          layout.row_indptr[t],
+          layout.colsum_indptr[t],
+          static_cast<int64_t>(task.candidates.size()),
+          layer.num_tokens,
+          task.kv_head,
+          task.window,
+          0};
       std::memcpy(s.host_descriptors.data() + t * sizeof(PrefillDesc), &desc, sizeof desc);
-      std::memcpy(s.host_descriptors.data() + cand_at +
-                      sizeof(int32_t) * layout.candidate_indptr[t],
-                  task.candidates.data(), sizeof(int32_t) * task.candidates.size());
+      std::memcpy(
+          s.host_descriptors.data() + cand_at + sizeof(int32_t) * layout.candidate_indptr[t],
+          task.candidates.data(), sizeof(int32_t) * task.candidates.size());
     }
     upload(dev, s.host_descriptors.data(), s.host_descriptors.size());
-    PrefillArgs a{reinterpret_cast<const PrefillDesc*>(dev), static_cast<int>(tasks), group,
-                  rows, static_cast<float>(call.meta->attn_scale),
+    PrefillArgs a{reinterpret_cast<const PrefillDesc*>(dev),
+                  static_cast<int>(tasks),
+                  group,
+                  rows,
+                  static_cast<float>(call.meta->attn_scale),
                   reinterpret_cast<double*>(dev + lse_at),
                   reinterpret_cast<float*>(dev + colsum_at)};
     KVSIM_DISPATCH_HEAD_DIM(call.meta->head_dim, kD, [&] {
@@ -539,8 +524,8 @@ class CudaExecutor final : public AttentionExecutor {
     const RaggedLayout& layout = *call.layout;
     const WorkspaceSizes sizes = workspace_sizes(layout, sizeof(TaskDesc));
     const WorkspaceSizes::Offsets at = sizes.offsets();
-    s.workspace.reserve(at.end);
-    unsigned char* dev = s.workspace.as<unsigned char>();
+    reserve(s.workspace, at.end);
+    unsigned char* dev = s.workspace.data();
     // Descriptors and exact log-sum-exps in one upload.
     s.host_descriptors.assign(at.exact_lse + sizeof(double) * sizes.exact_lse, 0);
     const size_t g = static_cast<size_t>(layout.group);
@@ -548,17 +533,23 @@ class CudaExecutor final : public AttentionExecutor {
       const CacheAttentionTask& task = call.tasks[t];
       const DeviceLayer& layer = static_cast<const DeviceLayer&>(*call.layers[t]);
       const DeviceCache& cache = static_cast<const DeviceCache&>(*call.caches[t]);
-      const TaskDesc desc{layer.q.as<float>(),         layer.k.as<float>(),
-                          cache.keys.as<float>(),      cache.values.as<float>(),
-                          cache.positions.as<int32_t>(), layout.row_indptr[t],
-                          cache.rows,                  task.step,
-                          layer.num_tokens,            task.kv_head,
-                          layout.measured_slot[t],     0};
+      const TaskDesc desc{layer.q.data(),
+                          layer.k.data(),
+                          cache.keys.data(),
+                          cache.values.data(),
+                          cache.positions.data(),
+                          layout.row_indptr[t],
+                          cache.rows,
+                          task.step,
+                          layer.num_tokens,
+                          task.kv_head,
+                          layout.measured_slot[t],
+                          0};
       std::memcpy(s.host_descriptors.data() + t * sizeof(TaskDesc), &desc, sizeof desc);
       if (layout.measured_slot[t] >= 0) {
-        std::memcpy(s.host_descriptors.data() + at.exact_lse +
-                        sizeof(double) * g * layout.measured_slot[t],
-                    task.exact_lse, sizeof(double) * g);
+        std::memcpy(
+            s.host_descriptors.data() + at.exact_lse + sizeof(double) * g * layout.measured_slot[t],
+            task.exact_lse, sizeof(double) * g);
       }
     }
     upload(dev, s.host_descriptors.data(), s.host_descriptors.size());

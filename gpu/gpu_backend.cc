@@ -117,8 +117,8 @@ class RaggedBackend final : public GpuBackend {
       entries.push_back(std::move(cache));
     }
     ws.outputs.resize_for(layout);
-    executor_->cache_attention(RaggedCall{&meta, tasks, ws.layers, ws.caches, &layout},
-                               ws.scratch, ws.outputs);
+    executor_->cache_attention(RaggedCall{&meta, tasks, ws.layers, ws.caches, &layout}, ws.scratch,
+                               ws.outputs);
     scatter_outputs(layout, ws.outputs, tasks);
     ws.pinned.clear();
     std::lock_guard lock(mutex_);
@@ -214,8 +214,7 @@ class RaggedBackend final : public GpuBackend {
 
   // Brings the copy up to `now`; returns the rows uploaded. A HeadCache at an address whose
   // copy was made from another cache is still right: the delta compares contents.
-  int64_t update_copy(CacheEntry& entry, const HeadCache& now,
-                      BackendWorkspace::State& ws) const {
+  int64_t update_copy(CacheEntry& entry, const HeadCache& now, BackendWorkspace::State& ws) const {
     const CacheDeltaPlan plan = plan_cache_delta(entry.shadow, now);
     if (plan.unchanged()) return 0;
     gather_staged_rows(plan, now, ws.staged_keys, ws.staged_values);

@@ -74,8 +74,7 @@ class HostExecutor final : public AttentionExecutor {
       reference_.prefill_column_sums(*call.meta, std::span(&task, 1));
       KVSIM_CHECK(static_cast<int64_t>(s.colsum.size()) ==
                   call.layout->colsum_indptr[t + 1] - call.layout->colsum_indptr[t]);
-      std::copy(s.colsum.begin(), s.colsum.end(),
-                colsums.begin() + call.layout->colsum_indptr[t]);
+      std::copy(s.colsum.begin(), s.colsum.end(), colsums.begin() + call.layout->colsum_indptr[t]);
     }
   }
 
@@ -100,8 +99,7 @@ class HostExecutor final : public AttentionExecutor {
       const size_t at = static_cast<size_t>(m) * g;
       std::copy(s.one.out_hat.begin(), s.one.out_hat.end(), outputs.out_hat.begin() + at * d);
       std::copy(s.one.kept_mass.begin(), s.one.kept_mass.end(), outputs.kept_mass.begin() + at);
-      std::copy(s.one.kept_cross.begin(), s.one.kept_cross.end(),
-                outputs.kept_cross.begin() + at);
+      std::copy(s.one.kept_cross.begin(), s.one.kept_cross.end(), outputs.kept_cross.begin() + at);
       std::copy(s.one.top1.begin(), s.one.top1.end(), outputs.top1.begin() + at);
     }
   }

@@ -96,9 +96,8 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
 
   // 6. Work: this rank's units, block by block.
   const int threads = worker_threads(mpi, opt.threads);
-  UnitResults mine =
-      run_units(mpi, opt, sweep, plan, threads, resume.resumed, hooks, std::move(writer), stats,
-                backend.get());
+  UnitResults mine = run_units(mpi, opt, sweep, plan, threads, resume.resumed, hooks,
+                               std::move(writer), stats, backend.get());
 
   // 7. Consistency totals, then the gather of partial results onto rank 0.
   const auto gather_start = Clock::now();

@@ -28,9 +28,8 @@ Options parse_options(int argc, char** argv) {
       "worker threads per rank (0 = the node's cores / ranks on the node)")(
       "device", po::value<std::string>()->default_value("cpu"),
       "cpu | cuda: attention on one GPU per rank (the rank's index on its node modulo the "
-      "node's GPUs; docs/gpu.md)")(
-      "trace,t", po::value<std::vector<std::string>>()->composing(),
-      "trace file, repeatable: replaces the sweep file's traces")(
+      "node's GPUs; docs/gpu.md)")("trace,t", po::value<std::vector<std::string>>()->composing(),
+                                   "trace file, repeatable: replaces the sweep file's traces")(
       "measure", po::value<std::string>(),
       "measured decode steps: auto | all | stride=N | last=N; replaces the sweep file's "
       "`measure` (as kvsim replay --measure)")(

@@ -275,9 +275,8 @@ UnitResults run_units(const Mpi& mpi, const Options& opt, const Sweep& sweep, co
         try {
           const SweepUnit& unit = sweep.units[units[i]];
           const int64_t key = static_cast<int64_t>(block.trace) * 1000003 + unit.key.config;
-          results[i] =
-              run_unit(sweep, unit, data, prepared.at(key), &prefill_caches[omp_get_thread_num()],
-                       backend);
+          results[i] = run_unit(sweep, unit, data, prepared.at(key),
+                                &prefill_caches[omp_get_thread_num()], backend);
           const std::vector<char> record = writer->make_record(unit.key, results[i]);
           std::lock_guard lock(mutex);
           const auto t0 = Clock::now();

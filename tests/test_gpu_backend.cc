@@ -24,8 +24,8 @@ namespace {
 using gpu::CacheDeltaPlan;
 
 bool same_cache(const HeadCache& a, const HeadCache& b) {
-  return a.head_dim == b.head_dim && a.positions == b.positions &&
-         a.keys.size() == b.keys.size() && a.values.size() == b.values.size() &&
+  return a.head_dim == b.head_dim && a.positions == b.positions && a.keys.size() == b.keys.size() &&
+         a.values.size() == b.values.size() &&
          (a.keys.empty() ||
           std::memcmp(a.keys.data(), b.keys.data(), sizeof(float) * a.keys.size()) == 0) &&
          (a.values.empty() ||
@@ -53,7 +53,8 @@ TEST(GpuCacheDelta, AppendsUploadOnlyTheNewRowsInPlace) {
   const int d = 8;
   HeadCache before;
   before.head_dim = d;
-  for (int p = 0; p < 5; ++p) before.append(p, random_row(rng, d).data(), random_row(rng, d).data());
+  for (int p = 0; p < 5; ++p)
+    before.append(p, random_row(rng, d).data(), random_row(rng, d).data());
   HeadCache now = before;
   now.append(7, random_row(rng, d).data(), random_row(rng, d).data());
   now.append(9, random_row(rng, d).data(), random_row(rng, d).data());
@@ -71,7 +72,8 @@ TEST(GpuCacheDelta, RemovalsMoveRowsWithoutUploads) {
   const int d = 4;
   HeadCache before;
   before.head_dim = d;
-  for (int p = 0; p < 6; ++p) before.append(p, random_row(rng, d).data(), random_row(rng, d).data());
+  for (int p = 0; p < 6; ++p)
+    before.append(p, random_row(rng, d).data(), random_row(rng, d).data());
   HeadCache now = before;
   const std::vector<int32_t> gone = {1, 4};
   now.remove(gone);
@@ -95,7 +97,8 @@ TEST(GpuCacheDelta, RewrittenRowsAreStagedAndSurviveAnyEditSequence) {
     const int op = static_cast<int>(rng() % 4);
     if (op == 0 || now.size() < 3) {  // appends
       const int count = 1 + static_cast<int>(rng() % 3);
-      for (int i = 0; i < count; ++i) now.append(next++, random_row(rng, d).data(), random_row(rng, d).data());
+      for (int i = 0; i < count; ++i)
+        now.append(next++, random_row(rng, d).data(), random_row(rng, d).data());
       changed = count;
     } else if (op == 1) {  // removals
       std::vector<int32_t> gone;
@@ -131,7 +134,8 @@ TEST(GpuRaggedLayout, IndptrSlotsAndWorkspaceFollowTheTasks) {
   for (int t = 0; t < 4; ++t) {
     caches[t].head_dim = d;
     std::vector<float> row(d, 1.f);
-    for (size_t i = 0; i < sizes[t]; ++i) caches[t].append(static_cast<int32_t>(i), row.data(), row.data());
+    for (size_t i = 0; i < sizes[t]; ++i)
+      caches[t].append(static_cast<int32_t>(i), row.data(), row.data());
     tasks.push_back({&layer, 0, 10, &caches[t], t % 2 == 0 ? lse : nullptr, &outs[t]});
   }
   const gpu::RaggedLayout layout = gpu::build_ragged_layout(group, d, tasks);
@@ -145,8 +149,8 @@ TEST(GpuRaggedLayout, IndptrSlotsAndWorkspaceFollowTheTasks) {
   EXPECT_EQ(sizes_of.descriptors, 4 * 40);
   // Offsets: aligned, in order, each array fits before the next.
   const auto o = sizes_of.offsets();
-  const size_t starts[] = {o.descriptors, o.scores, o.probs, o.lse_hat, o.exact_lse, o.out_hat,
-                           o.kept_mass, o.kept_cross, o.top1, o.end};
+  const size_t starts[] = {o.descriptors, o.scores,    o.probs,      o.lse_hat, o.exact_lse,
+                           o.out_hat,     o.kept_mass, o.kept_cross, o.top1,    o.end};
   const size_t bytes[] = {160, 4 * 42, 4 * 42, 8 * 12, 8 * 6, 4 * 48, 4 * 6, 4 * 6, 4 * 6};
   for (int i = 0; i < 9; ++i) {
     EXPECT_EQ(starts[i] % 256, 0u);
@@ -174,7 +178,9 @@ std::vector<PolicySpec> quickstart_policies() {
   return specs;
 }
 
-std::string embedded_trace() { return std::string(KVSIM_SOURCE_DIR) + "/trace/data/smollm2_default.h5"; }
+std::string embedded_trace() {
+  return std::string(KVSIM_SOURCE_DIR) + "/trace/data/smollm2_default.h5";
+}
 
 // Replays `specs` on the embedded trace through `backend` and expects the CPU backend's
 // records, bit for bit.
