@@ -332,14 +332,5 @@ inline void validate_slerp_restore(const char* what, const void* direction, cons
   require_non_null(what, x_hat, "x_hat");
 }
 
-// MetricReducer (gpu/reduce.h).
-inline void validate_reducer(const char* what, int rank, int world_size, int device) {
-  if (world_size < 1)
-    bad_argument(what, "world_size must be >= 1, got " + std::to_string(world_size));
-  if (rank < 0 || rank >= world_size) {
-    bad_argument(what, "rank must be in 0..world_size-1, got " + std::to_string(rank));
-  }
-  if (device < 0) bad_argument(what, "device must be >= 0, got " + std::to_string(device));
-}
 
 }  // namespace kvsim::gpu::detail
