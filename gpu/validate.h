@@ -332,5 +332,4 @@ inline void validate_slerp_restore(const char* what, const void* direction, cons
   require_non_null(what, x_hat, "x_hat");
 }
 
-
 }  // namespace kvsim::gpu::detail
