@@ -5,6 +5,7 @@
 // backend against the CPU one (docs/gpu.md tolerances; skipped without a device).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -22,6 +23,24 @@ namespace kvsim {
 namespace {
 
 using gpu::CacheDeltaPlan;
+
+// A cache over `positions` of one kv head: the trace's K/V plus noise of size `noise`.
+HeadCache noisy_cache(const LayerData& layer, int kv_head, const std::vector<int32_t>& positions,
+                      float noise, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.f, noise);
+  HeadCache cache;
+  cache.head_dim = layer.head_dim;
+  std::vector<float> k(layer.head_dim), v(layer.head_dim);
+  for (int32_t p : positions) {
+    for (int c = 0; c < layer.head_dim; ++c) {
+      k[c] = layer.key(kv_head, p)[c] + dist(rng);
+      v[c] = layer.value(kv_head, p)[c] + dist(rng);
+    }
+    cache.append(p, k.data(), v.data());
+  }
+  return cache;
+}
 
 bool same_cache(const HeadCache& a, const HeadCache& b) {
   return a.head_dim == b.head_dim && a.positions == b.positions && a.keys.size() == b.keys.size() &&
@@ -282,6 +301,152 @@ TEST(GpuHostReference, CopiesFollowContentsAtTheSameAddress) {
     EXPECT_EQ(got.scores, want.scores) << round;
     EXPECT_EQ(got.out_hat, want.out_hat) << round;
     EXPECT_EQ(got.top1, want.top1) << round;
+  }
+}
+
+// --- the CUDA backend against the CPU backend (skipped without a GPU) ----------------------
+//
+// Tolerances (docs/gpu.md, "The CUDA backend"): the kernels compute the same float scores
+// (dot products of head_dim terms summed in another order), exponentials with CUDA's expf and
+// softmax sums in double; so scores agree to ~1e-6 relative, probabilities and kept mass to a
+// few 1e-7 absolute, outputs to ~1e-6 of the value scale. The bounds below leave a factor ~10.
+
+struct DeviceFixture {
+  SynthConfig config;
+  TraceMeta meta;
+  std::vector<LayerData> layers;
+  DeviceFixture() {
+    config.model_layers = 2;
+    config.q_heads = 8;
+    config.kv_heads = 2;
+    config.head_dim = 64;
+    config.tokens = 300;
+    config.prompt_len = 200;
+    config.sliding_window = 48;
+    config.sliding_every = 2;  // layer 0 local (window 48), layer 1 global
+    meta = synth_meta(config);
+    layers = synth_sequence(config, 0);
+  }
+};
+
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double atol,
+                  double rtol, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_LE(std::abs(static_cast<double>(got[i]) - want[i]), atol + rtol * std::abs(want[i]))
+        << what << " [" << i << "]: gpu " << got[i] << " cpu " << want[i];
+  }
+}
+
+void expect_close(const std::vector<double>& got, const std::vector<double>& want, double atol,
+                  double rtol, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isinf(want[i])) {
+      EXPECT_EQ(got[i], want[i]) << what;
+      continue;
+    }
+    ASSERT_LE(std::abs(got[i] - want[i]), atol + rtol * std::abs(want[i]))
+        << what << " [" << i << "]: gpu " << got[i] << " cpu " << want[i];
+  }
+}
+
+#define KVSIM_REQUIRE_GPU() \
+  if (!gpu::cuda_device_available()) GTEST_SKIP() << "no CUDA device: " << gpu::device_description()
+
+TEST(CudaBackend, ExactAttentionMatchesTheCpuBackend) {
+  KVSIM_REQUIRE_GPU();
+  const DeviceFixture f;
+  const auto backend = gpu::make_cuda_backend(0);
+  const std::vector<int64_t> measured = {f.config.prompt_len, 250, f.config.tokens - 1};
+  for (const LayerData& layer : f.layers) {
+    const ExactLayer got = backend->exact_attention(f.meta, layer, measured);
+    const ExactLayer want = cpu_backend().exact_attention(f.meta, layer, measured);
+    expect_close(got.out, want.out, 1e-5, 1e-4, "out");
+    expect_close(got.lse, want.lse, 1e-5, 1e-5, "lse");
+    EXPECT_EQ(got.top1, want.top1);
+    EXPECT_EQ(got.slot, want.slot);
+  }
+}
+
+// Caches with gaps and noise (a compressed cache), an empty one, measured and unmeasured tasks
+// of both layers in one call; then the same caches edited (removals, a rewrite, appends) so
+// that the device copies are updated by deltas.
+TEST(CudaBackend, CacheAttentionMatchesTheCpuBackend) {
+  KVSIM_REQUIRE_GPU();
+  const DeviceFixture f;
+  const auto backend = gpu::make_cuda_backend(0);
+  const int group = f.meta.group_size();
+  std::vector<HeadCache> caches;
+  for (int l = 0; l < 2; ++l) {
+    for (int h = 0; h < 2; ++h) {
+      std::vector<int32_t> positions;
+      for (int32_t p = l + h; p <= f.config.prompt_len; p += 1 + l + h) positions.push_back(p);
+      caches.push_back(noisy_cache(f.layers[l], h, positions, 0.05f, 11 + 2 * l + h));
+    }
+  }
+  caches.push_back(HeadCache{});  // empty
+  caches.back().head_dim = f.meta.head_dim;
+  std::vector<double> lse(group, 2.0);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<CacheAttention> got(caches.size()), want(caches.size());
+    std::vector<CacheAttentionTask> tasks;
+    for (size_t c = 0; c < caches.size(); ++c) {
+      const int l = c < 4 ? static_cast<int>(c) / 2 : 0;
+      tasks.push_back({&f.layers[l], static_cast<int>(c % 2), f.config.prompt_len + round,
+                       &caches[c], c % 3 == 1 ? nullptr : lse.data(), &got[c]});
+    }
+    backend->cache_attention(f.meta, tasks);
+    for (size_t c = 0; c < tasks.size(); ++c) tasks[c].out = &want[c];
+    cpu_backend().cache_attention(f.meta, tasks);
+    for (size_t c = 0; c < caches.size(); ++c) {
+      SCOPED_TRACE("round " + std::to_string(round) + " cache " + std::to_string(c));
+      expect_close(got[c].scores, want[c].scores, 1e-5, 1e-5, "scores");
+      expect_close(got[c].probs, want[c].probs, 1e-6, 1e-4, "probs");
+      expect_close(got[c].lse_hat, want[c].lse_hat, 1e-5, 1e-5, "lse_hat");
+      expect_close(got[c].out_hat, want[c].out_hat, 1e-5, 1e-4, "out_hat");
+      expect_close(got[c].kept_mass, want[c].kept_mass, 1e-6, 1e-4, "kept_mass");
+      expect_close(got[c].kept_cross, want[c].kept_cross, 1e-6, 1e-4, "kept_cross");
+      EXPECT_EQ(got[c].top1, want[c].top1);
+    }
+    // Edits for the next round: a removal, a rewritten row, an appended row.
+    for (size_t c = 0; c + 1 < caches.size(); ++c) {
+      HeadCache& cache = caches[c];
+      const std::vector<int32_t> gone = {cache.positions[cache.size() / 2]};
+      cache.remove(gone);
+      cache.key_row(0)[0] += 0.5f;
+      const int l = c < 4 ? static_cast<int>(c) / 2 : 0;
+      const int32_t next = f.config.prompt_len + 1 + round;
+      cache.append(next, f.layers[l].key(static_cast<int>(c % 2), next),
+                   f.layers[l].value(static_cast<int>(c % 2), next));
+    }
+  }
+  EXPECT_GT(backend->stats().cache_rows_uploaded, 0);
+}
+
+TEST(CudaBackend, PrefillColumnSumsMatchTheCpuBackend) {
+  KVSIM_REQUIRE_GPU();
+  const DeviceFixture f;
+  const auto backend = gpu::make_cuda_backend(0);
+  std::vector<int32_t> all, some;
+  for (int32_t p = 0; p < f.config.prompt_len; ++p) {
+    all.push_back(p);
+    if (p % 7 == 3) some.push_back(p);
+  }
+  std::vector<std::vector<float>> got(4), want(4);
+  std::vector<PrefillSumsTask> tasks = {
+      {&f.layers[0], 0, f.meta.sliding_window[0], f.config.prompt_len, 32, all, &got[0]},
+      {&f.layers[1], 1, 0, f.config.prompt_len, -1, some, &got[1]},
+      {&f.layers[1], 0, 0, f.config.prompt_len, 1, all, &got[2]},
+      {&f.layers[0], 1, 0, f.config.prompt_len, 16, {}, &got[3]},
+  };
+  ASSERT_GT(f.meta.sliding_window[0], 0);
+  backend->prefill_column_sums(f.meta, tasks);
+  for (size_t t = 0; t < tasks.size(); ++t) tasks[t].colsum = &want[t];
+  cpu_backend().prefill_column_sums(f.meta, tasks);
+  for (size_t t = 0; t < tasks.size(); ++t) {
+    SCOPED_TRACE(t);
+    expect_close(got[t], want[t], 1e-5, 1e-4, "colsum");
   }
 }
 
