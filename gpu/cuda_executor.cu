@@ -81,6 +81,20 @@ __device__ __forceinline__ float warp_dot(const float (&q)[D / kWarpSize], const
   return s;
 }
 
+// A running log-sum-exp over scores added one at a time (max subtracted, sum in double).
+struct OnlineLse {
+  float mx = -FLT_MAX;
+  double sum = 0;
+  __device__ void add(float s) {
+    if (s > mx) {
+      sum *= sum > 0 ? exp(static_cast<double>(mx) - s) : 0.0;
+      mx = s;
+    }
+    sum += exp(static_cast<double>(s) - mx);
+  }
+  __device__ double value() const { return mx + log(sum); }
+};
+
 __device__ __forceinline__ int64_t warp_index() {
   return (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
 }
@@ -175,18 +189,13 @@ __global__ void ragged_cache_attention_kernel(RaggedArgs a) {
       q, lane);
   float* scores = a.scores + task.row_begin * a.group + j * n;
   float* probs = a.probs + task.row_begin * a.group + j * n;
-  float mx = -FLT_MAX;
-  double sum = 0;
+  OnlineLse running;
   for (int64_t i = 0; i < n; ++i) {
     const float s = warp_dot<D>(q, task.cache_keys + i * D, lane) * a.scale;
     if (lane == 0) scores[i] = s;
-    if (s > mx) {
-      sum *= sum > 0 ? exp(static_cast<double>(mx) - s) : 0.0;
-      mx = s;
-    }
-    sum += exp(static_cast<double>(s) - mx);
+    running.add(s);
   }
-  const double lse = n > 0 ? mx + log(sum) : -INFINITY;
+  const double lse = n > 0 ? running.value() : -INFINITY;
   if (lane == 0) a.lse_hat[w] = lse;
   __syncwarp();
   for (int64_t i = lane; i < n; i += kWarpSize) {
@@ -257,47 +266,47 @@ __device__ int find_task(int num_tasks, int64_t w, Begin begin) {
   return lo;
 }
 
+// The task of warp w in a launch whose items are the tasks' ranges starting at `Begin`, and
+// w's index in its task's range.
+template <int64_t PrefillDesc::*Begin>
+__device__ const PrefillDesc& prefill_task(const PrefillArgs& a, int64_t w, int64_t& local) {
+  const PrefillDesc& task =
+      a.tasks[find_task(a.num_tasks, w, [&](int t) { return a.tasks[t].*Begin; })];
+  local = w - task.*Begin;
+  return task;
+}
+
 template <int D>
 __global__ void prefill_row_lse_kernel(PrefillArgs a) {
-  constexpr int P = D / kWarpSize;
   const int64_t w = warp_index();
   if (w >= a.items) return;
   const int lane = threadIdx.x % kWarpSize;
-  const PrefillDesc& task =
-      a.tasks[find_task(a.num_tasks, w, [&](int t) { return a.tasks[t].row_begin; })];
-  const int64_t local = w - task.row_begin;
+  int64_t local = 0;
+  const PrefillDesc& task = prefill_task<&PrefillDesc::row_begin>(a, w, local);
   const int64_t r = task.first_row + local / a.group;
   const int j = static_cast<int>(local % a.group);
-  float q[P];
+  float q[D / kWarpSize];
   load_row<D>(
       task.q + ((static_cast<int64_t>(task.kv_head) * a.group + j) * task.num_tokens + r) * D, q,
       lane);
   const float* keys = task.k + static_cast<int64_t>(task.kv_head) * task.num_tokens * D;
-  float mx = -FLT_MAX;
-  double sum = 0;
+  OnlineLse running;
   for (int64_t i = window_start_dev(task.window, r); i <= r; ++i) {
-    const float s = warp_dot<D>(q, keys + i * D, lane) * a.scale;
-    if (s > mx) {
-      sum *= sum > 0 ? exp(static_cast<double>(mx) - s) : 0.0;
-      mx = s;
-    }
-    sum += exp(static_cast<double>(s) - mx);
+    running.add(warp_dot<D>(q, keys + i * D, lane) * a.scale);
   }
-  if (lane == 0) a.row_lse[w] = mx + log(sum);
+  if (lane == 0) a.row_lse[w] = running.value();
 }
 
 template <int D>
 __global__ void prefill_colsum_kernel(PrefillArgs a) {
-  constexpr int P = D / kWarpSize;
   const int64_t w = warp_index();
   if (w >= a.items) return;
+  int64_t local = 0;
+  const PrefillDesc& task = prefill_task<&PrefillDesc::colsum_begin>(a, w, local);
+  const int64_t pos = task.candidates[local % task.num_candidates];  // the candidate's position
+  const int j = static_cast<int>(local / task.num_candidates);       // the query head in the group
   const int lane = threadIdx.x % kWarpSize;
-  const PrefillDesc& task =
-      a.tasks[find_task(a.num_tasks, w, [&](int t) { return a.tasks[t].colsum_begin; })];
-  const int64_t local = w - task.colsum_begin;
-  const int j = static_cast<int>(local / task.num_candidates);
-  const int64_t pos = task.candidates[local % task.num_candidates];
-  float key[P];
+  float key[D / kWarpSize];
   const float* keys = task.k + static_cast<int64_t>(task.kv_head) * task.num_tokens * D;
   load_row<D>(keys + pos * D, key, lane);
   const float* queries =

@@ -24,18 +24,17 @@ namespace {
 
 using gpu::CacheDeltaPlan;
 
-// A cache over `positions` of one kv head: the trace's K/V plus noise of size `noise`.
-HeadCache noisy_cache(const LayerData& layer, int kv_head, const std::vector<int32_t>& positions,
-                      float noise, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.f, noise);
+// A cache over `positions` of one kv head: the trace's K/V with a small deterministic
+// perturbation (a stand-in for a quantized cache).
+HeadCache perturbed_cache(const LayerData& layer, int kv_head,
+                          const std::vector<int32_t>& positions) {
   HeadCache cache;
   cache.head_dim = layer.head_dim;
   std::vector<float> k(layer.head_dim), v(layer.head_dim);
   for (int32_t p : positions) {
     for (int c = 0; c < layer.head_dim; ++c) {
-      k[c] = layer.key(kv_head, p)[c] + dist(rng);
-      v[c] = layer.value(kv_head, p)[c] + dist(rng);
+      k[c] = layer.key(kv_head, p)[c] + 0.05f * std::sin(0.7f * p + c);
+      v[c] = layer.value(kv_head, p)[c] + 0.05f * std::cos(1.3f * p + c);
     }
     cache.append(p, k.data(), v.data());
   }
@@ -67,13 +66,19 @@ std::vector<float> random_row(std::mt19937& rng, int d) {
   return row;
 }
 
+// A cache of random rows at positions 0..count-1.
+HeadCache random_cache(std::mt19937& rng, int d, int count) {
+  HeadCache cache;
+  cache.head_dim = d;
+  for (int p = 0; p < count; ++p)
+    cache.append(p, random_row(rng, d).data(), random_row(rng, d).data());
+  return cache;
+}
+
 TEST(GpuCacheDelta, AppendsUploadOnlyTheNewRowsInPlace) {
   std::mt19937 rng(1);
   const int d = 8;
-  HeadCache before;
-  before.head_dim = d;
-  for (int p = 0; p < 5; ++p)
-    before.append(p, random_row(rng, d).data(), random_row(rng, d).data());
+  const HeadCache before = random_cache(rng, d, 5);
   HeadCache now = before;
   now.append(7, random_row(rng, d).data(), random_row(rng, d).data());
   now.append(9, random_row(rng, d).data(), random_row(rng, d).data());
@@ -89,10 +94,7 @@ TEST(GpuCacheDelta, AppendsUploadOnlyTheNewRowsInPlace) {
 TEST(GpuCacheDelta, RemovalsMoveRowsWithoutUploads) {
   std::mt19937 rng(2);
   const int d = 4;
-  HeadCache before;
-  before.head_dim = d;
-  for (int p = 0; p < 6; ++p)
-    before.append(p, random_row(rng, d).data(), random_row(rng, d).data());
+  const HeadCache before = random_cache(rng, d, 6);
   HeadCache now = before;
   const std::vector<int32_t> gone = {1, 4};
   now.remove(gone);
@@ -316,14 +318,11 @@ struct DeviceFixture {
   TraceMeta meta;
   std::vector<LayerData> layers;
   DeviceFixture() {
+    config = synth_preset("tiny");  // 96 tokens, prompt 64
     config.model_layers = 2;
-    config.q_heads = 8;
-    config.kv_heads = 2;
-    config.head_dim = 64;
-    config.tokens = 300;
-    config.prompt_len = 200;
-    config.sliding_window = 48;
-    config.sliding_every = 2;  // layer 0 local (window 48), layer 1 global
+    config.head_dim = 64;  // a head_dim with kernels
+    config.sliding_window = 24;
+    config.sliding_every = 2;  // layer 0 local (window 24), layer 1 global
     meta = synth_meta(config);
     layers = synth_sequence(config, 0);
   }
@@ -358,7 +357,7 @@ TEST(CudaBackend, ExactAttentionMatchesTheCpuBackend) {
   KVSIM_REQUIRE_GPU();
   const DeviceFixture f;
   const auto backend = gpu::make_cuda_backend(0);
-  const std::vector<int64_t> measured = {f.config.prompt_len, 250, f.config.tokens - 1};
+  const std::vector<int64_t> measured = {f.config.prompt_len, 80, f.config.tokens - 1};
   for (const LayerData& layer : f.layers) {
     const ExactLayer got = backend->exact_attention(f.meta, layer, measured);
     const ExactLayer want = cpu_backend().exact_attention(f.meta, layer, measured);
@@ -382,7 +381,7 @@ TEST(CudaBackend, CacheAttentionMatchesTheCpuBackend) {
     for (int h = 0; h < 2; ++h) {
       std::vector<int32_t> positions;
       for (int32_t p = l + h; p <= f.config.prompt_len; p += 1 + l + h) positions.push_back(p);
-      caches.push_back(noisy_cache(f.layers[l], h, positions, 0.05f, 11 + 2 * l + h));
+      caches.push_back(perturbed_cache(f.layers[l], h, positions));
     }
   }
   caches.push_back(HeadCache{});  // empty

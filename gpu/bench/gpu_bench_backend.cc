@@ -8,7 +8,7 @@
 #include <span>
 #include <vector>
 
-#include "bench_util.h"
+#include "gpu/bench/bench_util.h"
 #include "gpu/gpu_backend.h"
 #include "sim/base/attention_backend.h"
 
