@@ -7,6 +7,7 @@ Replays every quickstart policy (experiments/quickstart/policies.cfg) on the emb
 
     gpu_equivalence.py KVSIM REPO WORK_DIR               # exit 0 equal, 1 not, 77 no GPU (skip)
     gpu_equivalence.py --self-test KVSIM REPO WORK_DIR   # the comparison itself, on the CPU
+    gpu_equivalence.py --compare CPU_H5 CUDA_H5          # two results files made elsewhere
 
 The self-test checks that the comparison accepts a file within the tolerances and rejects one
 value beyond them, one changed kept-token count and one changed memory-bit count.
@@ -121,6 +122,12 @@ def self_test(cpu: Path, work: Path) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """Runs the comparison (or its self-test) and reports; see the module docstring."""
+    if argv[:1] == ["--compare"] and len(argv) == 3:
+        problems = compare_results(Path(argv[1]), Path(argv[2]))
+        for p in problems:
+            print("DIFF:", p)
+        print(f"{len(problems)} columns beyond the tolerances")
+        return 1 if problems else 0
     test_mode = argv[:1] == ["--self-test"]
     if test_mode:
         argv = argv[1:]

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -189,9 +190,16 @@ TEST(GpuRaggedLayout, IndptrSlotsAndWorkspaceFollowTheTasks) {
   EXPECT_EQ(outs[2].top1, (std::vector<int32_t>{3, 4, 5}));
 }
 
+// A file of the repository: under the source tree this binary was built from, or (binaries
+// moved to another machine, gpu/bench/device_check.sh) under the current directory.
+std::string repo_file(const std::string& relative) {
+  const std::string built = std::string(KVSIM_SOURCE_DIR) + "/" + relative;
+  return std::filesystem::exists(built) ? built : relative;
+}
+
 // The quickstart's policies (experiments/quickstart/policies.cfg).
 std::vector<PolicySpec> quickstart_policies() {
-  std::ifstream in(std::string(KVSIM_SOURCE_DIR) + "/experiments/quickstart/policies.cfg");
+  std::ifstream in(repo_file("experiments/quickstart/policies.cfg"));
   std::vector<PolicySpec> specs;
   for (std::string line; std::getline(in, line);) {
     if (line.rfind("policy = ", 0) == 0) specs.push_back(PolicySpec::parse(line.substr(9)));
@@ -199,9 +207,7 @@ std::vector<PolicySpec> quickstart_policies() {
   return specs;
 }
 
-std::string embedded_trace() {
-  return std::string(KVSIM_SOURCE_DIR) + "/trace/data/smollm2_default.h5";
-}
+std::string embedded_trace() { return repo_file("trace/data/smollm2_default.h5"); }
 
 // Replays `specs` on the embedded trace through `backend` and expects the CPU backend's
 // records, bit for bit.
