@@ -214,7 +214,8 @@ std::string embedded_trace() { return repo_file("trace/data/smollm2_default.h5")
 void expect_cpu_records(const std::vector<PolicySpec>& specs, const AttentionBackend& backend) {
   TraceReader trace(embedded_trace());
   ReplayOptions options;
-  options.threads = 2;  // two threads share the backend
+  options.threads = 2;         // two threads share the backend
+  options.sequences = {0, 2};  // two of three: each thread replays units of its own
   const auto expected = replay(trace, specs, options);
   options.backend = &backend;
   const auto runs = replay(trace, specs, options);
