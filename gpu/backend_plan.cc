@@ -126,11 +126,12 @@ WorkspaceSizes::Offsets WorkspaceSizes::offsets() const {
     offset = at;
     at += align_up(bytes);
   };
+  // The inputs first (descriptors, exact log-sum-exps): one upload of [0, scores).
   place(o.descriptors, static_cast<size_t>(descriptors));
+  place(o.exact_lse, sizeof(double) * exact_lse);
   place(o.scores, sizeof(float) * scores);
   place(o.probs, sizeof(float) * probs);
   place(o.lse_hat, sizeof(double) * lse_hat);
-  place(o.exact_lse, sizeof(double) * exact_lse);
   place(o.out_hat, sizeof(float) * out_hat);
   place(o.kept_mass, sizeof(float) * kept_mass);
   place(o.kept_cross, sizeof(float) * kept_cross);

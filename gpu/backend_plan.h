@@ -76,8 +76,8 @@ struct WorkspaceSizes {
   int64_t kept_mass = 0, kept_cross = 0;  // float [measured * group]
   int64_t top1 = 0;                       // int32 [measured * group]
 
-  struct Offsets {
-    size_t descriptors, scores, probs, lse_hat, exact_lse, out_hat, kept_mass, kept_cross, top1,
+  struct Offsets {  // in this order: the inputs, then the outputs
+    size_t descriptors, exact_lse, scores, probs, lse_hat, out_hat, kept_mass, kept_cross, top1,
         end;
   };
   Offsets offsets() const;

@@ -171,9 +171,9 @@ TEST(GpuRaggedLayout, IndptrSlotsAndWorkspaceFollowTheTasks) {
   EXPECT_EQ(sizes_of.descriptors, 4 * 40);
   // Offsets: aligned, in order, each array fits before the next.
   const auto o = sizes_of.offsets();
-  const size_t starts[] = {o.descriptors, o.scores,    o.probs,      o.lse_hat, o.exact_lse,
-                           o.out_hat,     o.kept_mass, o.kept_cross, o.top1,    o.end};
-  const size_t bytes[] = {160, 4 * 42, 4 * 42, 8 * 12, 8 * 6, 4 * 48, 4 * 6, 4 * 6, 4 * 6};
+  const size_t starts[] = {o.descriptors, o.exact_lse, o.scores,     o.probs, o.lse_hat,
+                           o.out_hat,     o.kept_mass, o.kept_cross, o.top1,  o.end};
+  const size_t bytes[] = {160, 8 * 6, 4 * 42, 4 * 42, 8 * 12, 4 * 48, 4 * 6, 4 * 6, 4 * 6};
   for (int i = 0; i < 9; ++i) {
     EXPECT_EQ(starts[i] % 256, 0u);
     EXPECT_GE(starts[i + 1], starts[i] + bytes[i]) << i;
