@@ -1,5 +1,4 @@
-// CPU references of the replay hot-path kernels (contracts in kernel_declarations.inc). The
-// decode attention is the base layer's double-precision reference (sim/base/attention.h).
+// CPU references of the group quantization kernels (contracts in kernel_declarations.inc).
 //
 // This file is compiled with -ffp-contract=off (gpu/CMakeLists.txt) so that the float
 // expressions of the quantization rule are evaluated exactly as written, like the __f*_rn
@@ -13,30 +12,9 @@
 #include <vector>
 
 #include "gpu/validate.h"
-#include "sim/base/attention.h"
 #include "sim/base/fp16.h"
 
 namespace kvsim::gpu::cpu_reference {
-
-void replay_attention(const float* q, const float* k, const float* v, int num_q_heads,
-                      int num_kv_heads, std::int64_t num_tokens, int head_dim, float scale,
-                      float* out, float* lse) {
-  detail::validate_attention("cpu_reference::replay_attention", q, k, v, out, lse, num_q_heads,
-                             num_kv_heads, num_tokens, head_dim, scale);
-  const int q_per_kv = num_q_heads / num_kv_heads;
-  const auto n = static_cast<std::size_t>(num_tokens);
-  const auto d_count = static_cast<std::size_t>(head_dim);
-  std::vector<double> acc(d_count);
-  for (int h = 0; h < num_q_heads; ++h) {
-    const std::size_t kv_offset = static_cast<std::size_t>(h / q_per_kv) * n * d_count;
-    const double head_lse = kvsim::cpu_reference::attend(q + static_cast<std::size_t>(h) * d_count,
-                                                         k + kv_offset, v + kv_offset, n, head_dim,
-                                                         static_cast<double>(scale), acc.data());
-    float* oh = out + static_cast<std::size_t>(h) * d_count;
-    for (std::size_t d = 0; d < d_count; ++d) oh[d] = static_cast<float>(acc[d]);
-    lse[h] = static_cast<float>(head_lse);
-  }
-}
 
 void quantize_groups(const float* x, std::int64_t num_groups, int group_size, int bits,
                      std::uint8_t* codes, std::uint16_t* scale, std::uint16_t* minv) {

@@ -56,6 +56,8 @@ std::string no_device_reason() {
 
 bool cuda_compiled() { return true; }
 
+int cuda_device_count() { return probe().error == cudaSuccess ? probe().device_count : 0; }
+
 bool cuda_device_available() { return probe().error == cudaSuccess && probe().device_count > 0; }
 
 std::string device_description() {

@@ -24,6 +24,9 @@ bool cuda_compiled();
 // throws: a missing driver or device is reported as false. The probe runs once per process.
 bool cuda_device_available();
 
+// Number of visible CUDA devices (0 without CUDA or a driver). Never throws.
+int cuda_device_count();
+
 // One line describing the backend, e.g. "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB),
 // CUDA runtime 13.0, driver 13.0", or why there is none.
 std::string device_description();

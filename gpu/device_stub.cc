@@ -14,6 +14,8 @@ bool cuda_compiled() { return false; }
 
 bool cuda_device_available() { return false; }
 
+int cuda_device_count() { return 0; }
+
 std::string device_description() { return "CUDA not compiled into this build"; }
 
 void require_cuda() {

@@ -12,10 +12,6 @@
 // this header needs no CUDA headers.
 //
 // Launch shapes and how the results relate to the reference's:
-//   replay_attention: split-KV decode attention; the tokens of each query head are cut into
-//     chunks processed by separate blocks (online softmax per warp), then merged by a second
-//     kernel through their log-sum-exp; a temporary workspace comes from the stream-ordered
-//     allocator.
 //   quantize_groups, dequantize_groups: bit-identical to the reference (codes, scale, minv).
 //   convert_float_to_half, pack_codes, unpack_codes, kivi_*, skvq_*: bit-identical to the
 //     reference (every float operation is an explicitly rounded intrinsic evaluated in the

@@ -23,36 +23,6 @@ inline void require_non_null(const char* what, const void* ptr, const char* name
   if (ptr == nullptr) bad_argument(what, std::string("`") + name + "` is null");
 }
 
-inline void validate_attention(const char* what, const void* q, const void* k, const void* v,
-                               const void* out, const void* lse, int num_q_heads, int num_kv_heads,
-                               std::int64_t num_tokens, int head_dim, float scale) {
-  if (num_q_heads <= 0)
-    bad_argument(what, "num_q_heads must be > 0, got " + std::to_string(num_q_heads));
-  if (num_kv_heads <= 0)
-    bad_argument(what, "num_kv_heads must be > 0, got " + std::to_string(num_kv_heads));
-  if (num_q_heads % num_kv_heads != 0) {
-    bad_argument(what, "num_q_heads (" + std::to_string(num_q_heads) +
-                           ") must be a multiple of num_kv_heads (" + std::to_string(num_kv_heads) +
-                           ")");
-  }
-  if (num_tokens <= 0)
-    bad_argument(what, "num_tokens must be > 0, got " + std::to_string(num_tokens));
-  if (!is_supported_head_dim(head_dim)) {
-    bad_argument(what,
-                 "unsupported head_dim " + std::to_string(head_dim) + " (supported: 64, 128, 256)");
-  }
-  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
-  if (num_tokens > kMax / head_dim / num_kv_heads) {
-    bad_argument(what, "num_kv_heads * num_tokens * head_dim overflows 64 bits");
-  }
-  if (!std::isfinite(scale)) bad_argument(what, "scale must be finite");
-  require_non_null(what, q, "q");
-  require_non_null(what, k, "k");
-  require_non_null(what, v, "v");
-  require_non_null(what, out, "out");
-  require_non_null(what, lse, "lse");
-}
-
 inline void validate_group_shape(const char* what, std::int64_t num_groups, int group_size) {
   if (num_groups < 0)
     bad_argument(what, "num_groups must be >= 0, got " + std::to_string(num_groups));
@@ -330,16 +300,6 @@ inline void validate_slerp_restore(const char* what, const void* direction, cons
   require_non_null(what, direction, "direction");
   require_non_null(what, norm, "norm");
   require_non_null(what, x_hat, "x_hat");
-}
-
-// MetricReducer (gpu/reduce.h).
-inline void validate_reducer(const char* what, int rank, int world_size, int device) {
-  if (world_size < 1)
-    bad_argument(what, "world_size must be >= 1, got " + std::to_string(world_size));
-  if (rank < 0 || rank >= world_size) {
-    bad_argument(what, "rank must be in 0..world_size-1, got " + std::to_string(rank));
-  }
-  if (device < 0) bad_argument(what, "device must be >= 0, got " + std::to_string(device));
 }
 
 }  // namespace kvsim::gpu::detail

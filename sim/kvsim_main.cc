@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "gpu/device.h"
+#include "gpu/gpu_backend.h"
 #include "policies/policy.h"
 #include "policies/skvq_calibration.h"
 #include "sim/base/errors.h"
@@ -100,6 +101,14 @@ std::vector<std::string> config_inputs(const po::variables_map& vm) {
   return {vm["config"].as<std::string>()};
 }
 
+// The backend of `--device cuda` for the process with index `local_rank` on its node: one GPU
+// per rank, round robin over the node's GPUs. Throws BackendUnavailable without CUDA or a GPU.
+std::unique_ptr<AttentionBackend> make_device_backend(const std::string& device, int local_rank) {
+  KVSIM_CHECK(device == "cuda");
+  gpu::require_cuda();
+  return gpu::make_cuda_backend(local_rank % gpu::cuda_device_count());
+}
+
 int cmd_replay(int argc, char** argv) {
   po::options_description desc("kvsim replay options");
   desc.add_options()("trace,t", po::value<std::string>()->required(),
@@ -124,12 +133,9 @@ int cmd_replay(int argc, char** argv) {
     return 0;
   }
   const std::string device = vm["device"].as<std::string>();
-  if (device == "cuda") {
-    gpu::require_cuda();
-    throw BackendUnavailable(
-        "--device cuda: the CUDA replay path is not part of this build yet; use --device cpu");
+  if (device != "cpu" && device != "cuda") {
+    throw ConfigError("unknown --device '" + device + "' (valid: cpu, cuda)");
   }
-  if (device != "cpu") throw ConfigError("unknown --device '" + device + "' (valid: cpu, cuda)");
 
   std::vector<PolicySpec> specs;
   for (const auto& text : vm["policy"].as<std::vector<std::string>>()) {
@@ -142,6 +148,11 @@ int cmd_replay(int argc, char** argv) {
   if (options.threads < 0) throw ConfigError("--threads must be >= 0");
   if (vm.count("sequences")) options.sequences = vm["sequences"].as<std::vector<int>>();
   const bool quiet = vm.count("quiet") > 0;
+  std::unique_ptr<AttentionBackend> backend;
+  if (device == "cuda") {  // before any file is read: a missing GPU is the first error
+    backend = make_device_backend(device, 0);
+    options.backend = backend.get();
+  }
 
   const std::string trace_path = vm["trace"].as<std::string>();
   const std::string out = vm["out"].as<std::string>();
@@ -366,7 +377,11 @@ int run(int argc, char** argv) {
   if (command == "inspect") return cmd_inspect(sub_argc, sub_argv);
   if (command == "policies") return cmd_policies(sub_argc, sub_argv);
   if (command == "calibrate") return cmd_calibrate(sub_argc, sub_argv);
-  if (command == "sweep") return run_sweep_command(sub_argc, sub_argv, kVersion);
+  if (command == "sweep") {
+    SweepHooks hooks;
+    hooks.make_backend = make_device_backend;
+    return run_sweep_command(sub_argc, sub_argv, kVersion, hooks);
+  }
   if (command == "schema") return cmd_schema(sub_argc, sub_argv);
   if (command == "version" || command == "--version") {
     if (argc > 2)

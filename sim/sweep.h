@@ -112,7 +112,7 @@ double estimate_block_overhead(const TraceMeta& meta, const SequenceInfo& info,
 // read once and shared by every config run on it. Adds the time spent reading
 // and computing exact attention to `io_seconds` and `exact_seconds` if given.
 UnitData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seconds,
-                    double* exact_seconds);
+                    double* exact_seconds, const AttentionBackend* backend = nullptr);
 
 // One config over one block: the engine's replay_unit() (the same function
 // `kvsim replay` runs, so results are bit-identical), with its own wall time
@@ -121,7 +121,8 @@ UnitData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seco
 // thread-safe).
 RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const UnitData& data,
                    const std::vector<std::shared_ptr<const PolicyState>>& prepared,
-                   PrefillAttentionCache* prefill_cache = nullptr);
+                   PrefillAttentionCache* prefill_cache = nullptr,
+                   const AttentionBackend* backend = nullptr);
 
 // --- results -----------------------------------------------------------------------
 // Concatenates the partial results in canonical unit order into one RunResult
@@ -168,6 +169,10 @@ struct SweepHooks {
   // After a unit's checkpoint record is appended, with the rank and its count
   // of finished units; called under the rank's lock, one unit at a time.
   std::function<void(int rank, int64_t units_done)> unit_checkpointed;
+  // The attention backend of `--device` other than cpu for the rank with index `local_rank`
+  // on its node (kvsim passes the CUDA backend's; without it such a device is refused).
+  std::function<std::unique_ptr<AttentionBackend>(const std::string& device, int local_rank)>
+      make_backend;
 };
 
 // The CLI entry point (`kvsim sweep`), defined in sim/sweep_main.cc: initialises

@@ -64,6 +64,17 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
     return f.code ? report_failure(mpi, f) : 0;
   }
 
+  // The attention backend of --device (every rank, agreed: a rank without a GPU fails all).
+  std::unique_ptr<AttentionBackend> backend;
+  f = phase(mpi, [&] {
+    if (opt.device == "cpu") return;
+    if (!hooks.make_backend) {
+      throw BackendUnavailable("--device " + opt.device + ": this binary has no such backend");
+    }
+    backend = hooks.make_backend(opt.device, mpi.local_rank);
+  });
+  if (f.code) return report_failure(mpi, f);
+
   // 3. Every trace value (NaN/Inf, truncation), the layers split across ranks.
   RankStats stats;
   f = check_trace_values(mpi, sweep, stats);
@@ -85,8 +96,8 @@ int sweep_command(const Mpi& mpi, int argc, char** argv, const std::string& vers
 
   // 6. Work: this rank's units, block by block.
   const int threads = worker_threads(mpi, opt.threads);
-  UnitResults mine =
-      run_units(mpi, opt, sweep, plan, threads, resume.resumed, hooks, std::move(writer), stats);
+  UnitResults mine = run_units(mpi, opt, sweep, plan, threads, resume.resumed, hooks,
+                               std::move(writer), stats, backend.get());
 
   // 7. Consistency totals, then the gather of partial results onto rank 0.
   const auto gather_start = Clock::now();

@@ -40,6 +40,7 @@ Mpi::Mpi() {
   MPI_Comm local;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
   MPI_Comm_size(local, &local_size);
+  MPI_Comm_rank(local, &local_rank);
   MPI_Comm_free(&local);
 }
 

@@ -40,7 +40,7 @@ class Mpi {
   // writing results, or for slower ranks) leave the CPU to those still working.
   static void wait(MPI_Request& request);
 
-  int rank = 0, size = 1, local_size = 1;
+  int rank = 0, size = 1, local_size = 1, local_rank = 0;  // local: on this node
   MPI_Comm progress = MPI_COMM_NULL;
 
   Mpi(const Mpi&) = delete;  // owns MPI's lifetime and a communicator

@@ -26,8 +26,10 @@ Options parse_options(int argc, char** argv) {
       "| unit (each unit waits for its fsync)")(
       "threads", po::value<int>()->default_value(0),
       "worker threads per rank (0 = the node's cores / ranks on the node)")(
-      "trace,t", po::value<std::vector<std::string>>()->composing(),
-      "trace file, repeatable: replaces the sweep file's traces")(
+      "device", po::value<std::string>()->default_value("cpu"),
+      "cpu | cuda: attention on one GPU per rank (the rank's index on its node modulo the "
+      "node's GPUs; docs/gpu.md)")("trace,t", po::value<std::vector<std::string>>()->composing(),
+                                   "trace file, repeatable: replaces the sweep file's traces")(
       "measure", po::value<std::string>(),
       "measured decode steps: auto | all | stride=N | last=N; replaces the sweep file's "
       "`measure` (as kvsim replay --measure)")(
@@ -103,6 +105,10 @@ Options parse_options(int argc, char** argv) {
   o.max_configs = vm["max-configs"].as<uint64_t>();
   o.threads = vm["threads"].as<int>();
   if (o.threads < 0) throw ConfigError("--threads must be >= 0");
+  o.device = vm["device"].as<std::string>();
+  if (o.device != "cpu" && o.device != "cuda") {
+    throw ConfigError("unknown --device '" + o.device + "' (valid: cpu, cuda)");
+  }
   if (vm.count("ranks")) {
     if (!o.dry_run) throw ConfigError("--ranks only applies with --dry-run");
     o.plan_ranks = vm["ranks"].as<int>();

@@ -22,6 +22,7 @@ struct Options {
   bool progress = false;
   CheckpointSync sync = CheckpointSync::kBackground;
   int threads = 0, plan_ranks = 0;
+  std::string device = "cpu";  // --device: cpu | cuda
   uint64_t max_configs = kDefaultMaxConfigs;
   std::string help_text;
 };

@@ -161,7 +161,7 @@ std::vector<LayerRef> value_check_layers(const Sweep& sweep) {
 
 // ---------------------------------------------------------------------------
 UnitData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seconds,
-                    double* exact_seconds) {
+                    double* exact_seconds, const AttentionBackend* backend) {
   using clock = std::chrono::steady_clock;
   const TraceReader& trace = *sweep.traces[block.trace];
   const auto& slots = sweep.groups[block.trace][block.group];
@@ -170,7 +170,7 @@ UnitData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seco
   for (int slot : slots) layers.push_back(trace.read_layer(block.sequence, slot));
   const auto t1 = clock::now();
   UnitData data = make_unit_data(trace.meta(), block.sequence, trace.sequence(block.sequence),
-                                 slots, std::move(layers), sweep.measure);
+                                 slots, std::move(layers), sweep.measure, backend);
   const auto t2 = clock::now();
   if (io_seconds) *io_seconds += std::chrono::duration<double>(t1 - t0).count();
   if (exact_seconds) *exact_seconds += std::chrono::duration<double>(t2 - t1).count();
@@ -179,9 +179,9 @@ UnitData load_block(const Sweep& sweep, const SweepBlock& block, double* io_seco
 
 RunResult run_unit(const Sweep& sweep, const SweepUnit& unit, const UnitData& data,
                    const std::vector<std::shared_ptr<const PolicyState>>& prepared,
-                   PrefillAttentionCache* prefill_cache) {
+                   PrefillAttentionCache* prefill_cache, const AttentionBackend* backend) {
   return replay_unit(sweep.traces[unit.key.trace]->meta(), data, sweep.specs[unit.key.config],
-                     prepared, sweep.seed, prefill_cache);
+                     prepared, sweep.seed, prefill_cache, backend);
 }
 
 std::vector<RunResult> assemble_runs(const Sweep& sweep, const std::vector<RunResult>& parts) {

@@ -235,7 +235,8 @@ int worker_threads(const Mpi& mpi, int requested) {
 // --- 6. work --------------------------------------------------------------------------------
 UnitResults run_units(const Mpi& mpi, const Options& opt, const Sweep& sweep, const WorkPlan& plan,
                       int threads, int64_t resumed, const SweepHooks& hooks,
-                      std::unique_ptr<CheckpointWriter> writer, RankStats& stats) {
+                      std::unique_ptr<CheckpointWriter> writer, RankStats& stats,
+                      const AttentionBackend* backend) {
   std::map<int64_t, std::vector<int64_t>> my_blocks;  // block -> units, ascending
   for (size_t i = 0; i < plan.todo.size(); ++i) {
     if (plan.rank_of[i] == mpi.rank) {
@@ -254,7 +255,8 @@ UnitResults run_units(const Mpi& mpi, const Options& opt, const Sweep& sweep, co
     std::vector<RunResult> results(units.size());
     Failure failure;
     try {
-      const UnitData data = load_block(sweep, block, &stats.io_seconds, &stats.exact_seconds);
+      const UnitData data =
+          load_block(sweep, block, &stats.io_seconds, &stats.exact_seconds, backend);
       ++stats.blocks;
       std::vector<PrefillAttentionCache> prefill_caches(threads);  // one per thread
       for (int64_t u : units) {
@@ -273,8 +275,8 @@ UnitResults run_units(const Mpi& mpi, const Options& opt, const Sweep& sweep, co
         try {
           const SweepUnit& unit = sweep.units[units[i]];
           const int64_t key = static_cast<int64_t>(block.trace) * 1000003 + unit.key.config;
-          results[i] =
-              run_unit(sweep, unit, data, prepared.at(key), &prefill_caches[omp_get_thread_num()]);
+          results[i] = run_unit(sweep, unit, data, prepared.at(key),
+                                &prefill_caches[omp_get_thread_num()], backend);
           const std::vector<char> record = writer->make_record(unit.key, results[i]);
           std::lock_guard lock(mutex);
           const auto t0 = Clock::now();

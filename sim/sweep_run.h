@@ -75,7 +75,8 @@ int worker_threads(const Mpi& mpi, int requested);
 using UnitResults = std::vector<std::pair<int64_t, RunResult>>;
 UnitResults run_units(const Mpi& mpi, const Options& opt, const Sweep& sweep, const WorkPlan& plan,
                       int threads, int64_t resumed, const SweepHooks& hooks,
-                      std::unique_ptr<CheckpointWriter> writer, RankStats& stats);
+                      std::unique_ptr<CheckpointWriter> writer, RankStats& stats,
+                      const AttentionBackend* backend = nullptr);
 
 // Totals of the computed units (count, memory bits, records), reduced onto
 // rank 0 to check the gathered results against.

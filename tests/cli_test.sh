@@ -44,7 +44,11 @@ head -c 5000 "$WORK/t.h5" >"$WORK/cut.h5"
 expect_fail 1 "corrupt or truncated" -- "$KVSIM" replay -t "$WORK/cut.h5" -p full -o "$WORK/bad.h5"
 echo "not hdf5" >"$WORK/text.h5"
 expect_fail 1 "not a readable HDF5" -- "$KVSIM" inspect "$WORK/text.h5"
-expect_fail 1 "CUDA" -- "$KVSIM" replay -t "$WORK/t.h5" -p full --device cuda -o "$WORK/bad.h5"
+# Without a GPU, --device cuda is a clear error (with one, tests/gpu_equivalence.py runs it).
+if ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
+  expect_fail 1 "CUDA" -- "$KVSIM" replay -t "$WORK/t.h5" -p full --device cuda -o "$WORK/bad.h5"
+fi
+expect_fail 2 "unknown --device 'tpu'" -- "$KVSIM" replay -t "$WORK/t.h5" -p full --device tpu -o "$WORK/bad.h5"
 expect_fail 2 "unknown command" -- "$KVSIM" frobnicate
 expect_fail 2 "required" -- "$KVSIM" replay -p full
 # `kvsim sweep` initialises MPI, whose allocations LeakSanitizer reports at exit (the
@@ -67,6 +71,10 @@ expect_fail 2 "refusing to write results .*replay.cfg" -- "$KVSIM" replay --conf
 cp "$WORK/calib.h5" "$WORK/calib.copy"
 expect_fail 2 "refusing to write results .*calib.h5" -- "$KVSIM" replay -t "$WORK/t.h5" -p "skvq:group=16,calib=$WORK/calib.h5" -o "$WORK/calib.h5"
 printf 'traces: [t.h5]\npolicies: [full]\n' >"$WORK/s.yaml"
+if ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
+  expect_fail 1 "CUDA" -- sweep "$WORK/s.yaml" --device cuda -o "$WORK/bad.h5"
+fi
+expect_fail 2 "unknown --device 'tpu'" -- sweep "$WORK/s.yaml" --device tpu -o "$WORK/bad.h5"
 expect_fail 2 "refusing to write results .*same file" -- sweep "$WORK/s.yaml" -o "$WORK/sub/../t.h5"
 expect_fail 2 "refusing to write results .*s.yaml" -- sweep "$WORK/s.yaml" -o "$WORK/s.yaml"
 cmp -s "$WORK/t.h5" "$WORK/t.copy" && cmp -s "$WORK/calib.h5" "$WORK/calib.copy" && ok ||

@@ -1,6 +1,6 @@
-// Benchmarks of the attention kernels: the split-KV decode attention, the fused replay
-// attention over a KIVI-2 packed cache (CPU references and GPU launchers), and the
-// device-to-device copy that bounds them (conventions: gpu/bench/bench_util.h).
+// Benchmarks of the fused replay attention over a KIVI-2 packed cache (CPU reference and GPU
+// launcher), and the device-to-device copy that bounds every kernel (conventions:
+// gpu/bench/bench_util.h). The attention backend's kernels: gpu_bench_backend.cc.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -15,74 +15,6 @@
 
 namespace kvsim::gpu::bench {
 namespace {
-
-// ---- decode attention -----------------------------------------------------------------------
-
-struct AttentionShape {
-  int num_q_heads;
-  int num_kv_heads;
-  std::int64_t num_tokens;
-  int head_dim;
-
-  std::size_t q_elems() const { return static_cast<std::size_t>(num_q_heads) * head_dim; }
-  std::size_t kv_elems() const {
-    return static_cast<std::size_t>(num_kv_heads) * static_cast<std::size_t>(num_tokens) *
-           static_cast<std::size_t>(head_dim);
-  }
-  // q + k + v read, out + lse written.
-  std::int64_t bytes() const {
-    return static_cast<std::int64_t>((2 * q_elems() + 2 * kv_elems() + num_q_heads) *
-                                     sizeof(float));
-  }
-};
-
-// CPU references are kept small: the build machine may have 2 cores.
-void BM_CpuReplayAttention(benchmark::State& state) {
-  const AttentionShape s{8, 2, state.range(0), static_cast<int>(state.range(1))};
-  const std::vector<float> q = random_floats(s.q_elems(), 1);
-  const std::vector<float> k = random_floats(s.kv_elems(), 2);
-  const std::vector<float> v = random_floats(s.kv_elems(), 3);
-  std::vector<float> out(s.q_elems()), lse(static_cast<std::size_t>(s.num_q_heads));
-  const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  time_on_host(state, out.data(), [&] {
-    cpu_reference::replay_attention(q.data(), k.data(), v.data(), s.num_q_heads, s.num_kv_heads,
-                                    s.num_tokens, s.head_dim, scale, out.data(), lse.data());
-  });
-  state.SetBytesProcessed(state.iterations() * s.bytes());
-}
-BENCHMARK(BM_CpuReplayAttention)
-    ->ArgNames({"tokens", "head_dim"})
-    ->Args({1024, 128})
-    ->Args({8192, 128})
-    ->Unit(benchmark::kMicrosecond);
-
-void BM_GpuReplayAttention(benchmark::State& state) {
-  run_on_device(state, [&] {
-    const AttentionShape s{static_cast<int>(state.range(2)), 8, state.range(0),
-                           static_cast<int>(state.range(1))};
-    DeviceBuffer<float> q(s.q_elems()), k(s.kv_elems()), v(s.kv_elems()), out(s.q_elems()),
-        lse(static_cast<std::size_t>(s.num_q_heads));
-    fill_uniform(q.data(), q.size(), 1, -1.0f, 1.0f);
-    fill_uniform(k.data(), k.size(), 2, -1.0f, 1.0f);
-    fill_uniform(v.data(), v.size(), 3, -1.0f, 1.0f);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-    time_on_device(state, [&] {
-      replay_attention(q.data(), k.data(), v.data(), s.num_q_heads, s.num_kv_heads, s.num_tokens,
-                       s.head_dim, scale, out.data(), lse.data());
-    });
-    state.SetBytesProcessed(state.iterations() * s.bytes());
-  });
-}
-BENCHMARK(BM_GpuReplayAttention)
-    ->ArgNames({"tokens", "head_dim", "q_heads"})
-    ->Args({4096, 128, 32})
-    ->Args({65536, 128, 32})
-    ->Args({1 << 20, 128, 32})
-    ->Args({65536, 64, 32})
-    ->Args({65536, 256, 32})
-    ->Args({65536, 128, 8})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond);
 
 // Device-to-device cudaMemcpy: the practical bandwidth ceiling for every GPU kernel here.
 void BM_DeviceMemcpyD2D(benchmark::State& state) {

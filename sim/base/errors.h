@@ -33,7 +33,7 @@ class IoError : public Error {
   using Error::Error;
 };
 
-// An optional backend (CUDA, NCCL) that this build or machine does not have.
+// An optional backend (CUDA) that this build or machine does not have.
 class BackendUnavailable : public Error {
  public:
   using Error::Error;

@@ -1,5 +1,6 @@
 // CPU references (gpu/cpu_reference.h): quantization on hand-worked groups, its error bound on
-// random data, and attention against a naive double-precision evaluation of the formula.
+// random data, and the base layer's attention reference against a naive double-precision
+// evaluation of the formula.
 #include "gpu/cpu_reference.h"
 
 #include <gtest/gtest.h>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "sim/base/attention.h"
 #include "sim/base/errors.h"
 #include "sim/base/fp16.h"
 #include "tests/gpu/test_util.h"
@@ -19,8 +21,6 @@
 namespace kvsim::gpu {
 namespace {
 
-using testing::AttentionCase;
-using testing::AttentionData;
 using testing::random_uniform;
 
 struct Quantized {
@@ -163,128 +163,84 @@ TEST(CpuQuantize, RejectsBadArguments) {
   EXPECT_NO_THROW(cpu_reference::dequantize_groups(nullptr, nullptr, nullptr, 0, 4, nullptr));
 }
 
-// --- attention ----------------------------------------------------------------------------
+// --- attention --------------------------------------------------------------------------
+// The one double-precision attention reference, kvsim::cpu_reference::attend
+// (sim/base/attention.h): the reference of the CPU kernels' tests and of the attention
+// backends' tests.
+
+struct AttentionCase {
+  std::int64_t num_tokens;
+  int head_dim;
+  float scale_multiplier;  // scale = multiplier / sqrt(head_dim); larger -> peakier softmax
+};
 
 // The textbook formula in double, with no max subtraction (fine for these score ranges).
-void naive_attention(const AttentionCase& s, const AttentionData& d, std::vector<double>& out,
-                     std::vector<double>& lse) {
-  const std::size_t n = static_cast<std::size_t>(s.num_tokens);
-  const std::size_t hd = static_cast<std::size_t>(s.head_dim);
-  out.assign(static_cast<std::size_t>(s.num_q_heads) * hd, 0.0);
-  lse.assign(static_cast<std::size_t>(s.num_q_heads), 0.0);
-  for (int h = 0; h < s.num_q_heads; ++h) {
-    const std::size_t kvh = static_cast<std::size_t>(h / (s.num_q_heads / s.num_kv_heads));
-    double denom = 0.0;
-    std::vector<double> numer(hd, 0.0);
-    for (std::size_t t = 0; t < n; ++t) {
-      double dot = 0.0;
-      for (std::size_t i = 0; i < hd; ++i) {
-        dot += static_cast<double>(d.q[h * hd + i]) * d.k[(kvh * n + t) * hd + i];
-      }
-      const double e = std::exp(static_cast<double>(d.scale) * dot);
-      denom += e;
-      for (std::size_t i = 0; i < hd; ++i) numer[i] += e * d.v[(kvh * n + t) * hd + i];
-    }
-    for (std::size_t i = 0; i < hd; ++i) out[h * hd + i] = numer[i] / denom;
-    lse[static_cast<std::size_t>(h)] = std::log(denom);
+double naive_attention(const std::vector<float>& q, const std::vector<float>& k,
+                       const std::vector<float>& v, std::size_t n, std::size_t hd, double scale,
+                       std::vector<double>& out) {
+  double denom = 0.0;
+  out.assign(hd, 0.0);
+  for (std::size_t t = 0; t < n; ++t) {
+    double dot = 0.0;
+    for (std::size_t i = 0; i < hd; ++i) dot += static_cast<double>(q[i]) * k[t * hd + i];
+    const double e = std::exp(scale * dot);
+    denom += e;
+    for (std::size_t i = 0; i < hd; ++i) out[i] += e * v[t * hd + i];
   }
+  for (double& x : out) x /= denom;
+  return std::log(denom);
 }
 
 class CpuAttention : public ::testing::TestWithParam<AttentionCase> {};
 
-// The reference accumulates in double and rounds once to float, so it must agree with the
-// naive double evaluation to float rounding: 2^-23 relative, allowed 1e-6 of max(1, |value|).
+// The reference accumulates in double: it must agree with the naive double evaluation to
+// double rounding (relative 1e-12 leaves room for the max subtraction's reordering).
 TEST_P(CpuAttention, MatchesNaiveDoubleFormula) {
-  const AttentionCase s = GetParam();
-  const AttentionData d = testing::make_attention_data(s, 7);
-  std::vector<float> out(static_cast<std::size_t>(s.num_q_heads * s.head_dim));
-  std::vector<float> lse(static_cast<std::size_t>(s.num_q_heads));
-  cpu_reference::replay_attention(d.q.data(), d.k.data(), d.v.data(), s.num_q_heads, s.num_kv_heads,
-                                  s.num_tokens, s.head_dim, d.scale, out.data(), lse.data());
-  std::vector<double> ref_out, ref_lse;
-  naive_attention(s, d, ref_out, ref_lse);
-  for (std::size_t i = 0; i < out.size(); ++i) {
-    ASSERT_TRUE(std::isfinite(out[i]));
-    EXPECT_NEAR(out[i], ref_out[i], 1e-6 * std::max(1.0, std::fabs(ref_out[i]))) << i;
+  const AttentionCase c = GetParam();
+  const auto n = static_cast<std::size_t>(c.num_tokens);
+  const auto hd = static_cast<std::size_t>(c.head_dim);
+  const std::vector<float> q = random_uniform(hd, 7), k = random_uniform(n * hd, 8),
+                           v = random_uniform(n * hd, 9);
+  const double scale = c.scale_multiplier / std::sqrt(static_cast<double>(c.head_dim));
+  std::vector<double> out(hd), ref_out;
+  const double lse =
+      kvsim::cpu_reference::attend(q.data(), k.data(), v.data(), n, c.head_dim, scale, out.data());
+  const double ref_lse = naive_attention(q, k, v, n, hd, scale, ref_out);
+  for (std::size_t i = 0; i < hd; ++i) {
+    EXPECT_NEAR(out[i], ref_out[i], 1e-12 * std::max(1.0, std::fabs(ref_out[i]))) << i;
   }
-  for (std::size_t h = 0; h < lse.size(); ++h) {
-    ASSERT_TRUE(std::isfinite(lse[h]));
-    EXPECT_NEAR(lse[h], ref_lse[h], 1e-6 * std::max(1.0, std::fabs(ref_lse[h]))) << h;
-  }
+  EXPECT_NEAR(lse, ref_lse, 1e-12 * std::max(1.0, std::fabs(ref_lse)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuAttention,
-                         ::testing::Values(AttentionCase{1, 1, 1, 64, 1.0f},
-                                           AttentionCase{4, 2, 7, 128, 1.0f},
-                                           AttentionCase{8, 2, 257, 64, 4.0f},
-                                           AttentionCase{2, 1, 1000, 256, 1.0f},
-                                           AttentionCase{4, 4, 33, 128, 8.0f}),
-                         testing::attention_case_name);
-
-// With one token the softmax weight is exactly 1: out[h] is the v row of h's kv head, which
-// pins down the GQA mapping h -> h / (num_q_heads / num_kv_heads).
-TEST(CpuAttentionMapping, GroupedQueryHeadsReadTheirKvHead) {
-  const int nq = 6, nkv = 3, hd = 64;
-  std::vector<float> q = random_uniform(nq * hd, 1);
-  std::vector<float> k = random_uniform(nkv * hd, 2);
-  std::vector<float> v(static_cast<std::size_t>(nkv * hd));
-  for (int kvh = 0; kvh < nkv; ++kvh) {
-    for (int i = 0; i < hd; ++i) v[kvh * hd + i] = static_cast<float>(100 * kvh + i);
-  }
-  std::vector<float> out(nq * hd), lse(nq);
-  cpu_reference::replay_attention(q.data(), k.data(), v.data(), nq, nkv, 1, hd, 0.125f, out.data(),
-                                  lse.data());
-  for (int h = 0; h < nq; ++h) {
-    const int kvh = h / 2;
-    double dot = 0.0;
-    for (int i = 0; i < hd; ++i) dot += static_cast<double>(q[h * hd + i]) * k[kvh * hd + i];
-    EXPECT_NEAR(lse[h], 0.125 * dot, 1e-6);
-    for (int i = 0; i < hd; ++i) ASSERT_EQ(out[h * hd + i], v[kvh * hd + i]) << h << " " << i;
-  }
-}
+                         ::testing::Values(AttentionCase{1, 64, 1.0f}, AttentionCase{7, 128, 1.0f},
+                                           AttentionCase{257, 64, 4.0f},
+                                           AttentionCase{1000, 256, 1.0f},
+                                           AttentionCase{33, 128, 8.0f}),
+                         [](const ::testing::TestParamInfo<AttentionCase>& info) {
+                           const AttentionCase& c = info.param;
+                           return testing::case_name("n", c.num_tokens, "_d", c.head_dim, "_x",
+                                                     static_cast<int>(c.scale_multiplier));
+                         });
 
 // Scores in the thousands overflow exp() in any precision without max subtraction.
 TEST(CpuAttentionStability, HugeScoresStayFinite) {
   const int hd = 64;
-  const std::int64_t n = 5;
-  std::vector<float> q(hd, 10.0f);
-  std::vector<float> k(static_cast<std::size_t>(n * hd));
-  std::vector<float> v(static_cast<std::size_t>(n * hd));
+  const std::size_t n = 5;
+  std::vector<float> q(hd, 10.0f), k(n * hd), v(n * hd);
   const float token_level[] = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};  // tokens 1 and 3 tie at the top
-  for (std::int64_t t = 0; t < n; ++t) {
+  for (std::size_t t = 0; t < n; ++t) {
     for (int i = 0; i < hd; ++i) {
       k[t * hd + i] = token_level[t];
       v[t * hd + i] = static_cast<float>(t);
     }
   }
-  std::vector<float> out(hd), lse(1);
-  cpu_reference::replay_attention(q.data(), k.data(), v.data(), 1, 1, n, hd, 1.0f, out.data(),
-                                  lse.data());
+  std::vector<double> out(hd);
+  const double lse =
+      kvsim::cpu_reference::attend(q.data(), k.data(), v.data(), n, hd, 1.0, out.data());
   const double top = 10.0 * 3.0 * hd;  // 1920; the next score is 1280 lower
-  EXPECT_NEAR(lse[0], top + std::log(2.0), 1e-3);
-  for (int i = 0; i < hd; ++i) EXPECT_FLOAT_EQ(out[i], 2.0f);  // mean of v rows 1 and 3
-}
-
-TEST(CpuAttentionArgs, RejectsBadArguments) {
-  std::vector<float> in(4 * 256 * 8, 0.5f);
-  std::vector<float> out(4 * 256), lse(4);
-  const float* p = in.data();
-  float* o = out.data();
-  auto call = [&](int nq, int nkv, std::int64_t n, int hd, float scale) {
-    cpu_reference::replay_attention(p, p, p, nq, nkv, n, hd, scale, o, lse.data());
-  };
-  EXPECT_NO_THROW(call(2, 1, 4, 64, 1.0f));
-  EXPECT_THROW(call(2, 1, 4, 96, 1.0f), ConfigError);  // unsupported head_dim
-  EXPECT_THROW(call(3, 2, 4, 64, 1.0f), ConfigError);  // 3 % 2 != 0
-  EXPECT_THROW(call(0, 1, 4, 64, 1.0f), ConfigError);
-  EXPECT_THROW(call(2, 0, 4, 64, 1.0f), ConfigError);
-  EXPECT_THROW(call(2, 1, 0, 64, 1.0f), ConfigError);  // no tokens
-  EXPECT_THROW(call(2, 1, 4, 64, std::numeric_limits<float>::quiet_NaN()), ConfigError);
-  EXPECT_THROW(call(2, 1, 4, 64, std::numeric_limits<float>::infinity()), ConfigError);
-  EXPECT_THROW(cpu_reference::replay_attention(nullptr, p, p, 2, 1, 4, 64, 1.0f, o, lse.data()),
-               ConfigError);
-  EXPECT_THROW(cpu_reference::replay_attention(p, p, p, 2, 1, 4, 64, 1.0f, o, nullptr),
-               ConfigError);
+  EXPECT_NEAR(lse, top + std::log(2.0), 1e-9);
+  for (int i = 0; i < hd; ++i) EXPECT_DOUBLE_EQ(out[i], 2.0);  // mean of v rows 1 and 3
 }
 
 }  // namespace

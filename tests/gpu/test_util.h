@@ -35,34 +35,6 @@ std::string case_name(const Parts&... parts) {
   return name.str();
 }
 
-// A decode-attention case of replay_attention (the reference's tests and the GPU's).
-struct AttentionCase {
-  int num_q_heads;
-  int num_kv_heads;
-  std::int64_t num_tokens;
-  int head_dim;
-  float scale_multiplier;  // scale = multiplier / sqrt(head_dim); larger -> peakier softmax
-};
-
-inline std::string attention_case_name(const ::testing::TestParamInfo<AttentionCase>& info) {
-  const AttentionCase& c = info.param;
-  return case_name("q", c.num_q_heads, "_kv", c.num_kv_heads, "_n", c.num_tokens, "_d", c.head_dim,
-                   "_x", static_cast<int>(c.scale_multiplier));
-}
-
-// Uniform q, k, v in [-1, 1) from seeds seed, seed + 1, seed + 2, and the case's scale.
-struct AttentionData {
-  std::vector<float> q, k, v;
-  float scale;
-};
-
-inline AttentionData make_attention_data(const AttentionCase& c, std::uint32_t seed) {
-  const auto kv_size = static_cast<std::size_t>(c.num_kv_heads * c.num_tokens * c.head_dim);
-  return {random_uniform(static_cast<std::size_t>(c.num_q_heads * c.head_dim), seed),
-          random_uniform(kv_size, seed + 1), random_uniform(kv_size, seed + 2),
-          c.scale_multiplier / std::sqrt(static_cast<float>(c.head_dim))};
-}
-
 }  // namespace kvsim::gpu::testing
 
 // Skips the current test, saying why, unless a CUDA device is usable.
