@@ -96,7 +96,7 @@ std::vector<HeadStats> inspect_trace(const TraceReader& trace, const InspectOpti
 void print_inspection(const TraceReader& trace, const InspectOptions& options, std::ostream& out) {
   const TraceMeta& m = trace.meta();
   out << "trace:        " << trace.path() << "\n"
-      << "format:       kvsim-trace v" << kTraceFormatVersion << ", dtype " << dtype_name(m.dtype)
+      << "format:       kvsim-trace v" << trace.version() << ", dtype " << dtype_name(m.dtype)
       << ", id " << m.trace_id << "\n"
       << "model:        " << m.model_name << " (" << m.model_source << ")\n"
       << "layers:       " << m.num_layers() << " stored of " << m.num_model_layers << " [";

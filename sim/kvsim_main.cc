@@ -103,7 +103,7 @@ std::vector<std::string> config_inputs(const po::variables_map& vm) {
 int cmd_replay(int argc, char** argv) {
   po::options_description desc("kvsim replay options");
   desc.add_options()("trace,t", po::value<std::string>()->required(),
-                     "trace file (HDF5, format v1)")(
+                     "trace file (HDF5, format v1 or v2)")(
       "policy,p", po::value<std::vector<std::string>>()->required()->composing(),
       "policy spec, repeatable: name:key=val,...[+name2:...]")(
       "out,o", po::value<std::string>()->required(), "results file to write (HDF5)")(

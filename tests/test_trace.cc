@@ -147,8 +147,8 @@ TEST(TraceErrors, MissingAttribute) {
 }
 
 TEST(TraceErrors, UnknownVersion) {
-  expect_damage_detected("unsupported trace format version 2",
-                         [](hid_t f) { h5::write_attr(f, "version", int64_t{2}); });
+  expect_damage_detected("unsupported trace format version 3",
+                         [](hid_t f) { h5::write_attr(f, "version", int64_t{3}); });
 }
 
 TEST(TraceErrors, WrongFormatName) {
