@@ -180,7 +180,6 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
       h5::check_storage(token_ids.get(), dims[0], sctx + " dataset 'token_ids'");
       info.num_tokens = static_cast<int64_t>(dims[0]);
     }
-    if (version_ >= 2) check_positions(group.get(), info.num_tokens, sctx);
     if (info.num_tokens == 0) throw FormatError(sctx + ": no tokens");
     if (info.prompt_len < 1 || info.prompt_len > info.num_tokens) {
       throw FormatError(sctx + ": prompt_len " + std::to_string(info.prompt_len) +
@@ -210,6 +209,7 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
       }
       h5::check_storage(dset.get(), L * heads * T * D, sctx + " dataset '" + dname + "'");
     }
+    if (version_ >= 2) check_positions(group.get(), info.num_tokens, sctx);
     sequences_.push_back(info);
   }
   if (sequences_.empty()) throw FormatError(ctx + ": holds no sequences");
