@@ -201,14 +201,7 @@ class QjlStore final : public StoreStage {
   }
 
   void flush_values(Head& s, HeadCache& cache) {
-    while (s.value_buffer.size() > buffer_) {
-      const int64_t row = cache.find(s.value_buffer.front());
-      KVSIM_CHECK(row >= 0);
-      s.values.encode(cache.value_row(row));
-      s.values.count(1);
-      s.value_buffer.pop_front();
-      acted_ = true;
-    }
+    if (quantize_oldest(s.value_buffer, buffer_, s.values, cache)) acted_ = true;
   }
 
   StoredDType dtype_;

@@ -85,6 +85,20 @@ MemoryBits TokenwiseSide::memory() const {
   return {tokens_ * d_ * bits_, tokens_ * groups_per_token * 32};
 }
 
+bool quantize_oldest(std::deque<int32_t>& fifo, size_t keep, TokenwiseSide& side,
+                     HeadCache& cache) {
+  bool any = false;
+  while (fifo.size() > keep) {
+    const int64_t row = cache.find(fifo.front());
+    KVSIM_CHECK(row >= 0);
+    side.encode(cache.value_row(row));
+    side.count(1);
+    fifo.pop_front();
+    any = true;
+  }
+  return any;
+}
+
 void ChannelwiseSide::flush(HeadCache& cache, size_t count) {
   KVSIM_CHECK(count > 0 && count <= pending_.size());
   Group group;

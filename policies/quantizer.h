@@ -63,6 +63,11 @@ class TokenwiseSide {
   int64_t tokens_ = 0;
 };
 
+// A FIFO of fp16 rows (oldest first) whose oldest rows are quantized per token by `side`
+// until at most `keep` remain (KIVI's value residual, QJL's value buffer). Their rows in
+// `cache` are rewritten; returns whether any row was quantized.
+bool quantize_oldest(std::deque<int32_t>& fifo, size_t keep, TokenwiseSide& side, HeadCache& cache);
+
 // One side of one (layer, kv head), quantized per channel: tokens are grouped
 // `group` at a time in arrival order and every channel of a group shares one
 // (scale, min). Tokens wait in full precision until their group is complete.
