@@ -6,7 +6,7 @@
 # result goes through: attention and metrics (full, h2o), the quantizers (uniform, KIVI,
 # SKVQ's clipped quantizer, MiKV at 4 bits), MiniCache's SLERP merge, a seeded
 # eviction (random), and KVQuant's calibration and RoPE rotation, GEAR's power iteration,
-# QJL's projection and FP8 rounding.
+# QJL's projection, FP8 rounding and transformers' QuantizedCache (HQQ, quanto).
 #
 #   bash tests/golden/golden_test.sh check KVSIM    exit 0: identical (ctest `golden_results`)
 #   bash tests/golden/golden_test.sh write KVSIM    regenerate results.h5 after an intended
@@ -26,7 +26,8 @@ replay() {
     -p full -p uniform:bits=2,k_axis=channel -p kivi:bits=2,residual=32 \
     -p skvq:k_bits=2,v_bits=2,group=32,window=32 -p mikv:hi_bits=4,lo_bits=3 \
     -p minicache -p h2o:heavy=0.125,recent=0.125 -p random:ratio=0.25 \
-    -p kvquant -p gear:group=32,buffer=32 -p qjl:buffer=32 -p fp8:scale=head
+    -p kvquant -p gear:group=32,buffer=32 -p qjl:buffer=32 -p fp8:scale=head \
+    -p hf_quantized:backend=hqq,residual=32 -p hf_quantized:backend=quanto,residual=32
 }
 case "$MODE" in
   write) replay "$GOLDEN" && echo "wrote $GOLDEN" ;;
