@@ -209,7 +209,7 @@ class GearStore final : public StoreStage {
         const size_t i = it - c.positions.begin();
         c.alive[i] = 0;
         --c.live;
-        --c.group_live[i / opt_.group];
+        --c.group_live[opt_.kcvt ? 0 : i / opt_.group];
         break;
       }
     }

@@ -98,6 +98,28 @@ TEST(Gear, LowRankAndOutliersLowerTheError) {
   }
 }
 
+// KCVT: keys per channel over the whole chunk (one group), values per token over all channels;
+// evicting tokens frees their codes, and the key group goes with the chunk's last token.
+TEST(Gear, KcvtBackboneAfterEviction) {
+  TempDir dir;
+  const SynthConfig c = testing::tiny_config();  // d = 32, P = 64
+  const auto runs = testing::replay_synth(
+      c,
+      {"gear:backbone=kcvt,bits=4,outliers=0,rank=0,rank_prefill=0,buffer=32",
+       "streamingllm:sinks=4,window=20+gear:backbone=kcvt,bits=4,outliers=0,rank=0,"
+       "rank_prefill=0,buffer=32"},
+      dir, testing::every_step());
+  const int64_t d = c.head_dim;
+  for (const auto& k : runs[0].kv) {
+    const int64_t n = k.step + 1, buffer = (k.step - 64) % 32 + 1, compressed = n - buffer;
+    EXPECT_EQ(k.data_bits, buffer * 2 * d * 16 + compressed * 2 * d * 4) << "step " << k.step;
+    EXPECT_EQ(k.meta_bits, (1 + (compressed - 64) / 32) * d * 32 + compressed * 32)
+        << "step " << k.step;  // one key group per chunk (the prefill chunk: 64 tokens)
+  }
+  for (const auto& k : runs[1].kv) EXPECT_EQ(k.kept_tokens, 24) << "step " << k.step;
+  EXPECT_LT(runs[1].kv.back().data_bits, runs[0].kv.back().data_bits);
+}
+
 TEST(Gear, RefusesBadParameters) {
   EXPECT_NE(testing::spec_error("gear:group=64,buffer=96").find("multiple of group"),
             std::string::npos);

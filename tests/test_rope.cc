@@ -122,17 +122,26 @@ TEST(TraceV2, RopeMetadataRoundTripsAndV1KeepsWorking) {
     h5::write_attr(f.get(), "rope_theta_by_layer_type",
                    std::string("sliding_attention=10000, full_attention=1e+06"));
   }
-  TraceReader r(path);
-  EXPECT_EQ(r.version(), 1);
-  EXPECT_EQ(r.meta().rope_type, "default");
-  ASSERT_EQ(r.meta().rope_theta_by_slot.size(), static_cast<size_t>(r.meta().num_layers()));
-  ASSERT_GT(r.meta().sliding_window[0], 0);
-  ASSERT_EQ(r.meta().sliding_window[1], 0);
-  for (int s = 0; s < r.meta().num_layers(); ++s) {
-    EXPECT_EQ(r.meta().rope_theta_by_slot[s],
-              r.meta().sliding_window[s] > 0 ? 10000.0 : r.meta().rope_theta);
+  {
+    TraceReader r(path);
+    EXPECT_EQ(r.version(), 1);
+    EXPECT_EQ(r.meta().rope_type, "default");
+    ASSERT_EQ(r.meta().rope_theta_by_slot.size(), static_cast<size_t>(r.meta().num_layers()));
+    ASSERT_GT(r.meta().sliding_window[0], 0);
+    ASSERT_EQ(r.meta().sliding_window[1], 0);
+    for (int s = 0; s < r.meta().num_layers(); ++s) {
+      EXPECT_EQ(r.meta().rope_theta_by_slot[s],
+                r.meta().sliding_window[s] > 0 ? 10000.0 : r.meta().rope_theta);
+    }
+    (void)r.read_layer(0, 0);
   }
-  (void)r.read_layer(0, 0);
+  // A v1 trace of a model known to scale RoPE cannot be un-rotated.
+  {
+    h5::Handle f = testing::open_rw(path);
+    h5::write_attr(f.get(), "model_name", std::string("meta-llama/Llama-3.1-8B-Instruct"));
+  }
+  TraceReader scaled(path);
+  EXPECT_THROW((void)Rope::for_slot(scaled.meta(), 0), ConfigError);
 }
 
 TEST(TraceV2, PositionsOtherThanTheTraceIndexAreRefused) {

@@ -1,6 +1,7 @@
 #include "trace/trace.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -229,6 +230,16 @@ void TraceReader::read_rope_v2(hid_t root, const std::string& ctx) {
 // `rope_theta_by_layer_type` ("sliding_attention=10000, full_attention=1e+06"); a layer with a
 // sliding window takes the sliding base.
 void TraceReader::rope_theta_by_layer_type_v1(hid_t root, const std::string& ctx) {
+  // Models known to scale RoPE: a v1 trace cannot say how, so the pre-RoPE mode refuses them.
+  std::string model = meta_.model_name;
+  std::transform(model.begin(), model.end(), model.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* scaled :
+       {"llama-3.1", "llama-3.2", "llama-3.3", "gemma-3-4b", "gemma-3-12b", "gemma-3-27b"}) {
+    if (model.find(scaled) != std::string::npos) {
+      meta_.rope_type = "unrecorded (a v1 trace of a model that scales RoPE: capture it again)";
+    }
+  }
   if (!h5::has_attr(root, "rope_theta_by_layer_type")) return;
   const std::string text = h5::read_attr_string(root, "rope_theta_by_layer_type", ctx);
   std::map<std::string, double> per_type;
