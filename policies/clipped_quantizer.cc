@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "policies/quantizer.h"
 #include "sim/base/errors.h"
 #include "sim/base/fp16.h"
 
@@ -16,21 +17,7 @@ MetaFormat parse_meta_format(const std::string& name) {
 
 int meta_format_bits(MetaFormat format) { return format == MetaFormat::kFp16 ? 16 : 8; }
 
-float round_to_e4m3(float x) {
-  if (std::isnan(x)) return x;
-  const float a = std::fabs(x);
-  if (a == 0.f) return x;
-  constexpr float kMax = 448.f;  // 1.75 * 2^8
-  if (a >= kMax) return std::copysign(kMax, x);
-  int exp = 0;
-  std::frexp(a, &exp);                           // a = m * 2^exp, m in [0.5, 1): binade 2^(exp-1)
-  const int e = std::max(exp - 1, -6);           // below 2^-6 the spacing stays 2^-9 (subnormals)
-  const float quantum = std::ldexp(1.f, e - 3);  // 3 mantissa bits
-  // a / quantum is exact (power of two); nearbyint rounds ties to even.
-  float r = std::nearbyint(a / quantum) * quantum;
-  if (r > kMax) r = kMax;  // [448, 464) rounds down already; 464.. would give 480
-  return std::copysign(r, x);
-}
+float round_to_e4m3(float x) { return round_to_fp8(x, Fp8Format::kE4M3); }
 
 float round_meta(float x, MetaFormat format) {
   return format == MetaFormat::kFp16 ? round_to_half(x) : round_to_e4m3(x);

@@ -121,14 +121,7 @@ class KiviStore final : public StoreStage {
 
   // Quantizes the oldest residual values until at most R remain.
   void flush_values(Head& s, HeadCache& cache) {
-    while (s.value_residual.size() > residual_) {
-      const int64_t row = cache.find(s.value_residual.front());
-      KVSIM_CHECK(row >= 0);
-      s.values.encode(cache.value_row(row));
-      s.values.count(1);
-      s.value_residual.pop_front();
-      acted_ = true;
-    }
+    if (quantize_oldest(s.value_residual, residual_, s.values, cache)) acted_ = true;
   }
 
   StoredDType dtype_;

@@ -157,3 +157,42 @@ std::vector<int> kmeans_2d(std::span<const double> x, std::span<const double> y,
 }
 
 }  // namespace kvsim
+
+namespace kvsim {
+
+std::vector<double> kmeans_1d(std::vector<double> values, int k, int max_iterations) {
+  KVSIM_CHECK(!values.empty() && k >= 1);
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  std::vector<double> prefix(n + 1, 0.0);  // sums of the sorted values: a cluster's mean in O(1)
+  for (size_t i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + values[i];
+  std::vector<double> centres(k);
+  for (int j = 0; j < k; ++j) {
+    centres[j] = values[std::min(n - 1, static_cast<size_t>((j + 0.5) / k * n))];
+  }
+  for (int it = 0; it < max_iterations; ++it) {
+    std::sort(centres.begin(), centres.end());
+    bool moved = false;
+    size_t lo = 0;
+    for (int j = 0; j < k; ++j) {
+      // Cluster j holds the values up to the midpoint with the next centre (inclusive).
+      size_t hi = n;
+      if (j + 1 < k) {
+        const double mid = 0.5 * (centres[j] + centres[j + 1]);
+        hi = static_cast<size_t>(std::upper_bound(values.begin() + lo, values.end(), mid) -
+                                 values.begin());
+      }
+      if (hi > lo) {
+        const double mean = (prefix[hi] - prefix[lo]) / static_cast<double>(hi - lo);
+        if (mean != centres[j]) moved = true;
+        centres[j] = mean;
+      }
+      lo = hi;
+    }
+    if (!moved) break;
+  }
+  std::sort(centres.begin(), centres.end());
+  return centres;
+}
+
+}  // namespace kvsim

@@ -24,3 +24,13 @@ std::vector<int> kmeans_2d(std::span<const double> x, std::span<const double> y,
                            const KmeansOptions& options);
 
 }  // namespace kvsim
+
+namespace kvsim {
+
+// Lloyd's k-means of scalars into k centres (KVQuant's nuq levels): seeded at the
+// (j + 1/2)/k quantiles of the sorted values, then at most max_iterations rounds of
+// assignment to the nearest centre (a value midway goes to the lower) and centre = mean; an
+// empty cluster keeps its centre. Returns the k centres, ascending. values must be non-empty.
+std::vector<double> kmeans_1d(std::vector<double> values, int k, int max_iterations = 100);
+
+}  // namespace kvsim

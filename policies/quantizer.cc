@@ -49,6 +49,24 @@ QuantGroup quantize_group(const float* x, size_t n, size_t stride, int bits, flo
   return g;
 }
 
+float fp8_max(Fp8Format format) { return format == Fp8Format::kE4M3 ? 448.f : 57344.f; }
+
+float round_to_fp8(float x, Fp8Format format) {
+  if (std::isnan(x)) return x;
+  const int mantissa_bits = format == Fp8Format::kE4M3 ? 3 : 2;
+  const int min_exponent = format == Fp8Format::kE4M3 ? -6 : -14;  // of the normal numbers
+  const float a = std::fabs(x);
+  if (a == 0.f) return x;
+  int e = 0;
+  (void)std::frexp(a, &e);  // a = f * 2^e, f in [0.5, 1): the leading bit is 2^(e-1)
+  const int exponent = std::max(e - 1, min_exponent);
+  // The spacing of the format at a's binade; a / step is exact (a power of two), and rounding
+  // it to an integer ties to even on the last mantissa bit.
+  const float step = std::ldexp(1.f, exponent - mantissa_bits);
+  const float rounded = std::min(std::nearbyint(a / step) * step, fp8_max(format));
+  return std::copysign(rounded, x);
+}
+
 QuantAxis parse_axis(const std::string& name) {
   if (name == "token") return QuantAxis::kToken;
   if (name == "channel") return QuantAxis::kChannel;
@@ -65,6 +83,20 @@ void TokenwiseSide::encode(float* row) const {
 MemoryBits TokenwiseSide::memory() const {
   const int64_t groups_per_token = (d_ + group_ - 1) / group_;
   return {tokens_ * d_ * bits_, tokens_ * groups_per_token * 32};
+}
+
+bool quantize_oldest(std::deque<int32_t>& fifo, size_t keep, TokenwiseSide& side,
+                     HeadCache& cache) {
+  bool any = false;
+  while (fifo.size() > keep) {
+    const int64_t row = cache.find(fifo.front());
+    KVSIM_CHECK(row >= 0);
+    side.encode(cache.value_row(row));
+    side.count(1);
+    fifo.pop_front();
+    any = true;
+  }
+  return any;
 }
 
 void ChannelwiseSide::flush(HeadCache& cache, size_t count) {

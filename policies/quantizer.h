@@ -36,6 +36,15 @@ QuantGroup quantize_group(const float* x, size_t n, size_t stride, int bits, flo
 void append_16bit_row(HeadCache& cache, const LayerData& raw, int head, int32_t pos,
                       StoredDType dtype);
 
+// The two 8-bit float formats of FP8 KV caches (OCP FP8): e4m3 (the `fn` variant: no
+// infinities, largest finite 448, smallest subnormal 2^-9) and e5m2 (largest finite 57344,
+// smallest subnormal 2^-16).
+enum class Fp8Format { kE4M3, kE5M2 };
+float fp8_max(Fp8Format format);
+// x rounded to the nearest value of `format`, ties to even, saturating beyond its largest
+// finite value (as serving engines convert with saturation); NaN stays NaN.
+float round_to_fp8(float x, Fp8Format format);
+
 enum class QuantAxis { kToken, kChannel };
 QuantAxis parse_axis(const std::string& name);
 
@@ -53,6 +62,11 @@ class TokenwiseSide {
   int d_, bits_, group_;
   int64_t tokens_ = 0;
 };
+
+// A FIFO of fp16 rows (oldest first) whose oldest rows are quantized per token by `side`
+// until at most `keep` remain (KIVI's value residual, QJL's value buffer). Their rows in
+// `cache` are rewritten; returns whether any row was quantized.
+bool quantize_oldest(std::deque<int32_t>& fifo, size_t keep, TokenwiseSide& side, HeadCache& cache);
 
 // One side of one (layer, kv head), quantized per channel: tokens are grouped
 // `group` at a time in arrival order and every channel of a group shares one

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <iomanip>
 
+#include "policies/rope.h"
 #include "sim/base/attention.h"
 #include "sim/base/errors.h"
 
@@ -96,7 +97,7 @@ std::vector<HeadStats> inspect_trace(const TraceReader& trace, const InspectOpti
 void print_inspection(const TraceReader& trace, const InspectOptions& options, std::ostream& out) {
   const TraceMeta& m = trace.meta();
   out << "trace:        " << trace.path() << "\n"
-      << "format:       kvsim-trace v" << kTraceFormatVersion << ", dtype " << dtype_name(m.dtype)
+      << "format:       kvsim-trace v" << trace.version() << ", dtype " << dtype_name(m.dtype)
       << ", id " << m.trace_id << "\n"
       << "model:        " << m.model_name << " (" << m.model_source << ")\n"
       << "layers:       " << m.num_layers() << " stored of " << m.num_model_layers << " [";
@@ -134,6 +135,92 @@ void print_inspection(const TraceReader& trace, const InspectOptions& options, s
   out << "\noutliers: channels whose max |k| exceeds " << options.outlier_factor
       << "x the median channel's; sink mass: attention on the first " << options.sinks
       << " tokens, averaged over query heads and sampled decode steps.\n";
+}
+
+namespace {
+
+// One unit in the last place of |x| in `dtype` (the subnormal spacing below the normals).
+double ulp(float x, StoredDType dtype) {
+  const int mantissa = dtype == StoredDType::kFloat16    ? 10
+                       : dtype == StoredDType::kBFloat16 ? 7
+                                                         : 23;
+  const int min_exponent = dtype == StoredDType::kFloat16 ? -14 : -126;
+  int e = 0;
+  (void)std::frexp(std::fabs(static_cast<double>(x)), &e);
+  return std::ldexp(1.0, std::max(e - 1, min_exponent) - mantissa);
+}
+
+// Cosine of the mean of rows [0, T/2) and [T/2, T) of keys [T, d].
+double halves_cosine(const std::vector<float>& keys, int T, int d) {
+  std::vector<double> a(d, 0.0), b(d, 0.0);
+  for (int t = 0; t < T; ++t) {
+    auto& m = t < T / 2 ? a : b;
+    for (int c = 0; c < d; ++c) m[c] += keys[static_cast<size_t>(t) * d + c];
+  }
+  double dot = 0, na = 0, nb = 0;
+  for (int c = 0; c < d; ++c) {
+    dot += a[c] * b[c];
+    na += a[c] * a[c];
+    nb += b[c] * b[c];
+  }
+  return na > 0 && nb > 0 ? dot / std::sqrt(na * nb) : 0;
+}
+
+}  // namespace
+
+std::vector<RopeCheck> check_rope(const TraceReader& trace, int sequence) {
+  const TraceMeta& meta = trace.meta();
+  if (sequence < 0 || sequence >= trace.num_sequences()) {
+    throw ConfigError("sequence " + std::to_string(sequence) + " out of range");
+  }
+  const int d = meta.head_dim;
+  std::vector<RopeCheck> out;
+  for (int slot = 0; slot < meta.num_layers(); ++slot) {
+    const Rope rope = Rope::for_slot(meta, slot);
+    const LayerData layer = trace.read_layer(sequence, slot);
+    const int T = layer.num_tokens;
+    RopeCheck r;
+    r.layer = meta.layer_ids[slot];
+    r.theta = meta.rope_theta_by_slot.empty() ? meta.rope_theta : meta.rope_theta_by_slot[slot];
+    std::vector<float> pre(static_cast<size_t>(T) * d), post(pre.size());
+    for (int h = 0; h < meta.num_kv_heads; ++h) {
+      for (int t = 0; t < T; ++t) {
+        const float* k = layer.key(h, t);
+        float* x = pre.data() + static_cast<size_t>(t) * d;
+        std::copy_n(k, d, x);
+        std::copy_n(k, d, post.data() + static_cast<size_t>(t) * d);
+        rope.apply(x, t, /*inverse=*/true);
+        std::vector<float> y(x, x + d);
+        rope.apply(y.data(), t, /*inverse=*/false);
+        for (int c = 0; c < d; ++c) {
+          r.max_ulps = std::max(
+              r.max_ulps, std::fabs(static_cast<double>(y[c]) - k[c]) / ulp(k[c], meta.dtype));
+        }
+      }
+      r.halves_cosine += halves_cosine(pre, T, d) / meta.num_kv_heads;
+      r.post_rope_cosine += halves_cosine(post, T, d) / meta.num_kv_heads;
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+void print_rope_check(const TraceReader& trace, int sequence, std::ostream& out) {
+  const TraceMeta& m = trace.meta();
+  out << "\npre-RoPE check (sequence " << sequence << "): rope " << m.rope_type << ", layout "
+      << m.rope_layout << ", rotary dim " << (m.rotary_dim ? m.rotary_dim : m.head_dim) << "\n";
+  out << std::setw(6) << "layer" << std::setw(12) << "theta" << std::setw(16) << "round trip ulps"
+      << std::setw(17) << "cos halves pre" << std::setw(18) << "cos halves post"
+      << "\n";
+  for (const RopeCheck& r : check_rope(trace, sequence)) {
+    out << std::setw(6) << r.layer << std::setw(12) << std::defaultfloat << r.theta << std::fixed
+        << std::setw(16) << std::setprecision(3) << r.max_ulps << std::setw(17)
+        << std::setprecision(4) << r.halves_cosine << std::setw(18) << r.post_rope_cosine << "\n";
+  }
+  out << "round trip: keys un-rotated and re-rotated (float32 in between), the largest difference "
+         "in units in the last place of the stored dtype; cos halves: cosine of the mean key of "
+         "the sequence's two halves, averaged over KV heads (a wrong base or layout lowers it "
+         "before RoPE).\n";
 }
 
 }  // namespace kvsim

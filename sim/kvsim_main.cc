@@ -112,7 +112,7 @@ std::unique_ptr<AttentionBackend> make_device_backend(const std::string& device,
 int cmd_replay(int argc, char** argv) {
   po::options_description desc("kvsim replay options");
   desc.add_options()("trace,t", po::value<std::string>()->required(),
-                     "trace file (HDF5, format v1)")(
+                     "trace file (HDF5, format v1 or v2)")(
       "policy,p", po::value<std::vector<std::string>>()->required()->composing(),
       "policy spec, repeatable: name:key=val,...[+name2:...]")(
       "out,o", po::value<std::string>()->required(), "results file to write (HDF5)")(
@@ -265,7 +265,8 @@ int cmd_inspect(int argc, char** argv) {
   desc.add_options()("trace,t", po::value<std::string>()->required(), "trace file")(
       "sequence", po::value<int>()->default_value(0), "sequence to compute statistics on")(
       "sinks", po::value<int>()->default_value(4), "leading tokens counted as sinks")(
-      "check", "also read every value (NaN/Inf and truncation check)");
+      "check", "also read every value (NaN/Inf and truncation check)")(
+      "rope", "also check the pre-RoPE mode: un-rotate and re-rotate every key (docs/cli.md)");
   po::positional_options_description pos;
   pos.add("trace", 1);
   bool help = false;
@@ -281,6 +282,7 @@ int cmd_inspect(int argc, char** argv) {
   options.sinks = vm["sinks"].as<int>();
   if (options.sinks < 0) throw ConfigError("--sinks must be >= 0");
   print_inspection(trace, options, std::cout);
+  if (vm.count("rope")) print_rope_check(trace, options.sequence, std::cout);
   return 0;
 }
 

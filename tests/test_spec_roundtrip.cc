@@ -79,10 +79,25 @@ std::string random_value(Rng& rng, const ParamSpec& p, ParamValue& expected) {
       for (size_t i = 0; i < n; ++i) {
         s.push_back(kStringAlphabet[rng.next_u64() % (sizeof kStringAlphabet - 1)]);
       }
-      // Whitespace around a value is dropped with the separators' (the grammar);
-      // whitespace inside it is refused.
-      const size_t first = s.find_first_not_of(" \t"), last = s.find_last_not_of(" \t");
-      expected = first == std::string::npos ? "" : s.substr(first, last - first + 1);
+      // Whitespace next to a separator character (":,=+[]"), wherever it is, and around the
+      // value is dropped (the grammar); whitespace between two other characters is refused,
+      // so the expected value of such a spec does not matter.
+      auto is_space = [](char c) { return c == ' ' || c == '\t'; };
+      auto is_separator = [](char c) { return std::strchr(":,=+[]", c) != nullptr; };
+      std::string kept;
+      for (size_t i = 0; i < s.size();) {
+        if (!is_space(s[i])) {
+          kept.push_back(s[i++]);
+          continue;
+        }
+        size_t next = i;
+        while (next < s.size() && is_space(s[next])) ++next;
+        const bool dropped =
+            kept.empty() || next == s.size() || is_separator(kept.back()) || is_separator(s[next]);
+        if (!dropped) kept.append(s, i, next - i);
+        i = next;
+      }
+      expected = kept;
       return s;
     }
   }

@@ -147,8 +147,8 @@ TEST(TraceErrors, MissingAttribute) {
 }
 
 TEST(TraceErrors, UnknownVersion) {
-  expect_damage_detected("unsupported trace format version 2",
-                         [](hid_t f) { h5::write_attr(f, "version", int64_t{2}); });
+  expect_damage_detected("unsupported trace format version 3",
+                         [](hid_t f) { h5::write_attr(f, "version", int64_t{3}); });
 }
 
 TEST(TraceErrors, WrongFormatName) {
@@ -177,6 +177,10 @@ TEST(TraceErrors, LayerIdsDisagreeWithData) {
     ASSERT_GE(H5Ldelete(f, "sliding_window", H5P_DEFAULT), 0);
     h5::write_vector(f, "layer_ids", std::vector<int32_t>{0, 1, 2});
     h5::write_vector(f, "sliding_window", std::vector<int32_t>{0, 0, 0});
+    for (const char* rope : {"rope_theta_by_layer", "rope_factor_by_layer"}) {
+      ASSERT_GE(H5Ldelete(f, rope, H5P_DEFAULT), 0);
+      h5::write_vector(f, rope, std::vector<double>{1, 1, 1});
+    }
   });
 }
 

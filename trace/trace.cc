@@ -1,10 +1,12 @@
 #include "trace/trace.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <random>
 #include <sstream>
 
@@ -129,10 +131,12 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
     throw FormatError(ctx + ": format is '" + format + "', expected '" + kTraceFormatName + "'");
   }
   const int64_t version = h5::read_attr_int(root, "version", ctx);
-  if (version != kTraceFormatVersion) {
+  if (version != 1 && version != kTraceFormatVersion) {
     throw FormatError(ctx + ": unsupported trace format version " + std::to_string(version) +
-                      " (this kvsim reads version " + std::to_string(kTraceFormatVersion) + ")");
+                      " (this kvsim reads versions 1 and " + std::to_string(kTraceFormatVersion) +
+                      ")");
   }
+  version_ = static_cast<int>(version);
   meta_.model_name = h5::read_attr_string(root, "model_name", ctx);
   meta_.model_source = h5::read_attr_string(root, "model_source", ctx);
   meta_.trace_id = h5::read_attr_string(root, "trace_id", ctx);
@@ -154,6 +158,11 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
   const auto windows = h5::read_int32_vector(root, "sliding_window", ctx);
   meta_.layer_ids.assign(layer_ids.begin(), layer_ids.end());
   meta_.sliding_window.assign(windows.begin(), windows.end());
+  if (version_ >= 2) {
+    read_rope_v2(root, ctx);
+  } else {
+    rope_theta_by_layer_type_v1(root, ctx);
+  }
   meta_.validate(ctx);
 
   const int64_t num_sequences =
@@ -213,9 +222,74 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
       }
       h5::check_storage(dset.get(), L * heads * T * D, sctx + " dataset '" + dname + "'");
     }
+    if (version_ >= 2) check_positions(group.get(), info.num_tokens, sctx);
     sequences_.push_back(info);
   }
   if (sequences_.empty()) throw FormatError(ctx + ": holds no sequences");
+}
+
+// v2: the RoPE the model applied (docs/trace-format.md).
+void TraceReader::read_rope_v2(hid_t root, const std::string& ctx) {
+  meta_.rope_type = h5::read_attr_string(root, "rope_type", ctx);
+  meta_.rope_layout = h5::read_attr_string(root, "rope_layout", ctx);
+  meta_.rotary_dim =
+      static_cast<int>(h5::read_attr_int(root, "rotary_dim", ctx, 0, kMaxTraceHeadDim));
+  meta_.rope_theta_by_slot = h5::read_vector<double>(root, "rope_theta_by_layer", ctx);
+  meta_.rope_factor_by_slot = h5::read_vector<double>(root, "rope_factor_by_layer", ctx);
+}
+
+// v1: only Gemma 3's captures name a second base, as the string attribute
+// `rope_theta_by_layer_type` ("sliding_attention=10000, full_attention=1e+06"); a layer with a
+// sliding window takes the sliding base.
+void TraceReader::rope_theta_by_layer_type_v1(hid_t root, const std::string& ctx) {
+  // Models known to scale RoPE: a v1 trace cannot say how, so the pre-RoPE mode refuses them.
+  std::string model = meta_.model_name;
+  std::transform(model.begin(), model.end(), model.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* scaled :
+       {"llama-3.1", "llama-3.2", "llama-3.3", "gemma-3-4b", "gemma-3-12b", "gemma-3-27b"}) {
+    if (model.find(scaled) != std::string::npos) {
+      meta_.rope_type = "unrecorded (a v1 trace of a model that scales RoPE: capture it again)";
+    }
+  }
+  if (!h5::has_attr(root, "rope_theta_by_layer_type")) return;
+  const std::string text = h5::read_attr_string(root, "rope_theta_by_layer_type", ctx);
+  std::map<std::string, double> per_type;
+  std::istringstream items(text);
+  std::string item;
+  while (std::getline(items, item, ',')) {
+    const auto eq = item.find('=');
+    if (eq == std::string::npos) continue;
+    std::string key = item.substr(0, eq);
+    key.erase(0, key.find_first_not_of(' '));
+    try {
+      per_type[key] = std::stod(item.substr(eq + 1));
+    } catch (const std::exception&) {
+      throw FormatError(ctx + ": cannot read rope_theta_by_layer_type '" + text + "'");
+    }
+  }
+  const auto sliding = per_type.find("sliding_attention");
+  if (sliding == per_type.end()) return;
+  for (int window : meta_.sliding_window) {
+    meta_.rope_theta_by_slot.push_back(window > 0 ? sliding->second : meta_.rope_theta);
+  }
+}
+
+// v2 records each sequence's positions; kvsim replays one unpadded sequence, so they must be
+// 0..T-1 (the position of trace index t is t, which the pre-RoPE mode relies on).
+void TraceReader::check_positions(hid_t group, int64_t num_tokens, const std::string& sctx) {
+  const auto positions = h5::read_int32_vector(group, "position_ids", sctx);
+  if (static_cast<int64_t>(positions.size()) != num_tokens) {
+    throw FormatError(sctx + ": 'position_ids' has " + std::to_string(positions.size()) +
+                      " entries for " + std::to_string(num_tokens) + " tokens");
+  }
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    if (positions[t] != t) {
+      throw FormatError(sctx + ": position_ids[" + std::to_string(t) + "] is " +
+                        std::to_string(positions[t]) +
+                        " (kvsim replays unpadded sequences whose positions are 0..T-1)");
+    }
+  }
 }
 
 LayerData TraceReader::read_layer(int sequence, int slot) const {
@@ -284,6 +358,15 @@ TraceWriter::TraceWriter(const std::string& path, TraceMeta meta, TraceWriteOpti
                    std::vector<int32_t>(meta_.layer_ids.begin(), meta_.layer_ids.end()));
   h5::write_vector(root, "sliding_window",
                    std::vector<int32_t>(meta_.sliding_window.begin(), meta_.sliding_window.end()));
+  h5::write_attr(root, "rope_type", meta_.rope_type);
+  h5::write_attr(root, "rope_layout", meta_.rope_layout);
+  h5::write_attr(root, "rotary_dim", int64_t{meta_.rotary_dim});
+  const auto per_slot = [&](const std::vector<double>& values, double fallback) {
+    return values.empty() ? std::vector<double>(meta_.layer_ids.size(), fallback) : values;
+  };
+  h5::write_vector(root, "rope_theta_by_layer",
+                   per_slot(meta_.rope_theta_by_slot, meta_.rope_theta));
+  h5::write_vector(root, "rope_factor_by_layer", per_slot(meta_.rope_factor_by_slot, 1.0));
   h5::create_group(root, "sequences");
 }
 
@@ -312,6 +395,9 @@ void TraceWriter::add_sequence(const std::vector<int32_t>& token_ids, int64_t pr
   h5::write_attr(group.get(), "prompt_len", prompt_len);
   h5::write_attr(group.get(), "num_tokens", static_cast<int64_t>(T));
   h5::write_vector(group.get(), "token_ids", token_ids);
+  std::vector<int32_t> positions(T);
+  for (hsize_t t = 0; t < T; ++t) positions[t] = static_cast<int32_t>(t);
+  h5::write_vector(group.get(), "position_ids", positions);
 
   auto write = [&](const char* dname, const std::vector<float>& data, hsize_t heads) {
     const hsize_t dims[4] = {L, heads, T, D};

@@ -1,4 +1,4 @@
-// Trace format v1: post-RoPE Q, K, V of a model run, stored in HDF5.
+// Trace format v2 (v1 still read): post-RoPE Q, K, V of a model run, stored in HDF5.
 // The schema is documented in docs/trace-format.md; this is its only reader
 // and writer on the C++ side.
 #pragma once
@@ -14,7 +14,7 @@
 namespace kvsim {
 
 inline constexpr const char* kTraceFormatName = "kvsim-trace";
-inline constexpr int64_t kTraceFormatVersion = 1;
+inline constexpr int64_t kTraceFormatVersion = 2;  // written; 1 and 2 are read
 
 // Reads and validates a trace. Construction checks the whole schema (every
 // attribute, every dataset's presence and shape); read_layer() checks values.
@@ -32,10 +32,17 @@ class TraceReader {
   // Reads every layer of every sequence once, so that bad values fail before work starts.
   void validate_all_values() const;
 
+  int version() const { return version_; }  // format version of the file (1 or 2)
+
  private:
+  void read_rope_v2(hid_t root, const std::string& ctx);
+  void rope_theta_by_layer_type_v1(hid_t root, const std::string& ctx);
+  static void check_positions(hid_t group, int64_t num_tokens, const std::string& sctx);
+
   std::string path_;
   h5::Handle file_;
   TraceMeta meta_;
+  int version_ = kTraceFormatVersion;
   std::vector<SequenceInfo> sequences_;
 };
 

@@ -67,6 +67,21 @@ void TraceMeta::validate(const std::string& context) const {
   }
   if (!(attn_scale > 0) || !std::isfinite(attn_scale)) fail("attn_scale must be positive");
   if (!(rope_theta >= 0) || !std::isfinite(rope_theta)) fail("rope_theta must be >= 0");
+  if (rotary_dim < 0 || rotary_dim > head_dim || rotary_dim % 2 != 0) {
+    fail("rotary_dim " + std::to_string(rotary_dim) + " must be even and in [0, head_dim]");
+  }
+  if (rope_layout != "half" && rope_layout != "interleaved") {
+    fail("rope_layout '" + rope_layout + "' is not 'half' or 'interleaved'");
+  }
+  for (const auto* per_slot : {&rope_theta_by_slot, &rope_factor_by_slot}) {
+    if (!per_slot->empty() && per_slot->size() != layer_ids.size()) {
+      fail("a per-layer RoPE list has " + std::to_string(per_slot->size()) + " entries for " +
+           std::to_string(layer_ids.size()) + " layers");
+    }
+    for (double x : *per_slot) {
+      if (!(x > 0) || !std::isfinite(x)) fail("per-layer RoPE bases and factors must be > 0");
+    }
+  }
 }
 
 double TraceMeta::value_bound() const {

@@ -35,6 +35,13 @@ struct TraceMeta {
   double attn_scale = 0.0;  // softmax scale, usually 1/sqrt(head_dim)
   double rope_theta = 0.0;
   StoredDType dtype = StoredDType::kFloat16;
+  // RoPE as the model applied it (format v2; a v1 trace gets the defaults below, with
+  // rope_theta, or Gemma 3's `rope_theta_by_layer_type`, per layer). policies/rope.h uses them.
+  std::string rope_type = "default";  // default | linear | none | anything else (refused there)
+  std::string rope_layout = "half";   // half (rotate_half: pairs i, i+r/2) | interleaved
+  int rotary_dim = 0;                 // channels that rotate (the first ones); 0 = head_dim
+  std::vector<double> rope_theta_by_slot;   // [L] base per stored layer; empty = rope_theta
+  std::vector<double> rope_factor_by_slot;  // [L] linear scaling factor; empty = 1
 
   int num_layers() const { return static_cast<int>(layer_ids.size()); }
   int group_size() const { return num_q_heads / num_kv_heads; }

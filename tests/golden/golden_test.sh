@@ -4,8 +4,9 @@
 # dataset and attribute of the results, to the byte, with tests/golden/results.h5,
 # written once by a reference build. The policies cover every kind of arithmetic a
 # result goes through: attention and metrics (full, h2o), the quantizers (uniform, KIVI,
-# SKVQ's clipped quantizer, MiKV at 4 bits), MiniCache's SLERP merge and a seeded
-# eviction (random).
+# SKVQ's clipped quantizer, MiKV at 4 bits), MiniCache's SLERP merge, a seeded
+# eviction (random), and KVQuant's calibration and RoPE rotation, GEAR's power iteration,
+# QJL's projection, FP8 rounding and transformers' QuantizedCache (HQQ, quanto).
 #
 #   bash tests/golden/golden_test.sh check KVSIM    exit 0: identical (ctest `golden_results`)
 #   bash tests/golden/golden_test.sh write KVSIM    regenerate results.h5 after an intended
@@ -24,7 +25,9 @@ replay() {
   "$KVSIM" replay -t "$TRACE" --measure last=4 --sequences 0 --seed 7 -q -o "$1" \
     -p full -p uniform:bits=2,k_axis=channel -p kivi:bits=2,residual=32 \
     -p skvq:k_bits=2,v_bits=2,group=32,window=32 -p mikv:hi_bits=4,lo_bits=3 \
-    -p minicache -p h2o:heavy=0.125,recent=0.125 -p random:ratio=0.25
+    -p minicache -p h2o:heavy=0.125,recent=0.125 -p random:ratio=0.25 \
+    -p kvquant -p gear:group=32,buffer=32 -p qjl:buffer=32 -p fp8:scale=head \
+    -p hf_quantized:backend=hqq,residual=32 -p hf_quantized:backend=quanto,residual=32
 }
 case "$MODE" in
   write) replay "$GOLDEN" && echo "wrote $GOLDEN" ;;

@@ -178,7 +178,7 @@ def test_writer_layout_and_roundtrip(tmp_path, dtype):
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p]
     with h5py.File(path) as f:
         a = f.attrs
-        assert a["format"] == "kvsim-trace" and a["version"] == 1 and a["dtype"] == dtype
+        assert a["format"] == "kvsim-trace" and a["version"] == 2 and a["dtype"] == dtype
         assert a["num_sequences"] == 2 and a["num_model_layers"] == 6
         assert isinstance(a["num_q_heads"], np.int64) and isinstance(a["attn_scale"], np.float64)
         assert h5py.check_string_dtype(f.attrs.get_id("model_name").dtype).encoding == "utf-8"
@@ -542,3 +542,94 @@ def test_gemma3_sliding_window_layers(tmp_path):
         r = run_kvsim("inspect", "--check", str(path))
         assert r.returncode == 0, r.stderr
         assert "[16,16,-,16,-,-]" in r.stdout.replace(" ", "")
+
+
+# --- pre-RoPE mode (trace format v2's RoPE metadata) --------------------------------------------
+
+def _rope_forward(x: np.ndarray, theta: float, factor: float, rotary_dim: int) -> np.ndarray:
+    """transformers' rotate_half RoPE in float32 (x: [Hkv, T, d] pre-RoPE), positions 0..T-1."""
+    d = x.shape[-1]
+    r = rotary_dim or d
+    inv = (np.float32(1.0) / np.power(np.float32(theta), np.arange(0, r, 2, dtype=np.float32) / np.float32(r)))
+    inv = (inv / np.float32(factor)).astype(np.float32)
+    ang = np.arange(x.shape[1], dtype=np.float32)[:, None] * inv[None, :]
+    cos = np.cos(np.concatenate([ang, ang], -1)).astype(np.float32)
+    sin = np.sin(np.concatenate([ang, ang], -1)).astype(np.float32)
+    rot, rest = x[..., :r], x[..., r:]
+    half = np.concatenate([-rot[..., r // 2:], rot[..., : r // 2]], -1)
+    return np.concatenate([rot * cos + half * sin, rest], -1).astype(np.float32)
+
+
+def _ulps16(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| in float16 units in the last place of b, after a float32 slack of 2^-20
+    of each key's largest entry: a near-zero channel's half ulp is far below the float32 rounding
+    of a rotation computed at the key's scale (numpy's and torch's cos/sin may differ in it)."""
+    b16 = b.astype(np.float16).astype(np.float32)
+    a16 = a.astype(np.float16).astype(np.float32)
+    spacing = np.spacing(np.abs(b16).astype(np.float16)).astype(np.float32)
+    slack = np.abs(b16).max(axis=-1, keepdims=True) * np.float32(2.0 ** -20)
+    return float(np.max(np.maximum(np.abs(a16 - b16) - slack, 0) / spacing))
+
+
+def _prerope_check(model, tok, ref, layers, module_of, tmp_path, name):
+    """Captures a short sequence with the model's pre-RoPE keys hooked, writes a float16 trace,
+    and checks (1) the recorded RoPE metadata turns the hooked pre-RoPE keys into the trace keys
+    within one float16 ulp, (2) a wrong base does not, (3) kvsim's un-rotate/re-rotate round trip
+    reproduces every trace key within one ulp (`kvsim inspect --rope`)."""
+    pre: dict[int, list] = {l: [] for l in layers}
+    hooks = []
+    for l in layers:
+        mod = module_of(model.model.layers[l].self_attn)
+        hooks.append(mod.register_forward_hook(lambda m, i, o, l=l: pre[l].append(o.detach().float())))
+    try:
+        caps, meta = _capture(model, tok, ref, ["passkey"], 128, 4, layers=layers)
+    finally:
+        for h in hooks:
+            h.remove()
+    _, c = caps[0]
+    T, d, hkv = len(c.token_ids), meta["head_dim"], meta["num_kv_heads"]
+    rope = meta["rope"]
+    assert rope["layout"] == "half" and len(rope["theta_by_layer"]) == len(layers)
+    path = tmp_path / f"{name}.h5"
+    with tw.TraceWriter(str(path), meta, dtype="float16") as w:
+        w.add_sequence(c.token_ids, c.prompt_len, c.q, c.k, c.v)
+    back = tw.read_sequence(str(path), 0)
+    for slot, layer in enumerate(layers):
+        # k_proj gives [B, T, Hkv*d]; Gemma 3's k_norm runs on [B, Hkv, T, d].
+        parts = [p[0].numpy() if p.dim() == 4 else p[0].reshape(p.shape[1], hkv, d).transpose(0, 1).numpy()
+                 for p in pre[layer]]
+        x = np.ascontiguousarray(np.concatenate(parts, 1)[:, :T]).astype(np.float32)  # [Hkv, T, d]
+        theta, factor = rope["theta_by_layer"][slot], rope["factor_by_layer"][slot]
+        got = _rope_forward(x, theta, factor, rope["rotary_dim"])
+        assert _ulps16(got, back["k"][slot]) <= 1.0, f"{name} layer {layer}: recorded RoPE off"
+        wrong = _rope_forward(x, theta * 10, factor, rope["rotary_dim"])
+        assert _ulps16(wrong, back["k"][slot]) > 10, f"{name} layer {layer}: the check has no teeth"
+    if os.access(KVSIM, os.X_OK):
+        r = run_kvsim("inspect", "--rope", str(path))
+        assert r.returncode == 0, r.stderr
+        rows = r.stdout.split("pre-RoPE check")[1].splitlines()[2:2 + len(layers)]
+        for row in rows:
+            fields = row.split()
+            assert float(fields[2]) <= 1.0, row  # round trip within one ulp
+    return meta
+
+
+@model_test
+@needs_smollm2
+def test_smollm2_prerope_round_trip(smollm2, tmp_path):
+    ref, model, tok = smollm2
+    meta = _prerope_check(model, tok, ref, [0, 15, 29], lambda a: a.k_proj, tmp_path, "smollm2")
+    assert meta["rope"]["type"] == "default" and meta["rope"]["theta_by_layer"] == [100000.0] * 3
+
+
+@model_test
+@needs_gemma3
+def test_gemma3_prerope_round_trip_two_bases(tmp_path):
+    from kvcap import models
+    _cpu_threads()
+    ref = models.resolve("gemma3-270m")
+    model, tok = models.load(ref, log=lambda *a: None, quiet=True)
+    layers = [4, 5]  # sliding (base 1e4), global (base 1e6)
+    # QK-norm comes before RoPE: the pre-RoPE key is k_norm's output.
+    meta = _prerope_check(model, tok, ref, layers, lambda a: a.k_norm, tmp_path, "gemma3")
+    assert meta["rope"]["theta_by_layer"] == [10000.0, 1000000.0]

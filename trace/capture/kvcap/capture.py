@@ -72,6 +72,35 @@ def rope_theta(config) -> tuple[float, dict]:
     return float(main), per
 
 
+def rope_metadata(config, layers: list[int], head_dim: int) -> dict:
+    """The RoPE each stored layer applied (trace format v2): type, per-layer base and linear
+    factor, rotary dim, layout. Parameters may sit in `rope_parameters` or `rope_scaling`, flat
+    or per layer type (Gemma 3: `full_attention` / `sliding_attention`)."""
+    cfg = text_config(config)
+    rp = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    types = getattr(cfg, "layer_types", None)
+    _, per_type_theta = rope_theta(config)
+    kinds, thetas, factors = [], [], []
+    for layer in layers:
+        ltype = types[layer] if types else None
+        params = rp.get(ltype) if isinstance(rp.get(ltype), dict) else rp
+        params = params if isinstance(params, dict) else {}
+        kind = str(params.get("rope_type", params.get("type", "default")) or "default")
+        theta = params.get("rope_theta")
+        if theta is None:
+            theta = per_type_theta.get(ltype, per_type_theta.get("default", getattr(cfg, "rope_theta", 0.0)))
+        kinds.append(kind)
+        thetas.append(float(theta))
+        factors.append(float(params.get("factor", 1.0)) if kind == "linear" else 1.0)
+    other = sorted({k for k in kinds if k not in ("default", "linear")})
+    kind = other[0] if other else ("linear" if "linear" in kinds else "default")
+    partial = float(getattr(cfg, "partial_rotary_factor", 1.0) or 1.0)
+    rotary_dim = int(head_dim * partial) if partial < 1.0 else 0
+    # Every model the capture supports rotates with transformers' rotate_half (pairs i, i + r/2).
+    return {"type": kind, "layout": "half", "rotary_dim": rotary_dim,
+            "theta_by_layer": thetas, "factor_by_layer": factors}
+
+
 def eos_ids(model, tok) -> list[int]:
     ids = set()
     for src in (getattr(model, "generation_config", None), model.config):
@@ -203,4 +232,5 @@ def trace_meta(model, recorder: AttentionRecorder, layers: list[int], ref) -> di
         "num_q_heads": infos[0].num_q_heads, "num_kv_heads": infos[0].num_kv_heads,
         "head_dim": infos[0].head_dim, "attn_scale": infos[0].scaling, "rope_theta": theta,
         "layer_ids": layers, "sliding_window": windows, "extra": extra,
+        "rope": rope_metadata(model.config, layers, infos[0].head_dim),
     }

@@ -1,4 +1,4 @@
-"""Write kvsim trace files (docs/trace-format.md, version 1) with h5py.
+"""Write kvsim trace files (docs/trace-format.md, version 2) with h5py.
 
 The file is written as `<path>.tmp.<pid>` and renamed to `<path>` by `close()`, so a
 trace under its final name is always whole; on error the temporary file is removed.
@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 FORMAT = "kvsim-trace"
-VERSION = 1
+VERSION = 2
 DTYPES = ("float16", "bfloat16", "float32")
 # The HDF5 format bounds kvsim writes: 1.10 objects carry checksums (HDF5 >= 1.10 reads them).
 LIBVER = ("v110", "v110")
@@ -53,8 +53,11 @@ class TraceWriter:
     """Streaming writer: root metadata at open, one group per `add_sequence`.
 
     meta: model_name, model_source, num_model_layers, num_q_heads, num_kv_heads,
-    head_dim, attn_scale, rope_theta, layer_ids, sliding_window; optional `extra`
-    (dict of additional root attributes: str/int/float).
+    head_dim, attn_scale, rope_theta, layer_ids, sliding_window; optional `rope` (dict:
+    `type` "default", "linear", "none" or the model's own scaling type, `layout` "half" or
+    "interleaved", `rotary_dim` (0 = head_dim), `theta_by_layer` and `factor_by_layer`, one per
+    stored layer; absent keys take the unscaled defaults) and `extra` (dict of additional root
+    attributes: str/int/float).
     """
 
     def __init__(self, path: str, meta: dict, dtype: str = "float16", gzip: int = 0, trace_id: str | None = None):
@@ -79,6 +82,17 @@ class TraceWriter:
             raise ValueError("layer_ids outside the model's layers")
         if len(windows) != len(layer_ids) or min(windows) < 0:
             raise ValueError("sliding_window needs one value >= 0 per stored layer")
+        rope = dict(meta.get("rope") or {})
+        thetas = [float(x) for x in rope.get("theta_by_layer", [meta["rope_theta"]] * len(layer_ids))]
+        factors = [float(x) for x in rope.get("factor_by_layer", [1.0] * len(layer_ids))]
+        if len(thetas) != len(layer_ids) or len(factors) != len(layer_ids):
+            raise ValueError("rope theta_by_layer and factor_by_layer need one value per stored layer")
+        rotary_dim = int(rope.get("rotary_dim", 0))
+        if rotary_dim < 0 or rotary_dim > d or rotary_dim % 2:
+            raise ValueError(f"rotary_dim {rotary_dim} must be even and in [0, head_dim]")
+        layout = str(rope.get("layout", "half"))
+        if layout not in ("half", "interleaved"):
+            raise ValueError(f"rope layout must be 'half' or 'interleaved', not {layout!r}")
         self.shape = (len(layer_ids), hq, hkv, d)
         self.num_sequences = 0
         d_name = os.path.dirname(self.path)
@@ -101,10 +115,15 @@ class TraceWriter:
             a["rope_theta"] = np.float64(meta["rope_theta"])
             a["dtype"] = dtype
             a["num_sequences"] = np.int64(0)
+            a["rope_type"] = str(rope.get("type", "default"))
+            a["rope_layout"] = layout
+            a["rotary_dim"] = np.int64(rotary_dim)
             for k, v in (meta.get("extra") or {}).items():
                 a[k] = _attr(v)
             self.f.create_dataset("layer_ids", data=np.asarray(layer_ids, dtype=np.int32), fletcher32=True)
             self.f.create_dataset("sliding_window", data=np.asarray(windows, dtype=np.int32), fletcher32=True)
+            self.f.create_dataset("rope_theta_by_layer", data=np.asarray(thetas, dtype=np.float64), fletcher32=True)
+            self.f.create_dataset("rope_factor_by_layer", data=np.asarray(factors, dtype=np.float64), fletcher32=True)
             self.seqs = self.f.create_group("sequences")
         except BaseException:
             self.abort()
@@ -128,6 +147,8 @@ class TraceWriter:
         for key, val in (attrs or {}).items():
             g.attrs[key] = _attr(val)
         g.create_dataset("token_ids", data=token_ids.astype(np.int32), fletcher32=True)
+        # One unpadded sequence: the position of trace index t is t (kvsim's reader checks it).
+        g.create_dataset("position_ids", data=np.arange(T, dtype=np.int32), fletcher32=True)
         store = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}[self.dtype]
         for dname, arr in (("q", q), ("k", k), ("v", v)):
             data = encode(arr, self.dtype, f"sequence {name} {dname}")
