@@ -96,8 +96,10 @@ def run(model: LiveModel | str, trace: PromptTrace | str, specs: Sequence[str],
     """Every spec (and `full`, the reference, first) on every sequence, into `out`
     (docs/results-format.md, "Closed-loop results"). Resumable: rows already in `out` are
     kept and skipped; `out` written with other arguments is refused. Returns every row."""
+    for spec in specs:  # the spec syntax before the (slow) model load
+        _core.parse_spec(spec)
+    trace = open_prompts(os.fspath(trace)) if isinstance(trace, (str, os.PathLike)) else trace
     lm = model if isinstance(model, LiveModel) else load_model(model, threads=threads)
-    trace = open_prompts(trace) if isinstance(trace, (str, os.PathLike)) else trace
     trace.check_model(lm)
     if max_new_tokens < 1:
         raise _core.ConfigError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
