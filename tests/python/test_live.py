@@ -197,7 +197,7 @@ def test_trace_of_another_model(live, tmp_path, tmp_path_factory):
 
 
 @needs["smollm2"]
-def test_cli(tmp_path, tmp_path_factory):
+def test_cli(live, tmp_path, tmp_path_factory):
     trace = _trace("smollm2", tmp_path_factory)
     sweep = tmp_path / "grid.yaml"
     sweep.write_text("traces: [unused.h5]\npolicies:\n  - spec: 'streamingllm:window={w}'\n"
@@ -208,7 +208,7 @@ def test_cli(tmp_path, tmp_path_factory):
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ETA" in r.stderr
-    frame = kvsim.live.load_closed_loop(out)
+    frame = live.load_closed_loop(out)
     assert frame["run"].tolist() == ["full", "streamingllm:window=32", "streamingllm:window=64"]
     # a tighter window keeps fewer tokens
     assert frame["mean_cache_tokens"][1] < frame["mean_cache_tokens"][2] < frame[
@@ -225,14 +225,18 @@ def test_full_reproduces_gemma3_across_its_sliding_window(live, tmp_path_factory
     lm = _model(live, "gemma3-270m")
     cfg = lm.model.config.get_text_config()
     attns = [layer.self_attn for layer in lm.model.model.layers]
-    saved = (cfg.sliding_window, [a.sliding_window for a in attns], list(lm.shape.sliding_window))
+    saved = (cfg.sliding_window, [a.sliding_window for a in attns])
     W = 16
+
+    def set_window(window, per_layer):
+        cfg.sliding_window = window
+        for a, w in zip(attns, per_layer):
+            a.sliding_window = w
+        lm.refresh_shape()
+
     try:
-        cfg.sliding_window = W
-        for a in attns:
-            if a.sliding_window:
-                a.sliding_window = W
-        lm.shape.sliding_window = [W if w else 0 for w in saved[2]]
+        set_window(W, [W if w else w for w in saved[1]])
+        assert W in lm.shape.sliding_window
         seq = live.open_prompts(_trace("gemma3-270m", tmp_path_factory)).sequences[0]
         tokens, P = seq.token_ids, seq.prompt_len
         own = _logits(lm, None, tokens, P)
@@ -244,11 +248,8 @@ def test_full_reproduces_gemma3_across_its_sliding_window(live, tmp_path_factory
         positions, _, _ = session.cache(sliding, 0)
         assert positions.tolist() == list(range(len(tokens) - 1 - W, len(tokens) - 1))
         # ignoring the window (a full-attention session) would not match the model
-        lm.shape.sliding_window = [0] * len(saved[2])
+        lm.shape.sliding_window = [0] * len(lm.shape.sliding_window)
         wide = _logits(lm, lm.session("full", 0, P, len(tokens)), tokens, P)
         assert float((wide[1:] - own[1:]).abs().max() / own.abs().max()) > 1e-3
     finally:
-        cfg.sliding_window = saved[0]
-        for a, w in zip(attns, saved[1]):
-            a.sliding_window = w
-        lm.shape.sliding_window = saved[2]
+        set_window(*saved)

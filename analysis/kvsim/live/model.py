@@ -129,6 +129,13 @@ class LiveModel:
         return Shape(len(infos), infos[0].num_q_heads, infos[0].num_kv_heads, infos[0].head_dim,
                      windows, infos[0].scaling)
 
+    def refresh_shape(self) -> None:
+        """Probes the shape again, after the model's attention configuration was changed
+        (e.g. a sliding window shrunk)."""
+        capture, _, _ = _kvcap()
+        self._attention._recorder.layer_info.clear()
+        self.shape = self._probe_shape(capture)
+
     def session(self, spec: str, sequence: int, prompt_len: int, max_tokens: int,
                 dtype: str = "float16", calibration_trace: str | None = None,
                 seed: int = 0) -> _core.LiveSession:
