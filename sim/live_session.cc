@@ -14,17 +14,18 @@ namespace kvsim {
 TraceMeta live_trace_meta(const LiveModelShape& shape) {
   std::vector<int> layer_ids(std::max(shape.num_layers, 0));
   std::iota(layer_ids.begin(), layer_ids.end(), 0);  // every layer, in model order
-  TraceMeta meta{.model_name = shape.model_name,
-                 .model_source = "live",
-                 .trace_id = "live",
-                 .num_model_layers = shape.num_layers,
-                 .layer_ids = std::move(layer_ids),
-                 .sliding_window = shape.sliding_window,
-                 .num_q_heads = shape.num_q_heads,
-                 .num_kv_heads = shape.num_kv_heads,
-                 .head_dim = shape.head_dim,
-                 .attn_scale = shape.attn_scale,
-                 .dtype = shape.dtype};
+  TraceMeta meta;  // fields assigned one by one: the RoPE fields keep their defaults
+  meta.model_name = shape.model_name;
+  meta.model_source = "live";
+  meta.trace_id = "live";
+  meta.num_model_layers = shape.num_layers;
+  meta.layer_ids = std::move(layer_ids);
+  meta.sliding_window = shape.sliding_window;
+  meta.num_q_heads = shape.num_q_heads;
+  meta.num_kv_heads = shape.num_kv_heads;
+  meta.head_dim = shape.head_dim;
+  meta.attn_scale = shape.attn_scale;
+  meta.dtype = shape.dtype;
   meta.validate("live model '" + shape.model_name + "'");
   return meta;
 }
