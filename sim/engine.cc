@@ -162,50 +162,74 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
     }
   };
 
-  // Runs the evict stages in order over `candidates`; returns what they dropped.
-  // At prefill (`prefill_layer` set), a stage that asked for prefill attention
-  // gets the column sums of its own row count over the entries the earlier
-  // stages left.
+  // Runs the evict stages in order over `candidates` at a decode step; returns
+  // what they dropped.
   std::vector<int64_t> evicted_by(pipe.evicts.size(), 0);  // entries each evict stage dropped
-  auto run_evicts = [&](ArrivalView& view, const LayerData* prefill_layer, int window) {
+  auto run_evicts = [&](ArrivalView& view) {
     std::vector<int32_t> dropped;
     for (size_t e = 0; e < pipe.evicts.size(); ++e) {
-      EvictStage* stage = pipe.evicts[e].get();
-      if (prefill_layer && stage->prefill_attention_rows() != 0) {
-        prefill_attention(view.local_layer, view.kv_head, window, stage->prefill_attention_rows(),
-                          dropped.empty());
-        stage->observe_prefill(view.local_layer, view.kv_head, candidates, colsum);
-      }
       evict.clear();
       view.candidates = candidates;
-      stage->select(view, evict);
+      pipe.evicts[e]->select(view, evict);
       sort_unique(evict);
       if (evict.empty()) continue;
       evicted_by[e] += static_cast<int64_t>(evict.size());
       subtract_sorted(candidates, evict);
       dropped.insert(dropped.end(), evict.begin(), evict.end());
     }
-    sort_unique(dropped);
     return dropped;
   };
 
   // --- prefill: the prompt arrives at once -----------------------------------
+  // Each evict stage, in order, runs over every kv head of a layer before the
+  // next: a stage that asked for prefill attention gets the column sums of its
+  // own row count over the entries the earlier stages left, for every head,
+  // then prefill_layer() sees every head, then select() runs head by head. So a
+  // stage may decide across the heads of a layer (TOVA's layer mean, AdaKV's
+  // budgets); a per-head stage selects exactly as it would head by head.
+  std::vector<std::vector<int32_t>> head_candidates(Hkv);
+  std::vector<char> head_untouched(Hkv);
+  std::vector<ArrivalView> head_views(Hkv);
   for (int local = 0; local < L; ++local) {
     const LayerData& raw = *layers[local];
     const int window = meta.sliding_window[slots[local]];
+    const int64_t lo = window_start(window, P - 1);
     for (int h = 0; h < Hkv; ++h) {
-      const int64_t lo = window_start(window, P - 1);
-      candidates.resize(P - lo);
-      std::iota(candidates.begin(), candidates.end(), static_cast<int32_t>(lo));
-      ArrivalView view;
+      head_candidates[h].resize(P - lo);
+      std::iota(head_candidates[h].begin(), head_candidates[h].end(), static_cast<int32_t>(lo));
+      head_untouched[h] = 1;
+      ArrivalView& view = head_views[h];
       view.local_layer = local;
       view.kv_head = h;
       view.step = P - 1;
       view.prefill = true;
       view.raw = &raw;
-      const bool untouched = run_evicts(view, &raw, window).empty();
+    }
+    for (size_t e = 0; e < pipe.evicts.size(); ++e) {
+      EvictStage* stage = pipe.evicts[e].get();
+      for (int h = 0; h < Hkv; ++h) {
+        head_views[h].candidates = head_candidates[h];
+        if (stage->prefill_attention_rows() == 0) continue;
+        candidates = head_candidates[h];
+        prefill_attention(local, h, window, stage->prefill_attention_rows(), head_untouched[h]);
+        stage->observe_prefill(local, h, head_candidates[h], colsum);
+      }
+      stage->prefill_layer(local, head_views);
+      for (int h = 0; h < Hkv; ++h) {
+        evict.clear();
+        stage->select(head_views[h], evict);
+        sort_unique(evict);
+        if (evict.empty()) continue;
+        evicted_by[e] += static_cast<int64_t>(evict.size());
+        subtract_sorted(head_candidates[h], evict);
+        head_untouched[h] = 0;
+      }
+    }
+    for (int h = 0; h < Hkv; ++h) {
+      candidates = head_candidates[h];
       if (pipe.store->prefill_attention_rows() != 0) {
-        prefill_attention(local, h, window, pipe.store->prefill_attention_rows(), untouched);
+        prefill_attention(local, h, window, pipe.store->prefill_attention_rows(),
+                          head_untouched[h]);
         pipe.store->observe_prefill(local, h, candidates, colsum);
       }
       pipe.store->insert(local, h, cache_of(local, h), candidates, raw, /*prefill=*/true);
@@ -237,7 +261,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           view.kv_head = h;
           view.step = t;
           view.raw = &raw;
-          for (int32_t pos : run_evicts(view, nullptr, window)) {
+          for (int32_t pos : run_evicts(view)) {
             if (pos == t)
               keep_new = false;
             else
