@@ -133,6 +133,35 @@ CacheBound ScorerStage::max_cache_tokens() const {
   return {most, options_.schedule == evict::Schedule::kOnce};
 }
 
+void pooled_attention_scores(const ScoreView& view, int kernel, evict::Pooling pooling,
+                             std::span<double> scores) {
+  const int32_t lo = view.candidates.front();
+  std::vector<double> dense(static_cast<size_t>(view.candidates.back() - lo + 1), 0.0);
+  for (int32_t pos : view.candidates) dense[pos - lo] = view.attention[pos];
+  const std::vector<double> pooled = evict::pool1d(dense, kernel, pooling);
+  for (size_t i = 0; i < view.candidates.size(); ++i) {
+    scores[i] = pooled[view.candidates[i] - lo];
+  }
+}
+
+std::vector<ParamSpec> window_score_params(int64_t window, int64_t kernel) {
+  return {
+      ParamSpec::Int("window", window, 1, 1 << 20,
+                     "observation window: the last prompt queries that score, "
+                     "and the prompt tokens always kept"),
+      ParamSpec::Int("kernel", kernel, 1, 1023,
+                     "pooling size along positions (odd; 1 = no pooling)"),
+      ParamSpec::Enum("pooling", "max", {"max", "avg"}, "1-D pooling of the scores"),
+  };
+}
+
+void check_odd_kernel(const std::string& policy, const Params& p) {
+  if (p.get_int("kernel") % 2 == 0) {
+    throw ConfigError("policy '" + policy + "': kernel=" + std::to_string(p.get_int("kernel")) +
+                      " must be odd (the pooling is centred: kernel/2 tokens on each side)");
+  }
+}
+
 ScorerStage::Options budget_schedule_options(std::string name, const Params& p,
                                              int64_t prompt_len) {
   ScorerStage::Options o;

@@ -124,6 +124,16 @@ class ScorerStage : public EvictStage {
   double evicted_ = 0;
 };
 
+// SnapKV's observation-window score (snapkv, pyramidkv): the observed
+// attention of the candidates pooled along positions (an entry absent from the
+// candidates counts 0 for its neighbours).
+void pooled_attention_scores(const ScoreView& view, int kernel, evict::Pooling pooling,
+                             std::span<double> scores);
+// SnapKV's `window`, `kernel` and `pooling` parameters, with their defaults.
+std::vector<ParamSpec> window_score_params(int64_t window, int64_t kernel);
+// Refuses an even pooling kernel.
+void check_odd_kernel(const std::string& policy, const Params& p);
+
 // A scorer whose parameters are `ratio` (default 0.2), `budget` and
 // `schedule` (random, oracle): its registration, and its options (the budget
 // and schedule, nothing protected).
