@@ -147,7 +147,8 @@ class AdaKv final : public EvictStage {
 
   // keep_[h] for every scored head from the layer's concatenated scores.
   void allocate(size_t per_head) {
-    const auto floor_alpha = static_cast<size_t>(std::floor(alpha_ * static_cast<double>(per_head)));
+    const auto floor_alpha =
+        static_cast<size_t>(std::floor(alpha_ * static_cast<double>(per_head)));
     std::vector<Entry> pool;
     std::vector<size_t> reserved(heads_, 0);
     size_t scored = 0;
@@ -171,8 +172,8 @@ class AdaKv final : public EvictStage {
     for (size_t i = 0; i < take; ++i) ++share[pool[i].head];
     for (int h = 0; h < heads_; ++h) {
       if (eligible_[h].empty()) continue;
-      const double official =
-          std::round((1 - alpha_) * static_cast<double>(share[h]) + static_cast<double>(floor_alpha));
+      const double official = std::round((1 - alpha_) * static_cast<double>(share[h]) +
+                                         static_cast<double>(floor_alpha));
       const size_t b = kvpress_ ? reserved[h] + share[h] : static_cast<size_t>(official);
       keep_[h] = std::min(b, eligible_[h].size());
     }
@@ -235,8 +236,8 @@ PolicyInfo adakv_info() {
       "safeguard", "official", {"official", "kvpress"},
       "official: B_h = round((1-alpha)*m_h + floor(alpha*B')); kvpress: reserve floor(alpha*B') "
       "per head, then share the rest"));
-  info.params.push_back(ParamSpec::Int(
-      "skip", 0, 0, 1 << 20, "original layer ids below this get uniform budgets"));
+  info.params.push_back(
+      ParamSpec::Int("skip", 0, 0, 1 << 20, "original layer ids below this get uniform budgets"));
   info.check = [](const Params& p) {
     evict::check_budget("adakv", p);
     check_inner(p.get_string("inner"));

@@ -172,13 +172,13 @@ PolicyInfo expected_attention_info() {
       "ExpectedAttention (kvpress): after prefill keep the tokens the future queries are "
       "expected to attend to (Gaussian query statistics, RoPE averaged), times |v|",
       evict::budget_params(0.2));
-  info.params.push_back(ParamSpec::Int("n_future", 512, 1, 1 << 20,
-                                       "future positions RoPE is averaged over"));
+  info.params.push_back(
+      ParamSpec::Int("n_future", 512, 1, 1 << 20, "future positions RoPE is averaged over"));
   info.params.push_back(ParamSpec::Int("n_sink", 4, 0, 1 << 20,
                                        "leading positions always kept (inside the budget), and "
                                        "left out of the query statistics"));
-  info.params.push_back(ParamSpec::Bool("use_covariance", true,
-                                        "add the covariance term s^2 k^T Sigma' k / 2"));
+  info.params.push_back(
+      ParamSpec::Bool("use_covariance", true, "add the covariance term s^2 k^T Sigma' k / 2"));
   info.params.push_back(ParamSpec::Bool("use_vnorm", true, "multiply the score by |v|"));
   info.params.push_back(
       ParamSpec::Float("epsilon", 0, 0, 1, "added to the expected attention before |v|"));

@@ -127,8 +127,8 @@ PolicyInfo keydiff_info() {
   info.params.push_back(ParamSpec::Int(
       "block", 128, 0, 1 << 20,
       "prefill in blocks of this many prompt tokens (the paper's setting); 0 = one shot"));
-  info.params.push_back(ParamSpec::Int(
-      "window", 0, 0, 1 << 20, "newest positions never evicted (inside the budget)"));
+  info.params.push_back(ParamSpec::Int("window", 0, 0, 1 << 20,
+                                       "newest positions never evicted (inside the budget)"));
   info.params.push_back(ParamSpec::Enum(
       "schedule", "cap", {"once", "cap"},
       "cap: at every step evict down to the budget (decode included); once: prefill only"));

@@ -41,12 +41,12 @@ class PyramidKv final : public ScorerStage {
       : ScorerStage(options(p, ctx), ctx),
         kernel_(static_cast<int>(p.get_int("kernel"))),
         pooling_(p.get_string("pooling") == "avg" ? evict::Pooling::kAvg : evict::Pooling::kMax) {
-    const int64_t mean = evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"),
-                                              ctx.prompt_len);
+    const int64_t mean =
+        evict::budget_tokens(p.get_float("ratio"), p.get_int("budget"), ctx.prompt_len);
     for (size_t l = 0; l < ctx.slots.size(); ++l) {
-      const int64_t tokens = layer_budget(mean, p.get_int("window"), p.get_float("beta"),
-                                          ctx.prompt_len, ctx.original_layer(static_cast<int>(l)),
-                                          ctx.meta->num_model_layers);
+      const int64_t tokens =
+          layer_budget(mean, p.get_int("window"), p.get_float("beta"), ctx.prompt_len,
+                       ctx.original_layer(static_cast<int>(l)), ctx.meta->num_model_layers);
       for (int h = 0; h < ctx.meta->num_kv_heads; ++h) {
         set_budget(static_cast<int>(l), h, tokens);
         if (tokens != kKeepAll) budget_tokens_ += static_cast<double>(tokens);
@@ -72,8 +72,8 @@ class PyramidKv final : public ScorerStage {
 
  public:
   // The tokens layer `layer` of `layers` keeps (window included), or kKeepAll.
-  static int64_t layer_budget(int64_t mean, int64_t window, double beta, int64_t prompt,
-                              int layer, int layers) {
+  static int64_t layer_budget(int64_t mean, int64_t window, double beta, int64_t prompt, int layer,
+                              int layers) {
     if (prompt < mean) return kKeepAll;
     const int64_t bbar = mean - window;
     if (prompt < 2 * bbar) return mean;
@@ -106,8 +106,7 @@ PolicyInfo pyramidkv_info() {
           ParamSpec::Float("ratio", 0.2, 0, 1,
                            "mean per-layer budget M (window included) as a fraction of the "
                            "prompt: ceil(ratio*P)"),
-          ParamSpec::Int("budget", 0, 0, int64_t{1} << 30,
-                         "M in tokens; overrides ratio when > 0"),
+          ParamSpec::Int("budget", 0, 0, int64_t{1} << 30, "M in tokens; overrides ratio when > 0"),
           ParamSpec::Float("beta", 20, 1, 1e6, "the top layer keeps about (M - window)/beta"),
       });
   for (ParamSpec& spec : window_score_params(8, 7)) info.params.push_back(std::move(spec));

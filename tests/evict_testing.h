@@ -87,7 +87,8 @@ inline void drive_layer(EvictStage& stage, const LayerData& L, const TraceMeta& 
       drop(caches[h], select(stage, L, t, false, caches[h], h));
     }
     if (stage.needs_decode_attention()) {
-      for (int h = 0; h < H; ++h) stage.observe(0, h, t, caches[h], group_rows(L, meta, h, t, caches[h]));
+      for (int h = 0; h < H; ++h)
+        stage.observe(0, h, t, caches[h], group_rows(L, meta, h, t, caches[h]));
     }
     visit(t, caches);
   }

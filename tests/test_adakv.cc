@@ -50,8 +50,7 @@ std::vector<Positions> worked(const std::string& params, std::map<std::string, d
 TEST(AdaKv, WorkedExampleAlphaZeroFollowsTheLayerTopK) {
   std::map<std::string, double> counters;
   // B_h = m_h: head 0 keeps {0, 5}, head 1 {0, 1, 2, 5}.
-  EXPECT_EQ(worked("alpha=0", &counters),
-            (std::vector<Positions>{{1, 2, 3, 4}, {3, 4}}));
+  EXPECT_EQ(worked("alpha=0", &counters), (std::vector<Positions>{{1, 2, 3, 4}, {3, 4}}));
   EXPECT_EQ(counters["adakv.evicted_tokens"], 6);
   EXPECT_EQ(counters["adakv.budget_drift"], 0);
   EXPECT_EQ(counters["adakv.length_bits"], 2 * 32);
@@ -120,22 +119,21 @@ TEST(AdaKv, KeepsAtLeastUniformSnapKvWindowMass) {
     auto window_mass = [&](const std::string& spec) {
       Pipeline p = Pipeline::create(PolicySpec::parse(spec), ctx, {});
       double mass = 0;
-      testing::drive_layer(*p.evicts[0], layers[slot], meta, P,
-                           [&](int t, const std::vector<Positions>& caches) {
-                             if (t != P - 1) return;
-                             for (int h = 0; h < meta.num_kv_heads; ++h) {
-                               for (int row = P - 8; row < P; ++row) {
-                                 for (int j = 0; j < meta.group_size(); ++j) {
-                                   const auto a = testing::attention_row(
-                                       layers[slot], meta, h * meta.group_size() + j, row,
-                                       range(0, row + 1));
-                                   for (int32_t pos : caches[h]) {
-                                     if (pos <= row) mass += a[pos];
-                                   }
-                                 }
-                               }
-                             }
-                           });
+      testing::drive_layer(
+          *p.evicts[0], layers[slot], meta, P, [&](int t, const std::vector<Positions>& caches) {
+            if (t != P - 1) return;
+            for (int h = 0; h < meta.num_kv_heads; ++h) {
+              for (int row = P - 8; row < P; ++row) {
+                for (int j = 0; j < meta.group_size(); ++j) {
+                  const auto a = testing::attention_row(
+                      layers[slot], meta, h * meta.group_size() + j, row, range(0, row + 1));
+                  for (int32_t pos : caches[h]) {
+                    if (pos <= row) mass += a[pos];
+                  }
+                }
+              }
+            }
+          });
       return mass;
     };
     const double ada = window_mass("adakv:budget=24,alpha=0,inner=snapkv;window=8;kernel=1");
@@ -156,6 +154,12 @@ TEST(AdaKv, BadInnerIsRefused) {
   EXPECT_NE(testing::spec_error("adakv:inner=snapkv;colour=red").find("unknown parameter"),
             std::string::npos);
   EXPECT_EQ(testing::spec_error("adakv:inner=h2o+kivi:bits=2"), "");
+  // The inner's '=' is part of the value: whitespace next to it is inside the
+  // value and refused, never dropped; around the key's '=' it is dropped.
+  EXPECT_NE(testing::spec_error("adakv:inner=snapkv;window =8").find("whitespace"),
+            std::string::npos);
+  EXPECT_EQ(PolicySpec::parse("adakv: inner = snapkv;window=8").canonical(),
+            PolicySpec::parse("adakv:inner=snapkv;window=8").canonical());
   EXPECT_EQ(testing::spec_error("adakv:inner=tova;granularity=head"), "");
 }
 

@@ -30,12 +30,11 @@ struct Worked {
   HandShard s{1, 1, 2, 8, 6};
   Pipeline p;
   explicit Worked(const std::string& params)
-      : p(Pipeline::create(PolicySpec::parse("expected_attention:n_sink=1," + params), s.ctx,
-                           {})) {
+      : p(Pipeline::create(PolicySpec::parse("expected_attention:n_sink=1," + params), s.ctx, {})) {
     for (int t = 0; t < 8; ++t) {
       s.set_query(0, t, {static_cast<float>(std::cos(t)), static_cast<float>(std::sin(t))});
     }
-    const std::vector<std::vector<float>> keys = {{1, 0}, {1, 0},  {0, 1},
+    const std::vector<std::vector<float>> keys = {{1, 0},  {1, 0},  {0, 1},
                                                   {0, -1}, {-1, 0}, {.5f, 0}};
     for (int t = 0; t < 6; ++t) s.set_key(0, t, keys[t]);
     for (int t = 0; t < 8; ++t) s.layer.v[2 * t] = 1;
@@ -89,8 +88,9 @@ TEST(ExpectedAttention, ClosedFormMatchesSampledGaussianQueries) {
       q[i + 2] = static_cast<float>(pre[t][i + 2] * std::cos(a) + pre[t][i] * std::sin(a));
     }
     s.set_query(0, t, q);
-    s.set_key(0, t, {static_cast<float>(normal(rng)), static_cast<float>(normal(rng)),
-                     static_cast<float>(normal(rng)), static_cast<float>(normal(rng))});
+    s.set_key(0, t,
+              {static_cast<float>(normal(rng)), static_cast<float>(normal(rng)),
+               static_cast<float>(normal(rng)), static_cast<float>(normal(rng))});
   }
   // Mean and covariance of the post-sink pre-RoPE queries (n_sink = 4), and Rbar.
   const int first = 4, n = P - first;

@@ -77,8 +77,7 @@ TEST(PyramidKv, SelectsAsSnapKvAtTheLayerBudget) {
       return out;
     };
     const auto pyramid = prefill_caches("pyramidkv");
-    EXPECT_EQ(pyramid, prefill_caches("snapkv:window=8,budget=" +
-                                      std::to_string(budget.at(slot))))
+    EXPECT_EQ(pyramid, prefill_caches("snapkv:window=8,budget=" + std::to_string(budget.at(slot))))
         << "layer " << slot;
     EXPECT_EQ(pyramid[0].size(), static_cast<size_t>(budget.at(slot)));
   }
