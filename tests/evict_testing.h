@@ -94,6 +94,17 @@ inline void drive_layer(EvictStage& stage, const LayerData& L, const TraceMeta& 
   }
 }
 
+// A hand-made shard (HandShard's arguments) and the single evict stage of a
+// spec built over it, for worked examples.
+struct HandStage {
+  HandShard s;
+  Pipeline p;
+  HandStage(int q_heads, int kv_heads, int d, int tokens, int prompt)
+      : s(q_heads, kv_heads, d, tokens, prompt) {}
+  void build(const std::string& spec) { p = Pipeline::create(PolicySpec::parse(spec), s.ctx, {}); }
+  EvictStage& stage() { return *p.evicts[0]; }
+};
+
 // A shard context over slot `slot` of a synthetic sequence.
 inline ShardContext synth_context(const TraceMeta& meta, const std::vector<LayerData>& layers,
                                   int slot, int prompt, int tokens) {

@@ -9,13 +9,8 @@
 #include "evict_testing.h"
 #include "sim/base/errors.h"
 
-namespace kvsim {
+namespace kvsim::testing {
 namespace {
-
-using testing::HandShard;
-using testing::Positions;
-using testing::range;
-using testing::select;
 
 // 2 kv heads (group 1), P = 6, inner SnapKV with a window of 1 (position 5)
 // and no pooling, B = 3: B' = 2 per head, 4 for the layer. Window scores:
@@ -80,11 +75,11 @@ TEST(AdaKv, WorkedExampleKvpressSafeguardReservesFirst) {
 // after prefill (window included) plus the decoded tokens of every head, to
 // the bit; heads differ. KIVI stores the same tokens in fewer bits.
 TEST(AdaKv, LayerTotalAndMemoryToTheBit) {
-  testing::TempDir dir;
-  const SynthConfig c = testing::small_synth();  // P = 256, T = 320, 4 layers, 2 kv heads
+  TempDir dir;
+  const SynthConfig c = small_synth();  // P = 256, T = 320, 4 layers, 2 kv heads
   const int64_t d = c.head_dim, P = c.prompt_len, B = 52, H = 2;
   const std::vector<std::string> specs = {"adakv:alpha=0", "adakv:alpha=0+kivi:bits=4,residual=32"};
-  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
+  const auto runs = replay_synth(c, specs, dir, every_step());
   std::map<std::pair<int, int64_t>, int64_t> layer_total;
   bool heads_differ = false;
   for (const auto& k : runs[0].kv) {
@@ -109,24 +104,24 @@ TEST(AdaKv, LayerTotalAndMemoryToTheBit) {
 // observation-window mass kept over a layer's heads is at least uniform
 // SnapKV's at the same total, on every layer of the synthetic trace.
 TEST(AdaKv, KeepsAtLeastUniformSnapKvWindowMass) {
-  const SynthConfig c = testing::small_synth();
+  const SynthConfig c = small_synth();
   const TraceMeta meta = synth_meta(c);
   const auto layers = synth_sequence(c, 0);
   const int P = c.prompt_len;
   int strictly_more = 0;
   for (int slot = 0; slot < meta.num_layers(); ++slot) {
-    const ShardContext ctx = testing::synth_context(meta, layers, slot, P, c.tokens);
+    const ShardContext ctx = synth_context(meta, layers, slot, P, c.tokens);
     auto window_mass = [&](const std::string& spec) {
       Pipeline p = Pipeline::create(PolicySpec::parse(spec), ctx, {});
       double mass = 0;
-      testing::drive_layer(
+      drive_layer(
           *p.evicts[0], layers[slot], meta, P, [&](int t, const std::vector<Positions>& caches) {
             if (t != P - 1) return;
             for (int h = 0; h < meta.num_kv_heads; ++h) {
               for (int row = P - 8; row < P; ++row) {
                 for (int j = 0; j < meta.group_size(); ++j) {
-                  const auto a = testing::attention_row(
-                      layers[slot], meta, h * meta.group_size() + j, row, range(0, row + 1));
+                  const auto a = attention_row(layers[slot], meta, h * meta.group_size() + j, row,
+                                               range(0, row + 1));
                   for (int32_t pos : caches[h]) {
                     if (pos <= row) mass += a[pos];
                   }
@@ -145,23 +140,20 @@ TEST(AdaKv, KeepsAtLeastUniformSnapKvWindowMass) {
 }
 
 TEST(AdaKv, BadInnerIsRefused) {
-  EXPECT_NE(testing::spec_error("adakv:inner=streamingllm").find("not a ScorerStage"),
+  EXPECT_NE(spec_error("adakv:inner=streamingllm").find("not a ScorerStage"), std::string::npos);
+  EXPECT_NE(spec_error("adakv:inner=kivi").find("not an eviction scorer"), std::string::npos);
+  EXPECT_NE(spec_error("adakv:inner=adakv"), "");
+  EXPECT_NE(spec_error("adakv:inner=snapkv;kernel=2").find("odd"), std::string::npos);
+  EXPECT_NE(spec_error("adakv:inner=snapkv;colour=red").find("unknown parameter"),
             std::string::npos);
-  EXPECT_NE(testing::spec_error("adakv:inner=kivi").find("not an eviction scorer"),
-            std::string::npos);
-  EXPECT_NE(testing::spec_error("adakv:inner=adakv"), "");
-  EXPECT_NE(testing::spec_error("adakv:inner=snapkv;kernel=2").find("odd"), std::string::npos);
-  EXPECT_NE(testing::spec_error("adakv:inner=snapkv;colour=red").find("unknown parameter"),
-            std::string::npos);
-  EXPECT_EQ(testing::spec_error("adakv:inner=h2o+kivi:bits=2"), "");
+  EXPECT_EQ(spec_error("adakv:inner=h2o+kivi:bits=2"), "");
   // The inner's '=' is part of the value: whitespace next to it is inside the
   // value and refused, never dropped; around the key's '=' it is dropped.
-  EXPECT_NE(testing::spec_error("adakv:inner=snapkv;window =8").find("whitespace"),
-            std::string::npos);
+  EXPECT_NE(spec_error("adakv:inner=snapkv;window =8").find("whitespace"), std::string::npos);
   EXPECT_EQ(PolicySpec::parse("adakv: inner = snapkv;window=8").canonical(),
             PolicySpec::parse("adakv:inner=snapkv;window=8").canonical());
-  EXPECT_EQ(testing::spec_error("adakv:inner=tova;granularity=head"), "");
+  EXPECT_EQ(spec_error("adakv:inner=tova;granularity=head"), "");
 }
 
 }  // namespace
-}  // namespace kvsim
+}  // namespace kvsim::testing

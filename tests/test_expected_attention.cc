@@ -14,23 +14,16 @@
 #include "sim/base/errors.h"
 #include "trace/trace.h"
 
-namespace kvsim {
+namespace kvsim::testing {
 namespace {
-
-using testing::HandShard;
-using testing::Positions;
-using testing::range;
-using testing::select;
 
 // d = 2: one channel pair, rotated by p radians at position p (inv_freq = 1
 // for any base). Every pre-RoPE query is (1, 0), so the trace's query at t is
 // (cos t, sin t); attention scale 1. Keys (post-RoPE): 0 (1,0) [sink],
 // 1 (1,0), 2 (0,1), 3 (0,-1), 4 (-1,0), 5 (.5,0); values (1,0).
-struct Worked {
-  HandShard s{1, 1, 2, 8, 6};
-  Pipeline p;
-  explicit Worked(const std::string& params)
-      : p(Pipeline::create(PolicySpec::parse("expected_attention:n_sink=1," + params), s.ctx, {})) {
+struct Worked : HandStage {
+  explicit Worked(const std::string& params) : HandStage(1, 1, 2, 8, 6) {
+    build("expected_attention:n_sink=1," + params);
     for (int t = 0; t < 8; ++t) {
       s.set_query(0, t, {static_cast<float>(std::cos(t)), static_cast<float>(std::sin(t))});
     }
@@ -39,7 +32,7 @@ struct Worked {
     for (int t = 0; t < 6; ++t) s.set_key(0, t, keys[t]);
     for (int t = 0; t < 8; ++t) s.layer.v[2 * t] = 1;
   }
-  Positions evicted() { return select(*p.evicts[0], s.layer, 5, true, range(0, 6)); }
+  Positions evicted() { return select(stage(), s.layer, 5, true, range(0, 6)); }
 };
 
 TEST(ExpectedAttention, WorkedExampleRopeAveraging) {
@@ -164,14 +157,14 @@ TEST(ExpectedAttention, ClosedFormMatchesSampledGaussianQueries) {
 // Eviction only, once: budget (sinks inside) + decoded tokens; sliding-window
 // layers are kept whole (kvpress compresses only the global layers of Gemma 3).
 TEST(ExpectedAttention, KeptCountsAndMemoryToTheBit) {
-  testing::TempDir dir;
-  SynthConfig c = testing::small_synth();  // P = 256, T = 320
+  TempDir dir;
+  SynthConfig c = small_synth();  // P = 256, T = 320
   c.sliding_window = 64;
   c.sliding_every = 2;  // layers 1 and 3 global
   const int64_t d = c.head_dim, P = c.prompt_len;
-  const auto runs = testing::replay_synth(
+  const auto runs = replay_synth(
       c, {"expected_attention", "expected_attention:budget=40+kivi:bits=4,residual=32"}, dir,
-      testing::every_step());
+      every_step());
   for (const auto& k : runs[0].kv) {
     const int64_t want = k.layer % 2 == 1 ? 52 + k.step + 1 - P : 64;
     ASSERT_EQ(k.kept_tokens, want) << "layer " << k.layer << " step " << k.step;
@@ -228,4 +221,4 @@ TEST(ExpectedAttention, NeedsRope) {
 }
 
 }  // namespace
-}  // namespace kvsim
+}  // namespace kvsim::testing

@@ -10,28 +10,20 @@
 #include "sim/base/errors.h"
 #include "trace/trace.h"
 
-namespace kvsim {
+namespace kvsim::testing {
 namespace {
-
-using testing::HandShard;
-using testing::Positions;
-using testing::range;
-using testing::select;
 
 // Five keys in two directions, norms deliberately unequal (only directions
 // count): x, x, x, y, y with |k| = 2, .5, 3, 4, .25. N = 2.
-struct Worked {
-  HandShard s{1, 1, 2, 8, 5};
-  Pipeline p;
-  explicit Worked(const std::string& spec)
-      : p(Pipeline::create(PolicySpec::parse(spec), s.ctx, {})) {
+struct Worked : HandStage {
+  explicit Worked(const std::string& spec) : HandStage(1, 1, 2, 8, 5) {
+    build(spec);
     s.set_key(0, 0, {2, 0});
     s.set_key(0, 1, {.5f, 0});
     s.set_key(0, 2, {3, 0});
     s.set_key(0, 3, {0, 4});
     s.set_key(0, 4, {0, .25f});
   }
-  EvictStage& stage() { return *p.evicts[0]; }
 };
 
 // One shot: mu = (.6, .4); cos .83 for the x keys, .55 for the y keys: the two
@@ -85,12 +77,12 @@ TEST(KeyDiff, ZeroKeyAndZeroAnchor) {
 }
 
 TEST(KeyDiff, KeptCountsAndMemoryToTheBit) {
-  testing::TempDir dir;
-  const SynthConfig c = testing::small_synth();  // P = 256, T = 320
+  TempDir dir;
+  const SynthConfig c = small_synth();  // P = 256, T = 320
   const int64_t d = c.head_dim, P = c.prompt_len;
   const std::vector<std::string> specs = {"keydiff:budget=40", "keydiff:schedule=once",
                                           "keydiff:budget=40+kivi:bits=4,residual=32"};
-  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
+  const auto runs = replay_synth(c, specs, dir, every_step());
   for (const auto& k : runs[0].kv) {
     ASSERT_EQ(k.kept_tokens, 40);
     EXPECT_EQ(k.data_bits, 2 * 16 * d * 40);
@@ -119,7 +111,7 @@ TEST(KeyDiff, KeptKeysAreMoreDiverseThanRandomOnARealTrace) {
   const Positions prompt = range(0, P);
   for (int slot = 0; slot < meta.num_layers(); ++slot) {
     const LayerData L = reader.read_layer(0, slot);
-    ShardContext ctx = testing::hand_context(meta, {&L}, P, L.num_tokens);
+    ShardContext ctx = hand_context(meta, {&L}, P, L.num_tokens);
     ctx.slots = {slot};
     auto mean_pairwise_cos = [&](int h, const Positions& kept) {
       double sum = 0;
@@ -154,4 +146,4 @@ TEST(KeyDiff, KeptKeysAreMoreDiverseThanRandomOnARealTrace) {
 }
 
 }  // namespace
-}  // namespace kvsim
+}  // namespace kvsim::testing

@@ -10,10 +10,8 @@
 #include "evict_testing.h"
 #include "sim/base/errors.h"
 
-namespace kvsim {
+namespace kvsim::testing {
 namespace {
-
-using testing::Positions;
 
 // Kept tokens of each (layer, step) of a replay of `spec` on `c`, checked to
 // equal budget[layer] + decoded tokens on every record, at 2*16*d bits each;
@@ -21,8 +19,8 @@ using testing::Positions;
 // heads (a layer left whole, M > P, has none).
 void expect_layer_budgets(const SynthConfig& c, const std::string& spec,
                           const std::map<int, int64_t>& budget, bool whole = false) {
-  testing::TempDir dir;
-  const auto runs = testing::replay_synth(c, {spec}, dir, testing::every_step());
+  TempDir dir;
+  const auto runs = replay_synth(c, {spec}, dir, every_step());
   ASSERT_FALSE(runs[0].kv.empty());
   for (const auto& k : runs[0].kv) {
     const int64_t decode = k.step + 1 - c.prompt_len;
@@ -41,7 +39,7 @@ void expect_layer_budgets(const SynthConfig& c, const std::string& spec,
 //     m_min = 8, step = 80: k = 248, 168, 88, 8; kept 256, 176, 96, 16.
 //   M = 200: P < 2*Bbar = 384: every layer keeps M. M = 300 > P: nothing evicted.
 TEST(PyramidKv, LayerBudgetsToTheBit) {
-  const SynthConfig c = testing::small_synth();
+  const SynthConfig c = small_synth();
   expect_layer_budgets(c, "pyramidkv", {{0, 94}, {1, 66}, {2, 38}, {3, 10}});  // M = ceil(.2*256)
   expect_layer_budgets(c, "pyramidkv:budget=136", {{0, 256}, {1, 176}, {2, 96}, {3, 16}});
   expect_layer_budgets(c, "pyramidkv:budget=200", {{0, 200}, {1, 200}, {2, 200}, {3, 200}});
@@ -54,26 +52,26 @@ TEST(PyramidKv, LayerBudgetsToTheBit) {
 // The model's layer index decides, not the slot: a trace of layers 1 and 3
 // holds their budgets (66 and 10 at M = 52), part of the model's.
 TEST(PyramidKv, UsesTheModelsLayerIndex) {
-  SynthConfig c = testing::small_synth();
+  SynthConfig c = small_synth();
   c.keep_layers = {1, 3};
   expect_layer_budgets(c, "pyramidkv", {{1, 66}, {3, 10}});
 }
 
 // The selection is SnapKV's (window 8, kernel 7, max pool) at the layer's budget.
 TEST(PyramidKv, SelectsAsSnapKvAtTheLayerBudget) {
-  const SynthConfig c = testing::small_synth();
+  const SynthConfig c = small_synth();
   const TraceMeta meta = synth_meta(c);
   const auto layers = synth_sequence(c, 0);
   const std::map<int, int> budget = {{0, 94}, {1, 66}, {2, 38}, {3, 10}};
   for (int slot = 0; slot < meta.num_layers(); ++slot) {
-    const ShardContext ctx = testing::synth_context(meta, layers, slot, c.prompt_len, c.tokens);
+    const ShardContext ctx = synth_context(meta, layers, slot, c.prompt_len, c.tokens);
     auto prefill_caches = [&](const std::string& spec) {
       Pipeline p = Pipeline::create(PolicySpec::parse(spec), ctx, {});
       std::vector<Positions> out;
-      testing::drive_layer(*p.evicts[0], layers[slot], meta, c.prompt_len,
-                           [&](int t, const std::vector<Positions>& caches) {
-                             if (t == c.prompt_len - 1) out = caches;
-                           });
+      drive_layer(*p.evicts[0], layers[slot], meta, c.prompt_len,
+                  [&](int t, const std::vector<Positions>& caches) {
+                    if (t == c.prompt_len - 1) out = caches;
+                  });
       return out;
     };
     const auto pyramid = prefill_caches("pyramidkv");
@@ -90,12 +88,12 @@ TEST(PyramidKv, SelectsAsSnapKvAtTheLayerBudget) {
 // holds at least L*Bbar, less than L(L-1)/2 more.
 TEST(PyramidKv, MatchesThePapersClosedForm) {
   for (int layers : {4, 7, 12}) {
-    SynthConfig c = testing::small_synth();
+    SynthConfig c = small_synth();
     c.model_layers = layers;
     c.tokens = 260;
-    testing::TempDir dir;
+    TempDir dir;
     const int64_t M = 72, w = 8, bbar = M - w;
-    const auto runs = testing::replay_synth(c, {"pyramidkv:budget=72"}, dir);
+    const auto runs = replay_synth(c, {"pyramidkv:budget=72"}, dir);
     std::map<int, int64_t> kept;  // layer -> tokens at the first measured step
     for (const auto& k : runs[0].kv) {
       if (k.kv_head == 0 && !kept.count(k.layer)) {
@@ -118,10 +116,10 @@ TEST(PyramidKv, MatchesThePapersClosedForm) {
 }
 
 TEST(PyramidKv, BadParametersAreRefused) {
-  EXPECT_NE(testing::spec_error("pyramidkv:kernel=4").find("odd"), std::string::npos);
-  EXPECT_NE(testing::spec_error("pyramidkv:ratio=0"), "");
-  EXPECT_NE(testing::spec_error("pyramidkv:beta=0.5"), "");
+  EXPECT_NE(spec_error("pyramidkv:kernel=4").find("odd"), std::string::npos);
+  EXPECT_NE(spec_error("pyramidkv:ratio=0"), "");
+  EXPECT_NE(spec_error("pyramidkv:beta=0.5"), "");
 }
 
 }  // namespace
-}  // namespace kvsim
+}  // namespace kvsim::testing

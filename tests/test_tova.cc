@@ -10,13 +10,8 @@
 #include "sim/base/errors.h"
 #include "sim/sweep.h"
 
-namespace kvsim {
+namespace kvsim::testing {
 namespace {
-
-using testing::HandShard;
-using testing::Positions;
-using testing::range;
-using testing::select;
 using Rows = std::vector<float>;
 
 // 4 query heads over 2 kv heads (group 2), prompt 6, N = 3. Row P-1 per query head:
@@ -27,12 +22,8 @@ using Rows = std::vector<float>;
 const std::vector<float> kRow0 = {.1f, .4f, .1f, .1f, .1f, .2f, .3f, 0, .2f, .1f, .2f, .2f};
 const std::vector<float> kRow1 = {.5f, 0, .1f, .2f, 0, .2f, 0, .1f, .1f, .5f, .1f, .2f};
 
-struct Worked {
-  HandShard s{4, 2, 2, 8, 6};
-  Pipeline p;
-  explicit Worked(const std::string& spec)
-      : p(Pipeline::create(PolicySpec::parse(spec), s.ctx, {})) {}
-  EvictStage& stage() { return *p.evicts[0]; }
+struct Worked : HandStage {
+  explicit Worked(const std::string& spec) : HandStage(4, 2, 2, 8, 6) { build(spec); }
   // Prefill as the engine runs it: every head observes, then selects.
   std::vector<Positions> prefill() {
     const Positions prompt = range(0, 6);
@@ -76,12 +67,12 @@ TEST(Tova, WorkedExampleHeadwise) {
 // Every query sees min(t+1, N+1) entries: the cache holds that many at each
 // measured step, fp16 at 2*16*d bits each, and the declared bound is N + 1.
 TEST(Tova, KeptCountsAndMemoryToTheBit) {
-  testing::TempDir dir;
-  const SynthConfig c = testing::small_synth();  // P = 256, T = 320
+  TempDir dir;
+  const SynthConfig c = small_synth();  // P = 256, T = 320
   const int64_t d = c.head_dim;
   const std::vector<std::string> specs = {"tova:budget=40", "tova",  // N = ceil(0.2*256) = 52
                                           "tova:budget=40+kivi:bits=4,residual=32"};
-  const auto runs = testing::replay_synth(c, specs, dir, testing::every_step());
+  const auto runs = replay_synth(c, specs, dir, every_step());
   for (size_t i = 0; i < 2; ++i) {
     const int64_t N = i == 0 ? 40 : 52;
     for (const auto& k : runs[i].kv) {
@@ -105,29 +96,29 @@ TEST(Tova, KeptCountsAndMemoryToTheBit) {
 // synthetic trace (sinks that draw attention, as real models'), position 0
 // survives every step of every layer at a budget of 1/8 of the prompt.
 TEST(Tova, FirstTokenSurvivesEveryStep) {
-  const SynthConfig c = testing::small_synth();
+  const SynthConfig c = small_synth();
   const TraceMeta meta = synth_meta(c);
   const auto layers = synth_sequence(c, 0);
   for (int slot = 0; slot < meta.num_layers(); ++slot) {
-    const ShardContext ctx = testing::synth_context(meta, layers, slot, c.prompt_len, c.tokens);
+    const ShardContext ctx = synth_context(meta, layers, slot, c.prompt_len, c.tokens);
     Pipeline p = Pipeline::create(PolicySpec::parse("tova:ratio=0.125"), ctx, {});
     int steps = 0;
-    testing::drive_layer(*p.evicts[0], layers[slot], meta, c.prompt_len,
-                         [&](int t, const std::vector<Positions>& caches) {
-                           for (const Positions& cache : caches) {
-                             ASSERT_EQ(cache.front(), 0) << "layer " << slot << " step " << t;
-                             ASSERT_LE(cache.size(), 33u);  // N + 1
-                           }
-                           ++steps;
-                         });
+    drive_layer(*p.evicts[0], layers[slot], meta, c.prompt_len,
+                [&](int t, const std::vector<Positions>& caches) {
+                  for (const Positions& cache : caches) {
+                    ASSERT_EQ(cache.front(), 0) << "layer " << slot << " step " << t;
+                    ASSERT_LE(cache.size(), 33u);  // N + 1
+                  }
+                  ++steps;
+                });
     EXPECT_EQ(steps, c.tokens - c.prompt_len + 1);
   }
 }
 
 TEST(Tova, BadParametersAreRefused) {
-  EXPECT_NE(testing::spec_error("tova:ratio=0"), "");
-  EXPECT_NE(testing::spec_error("tova:granularity=token"), "");
+  EXPECT_NE(spec_error("tova:ratio=0"), "");
+  EXPECT_NE(spec_error("tova:granularity=token"), "");
 }
 
 }  // namespace
-}  // namespace kvsim
+}  // namespace kvsim::testing
