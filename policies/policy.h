@@ -108,6 +108,11 @@ class EvictStage : public Stage {
  public:
   // Appends to `evict` the positions (from view.candidates) to drop now.
   virtual void select(const ArrivalView& view, std::vector<int32_t>& evict) = 0;
+  // At prefill, once per layer: every kv head's view (`heads[h]`, its candidates
+  // after the earlier stages), after this stage observed every head's prefill
+  // attention and before select() runs for any of them. A stage that decides
+  // across the heads of a layer (AdaKV's budgets, TOVA's layer mean) does it here.
+  virtual void prefill_layer(int /*local_layer*/, std::span<const ArrivalView> /*heads*/) {}
 };
 
 // Represents the kept entries and counts their bits. The engine calls, for one

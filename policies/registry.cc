@@ -3,6 +3,7 @@
 #include <cstring>
 #include <map>
 #include <numeric>
+#include <vector>
 
 #include "policies/policy.h"
 #include "sim/base/errors.h"
@@ -99,17 +100,34 @@ std::vector<std::string> split_stages(const std::string& text) {
 // dropping it would silently read another value.
 std::string strip_whitespace(const std::string& raw) {
   auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
-  auto is_separator = [](char c) { return std::strchr(":,=+[]", c) != nullptr; };
+  // ':' and '=' separate only as a stage's first ':' and an item's first '=';
+  // later ones are part of a value (`inner=snapkv;window=8`), and whitespace
+  // next to them is inside that value.
+  bool stage_has_colon = false, item_has_equals = false;
+  auto separates = [&](char c) {
+    if (c == ':') return !stage_has_colon;
+    if (c == '=') return !item_has_equals;
+    return std::strchr(",+[]", c) != nullptr;
+  };
+  std::vector<bool> structural;  // per output char: a separator where it stands
+  auto push = [&](char c) {
+    const bool sep = separates(c);
+    structural.push_back(sep);
+    if (c == '+') stage_has_colon = item_has_equals = false;
+    if (sep && c == ':') stage_has_colon = true;
+    if (sep && c == ',') item_has_equals = false;
+    if (sep && c == '=') item_has_equals = true;
+  };
   std::string out;
   for (size_t i = 0; i < raw.size(); ++i) {
     if (!is_space(raw[i])) {
       out.push_back(raw[i]);
+      push(raw[i]);
       continue;
     }
     size_t next = i;
     while (next < raw.size() && is_space(raw[next])) ++next;
-    if (!out.empty() && next < raw.size() && !is_separator(out.back()) &&
-        !is_separator(raw[next])) {
+    if (!out.empty() && next < raw.size() && !structural.back() && !separates(raw[next])) {
       throw ConfigError("policy spec '" + raw + "': whitespace inside a name or value");
     }
     i = next - 1;

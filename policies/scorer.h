@@ -39,6 +39,9 @@ struct ScoreView {
   // The entries that may be evicted now, ascending: the candidates less the
   // protected ones. score() writes one score per entry; higher = keep.
   std::span<const int32_t> candidates;
+  // Every entry of the cache after this arrival, the protected ones included,
+  // ascending (e.g. KeyDiff's anchor is the mean over all of them).
+  std::span<const int32_t> cache;
   size_t keep = 0;                 // how many of `candidates` stay (the others are evicted)
   int64_t budget = 0;              // this (layer, kv head)'s budget
   int group = 1;                   // query heads per kv head: raw->query(kv_head * group + j, t)
@@ -80,6 +83,14 @@ class ScorerStage : public EvictStage {
   int64_t budget(int local_layer, int kv_head) const;
 
   void select(const ArrivalView& view, std::vector<int32_t>& evict) final;
+  // What select() would score under `budget`, without evicting: the eligible
+  // entries of `view` (its candidates less the protected ones) into `eligible`,
+  // their scores into `scores`; returns how many of them would stay. Nothing
+  // is scored (both empty) when the budget keeps everything. For a wrapper that
+  // decides budgets across heads (AdaKV).
+  size_t score_candidates(const ArrivalView& view, int64_t budget, std::vector<int32_t>& eligible,
+                          std::vector<double>& scores);
+  const Options& options() const { return options_; }
   int64_t prefill_attention_rows() const override { return options_.prefill_rows; }
   bool needs_decode_attention() const override { return options_.decode_attention; }
   void observe_prefill(int local_layer, int kv_head, std::span<const int32_t> positions,
@@ -97,6 +108,9 @@ class ScorerStage : public EvictStage {
   size_t head_index(int local_layer, int kv_head) const {
     return static_cast<size_t>(local_layer) * num_kv_heads_ + kv_head;
   }
+  // Splits view.candidates into eligible_ and the protected ones; fills `score_view`
+  // and returns false when nothing needs evicting under `budget`.
+  bool prepare(const ArrivalView& view, int64_t budget, ScoreView& score_view);
   void record(int local_layer, int kv_head, std::span<const int32_t> positions,
               std::span<const float> attention);
 
@@ -109,6 +123,16 @@ class ScorerStage : public EvictStage {
   std::vector<double> scores_;                  // scratch
   double evicted_ = 0;
 };
+
+// SnapKV's observation-window score (snapkv, pyramidkv): the observed
+// attention of the candidates pooled along positions (an entry absent from the
+// candidates counts 0 for its neighbours).
+void pooled_attention_scores(const ScoreView& view, int kernel, evict::Pooling pooling,
+                             std::span<double> scores);
+// SnapKV's `window`, `kernel` and `pooling` parameters, with their defaults.
+std::vector<ParamSpec> window_score_params(int64_t window, int64_t kernel);
+// Refuses an even pooling kernel.
+void check_odd_kernel(const std::string& policy, const Params& p);
 
 // A scorer whose parameters are `ratio` (default 0.2), `budget` and
 // `schedule` (random, oracle): its registration, and its options (the budget

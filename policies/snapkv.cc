@@ -78,13 +78,7 @@ class SnapKv final : public ScorerStage {
   // The window's attention, pooled over positions (absent entries count 0).
   void score(const ScoreView& view, std::span<double> scores) override {
     if (view.budget < window_) ++window_clamped_;
-    const int32_t lo = view.candidates.front();
-    std::vector<double> dense(static_cast<size_t>(view.candidates.back() - lo + 1), 0.0);
-    for (int32_t pos : view.candidates) dense[pos - lo] = view.attention[pos];
-    const std::vector<double> pooled = evict::pool1d(dense, kernel_, pooling_);
-    for (size_t i = 0; i < view.candidates.size(); ++i) {
-      scores[i] = pooled[view.candidates[i] - lo];
-    }
+    pooled_attention_scores(view, kernel_, pooling_, scores);
   }
 
   int64_t window_;
@@ -99,19 +93,10 @@ PolicyInfo snapkv_info() {
       "SnapKV: after prefill keep the prompt tokens the last `window` queries attend to most "
       "(pooled), plus that window",
       evict::budget_params(0.2));
-  info.params.push_back(ParamSpec::Int("window", 32, 1, 1 << 20,
-                                       "observation window: the last prompt queries that score, "
-                                       "and the prompt tokens always kept"));
-  info.params.push_back(
-      ParamSpec::Int("kernel", 7, 1, 1023, "pooling size along positions (odd; 1 = no pooling)"));
-  info.params.push_back(
-      ParamSpec::Enum("pooling", "max", {"max", "avg"}, "1-D pooling of the scores"));
+  for (ParamSpec& spec : window_score_params(32, 7)) info.params.push_back(std::move(spec));
   info.check = [](const Params& p) {
     evict::check_budget("snapkv", p);
-    if (p.get_int("kernel") % 2 == 0) {
-      throw ConfigError("policy 'snapkv': kernel=" + std::to_string(p.get_int("kernel")) +
-                        " must be odd (the pooling is centred: kernel/2 tokens on each side)");
-    }
+    check_odd_kernel("snapkv", p);
   };
   return info;
 }

@@ -89,49 +89,75 @@ void ShardDriver::prefill_attention(int local, int h, int window, int64_t rows, 
   }
 }
 
-// Runs the evict stages in order over `candidates_`; returns what they dropped.
-// At prefill, a stage that asked for prefill attention gets the column sums of
-// its own row count over the entries the earlier stages left.
-std::vector<int32_t> ShardDriver::run_evicts(ArrivalView& view, bool prefill, int window) {
+// Runs the evict stages in order over `candidates_` at a decode step; returns
+// what they dropped.
+std::vector<int32_t> ShardDriver::run_evicts(ArrivalView& view) {
   std::vector<int32_t> dropped;
   for (size_t e = 0; e < pipe_.evicts.size(); ++e) {
-    EvictStage* stage = pipe_.evicts[e].get();
-    if (prefill && stage->prefill_attention_rows() != 0) {
-      prefill_attention(view.local_layer, view.kv_head, window, stage->prefill_attention_rows(),
-                        dropped.empty());
-      stage->observe_prefill(view.local_layer, view.kv_head, candidates_, colsum_);
-    }
     evict_.clear();
     view.candidates = candidates_;
-    stage->select(view, evict_);
+    pipe_.evicts[e]->select(view, evict_);
     sort_unique(evict_);
     if (evict_.empty()) continue;
     evicted_by_[e] += static_cast<int64_t>(evict_.size());
     subtract_sorted(candidates_, evict_);
     dropped.insert(dropped.end(), evict_.begin(), evict_.end());
   }
-  sort_unique(dropped);
   return dropped;
 }
 
+// Each evict stage, in order, runs over every kv head of a layer before the
+// next: a stage that asked for prefill attention gets the column sums of its
+// own row count over the entries the earlier stages left, for every head, then
+// prefill_layer() sees every head, then select() runs head by head. So a stage
+// may decide across the heads of a layer (TOVA's layer mean, AdaKV's budgets);
+// a per-head stage selects exactly as it would head by head.
 void ShardDriver::prefill() {
   const int64_t P = prompt_len_;
+  const int Hkv = num_kv_heads_;
+  std::vector<std::vector<int32_t>> head_candidates(Hkv);
+  std::vector<char> head_untouched(Hkv);
+  std::vector<ArrivalView> head_views(Hkv);
   for (int local = 0; local < num_layers(); ++local) {
     const LayerData& raw = *layers_[local];
     const int window = meta_.sliding_window[slots_[local]];
-    for (int h = 0; h < num_kv_heads_; ++h) {
-      const int64_t lo = window_start(window, P - 1);
-      candidates_.resize(P - lo);
-      std::iota(candidates_.begin(), candidates_.end(), static_cast<int32_t>(lo));
-      ArrivalView view;
+    const int64_t lo = window_start(window, P - 1);
+    for (int h = 0; h < Hkv; ++h) {
+      head_candidates[h].resize(P - lo);
+      std::iota(head_candidates[h].begin(), head_candidates[h].end(), static_cast<int32_t>(lo));
+      head_untouched[h] = 1;
+      ArrivalView& view = head_views[h];
       view.local_layer = local;
       view.kv_head = h;
       view.step = P - 1;
       view.prefill = true;
       view.raw = &raw;
-      const bool untouched = run_evicts(view, /*prefill=*/true, window).empty();
+    }
+    for (size_t e = 0; e < pipe_.evicts.size(); ++e) {
+      EvictStage* stage = pipe_.evicts[e].get();
+      for (int h = 0; h < Hkv; ++h) {
+        head_views[h].candidates = head_candidates[h];
+        if (stage->prefill_attention_rows() == 0) continue;
+        candidates_ = head_candidates[h];
+        prefill_attention(local, h, window, stage->prefill_attention_rows(), head_untouched[h]);
+        stage->observe_prefill(local, h, head_candidates[h], colsum_);
+      }
+      stage->prefill_layer(local, head_views);
+      for (int h = 0; h < Hkv; ++h) {
+        evict_.clear();
+        stage->select(head_views[h], evict_);
+        sort_unique(evict_);
+        if (evict_.empty()) continue;
+        evicted_by_[e] += static_cast<int64_t>(evict_.size());
+        subtract_sorted(head_candidates[h], evict_);
+        head_untouched[h] = 0;
+      }
+    }
+    for (int h = 0; h < Hkv; ++h) {
+      candidates_ = head_candidates[h];
       if (pipe_.store->prefill_attention_rows() != 0) {
-        prefill_attention(local, h, window, pipe_.store->prefill_attention_rows(), untouched);
+        prefill_attention(local, h, window, pipe_.store->prefill_attention_rows(),
+                          head_untouched[h]);
         pipe_.store->observe_prefill(local, h, candidates_, colsum_);
       }
       pipe_.store->insert(local, h, cache(local, h), candidates_, raw, /*prefill=*/true);
@@ -159,7 +185,7 @@ void ShardDriver::arrive(int64_t t) {
         view.kv_head = h;
         view.step = t;
         view.raw = &raw;
-        for (int32_t pos : run_evicts(view, /*prefill=*/false, window)) {
+        for (int32_t pos : run_evicts(view)) {
           if (pos == t)
             keep_new = false;
           else

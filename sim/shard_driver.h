@@ -58,7 +58,7 @@ class ShardDriver {
   void report(std::map<std::string, double>& counters, std::vector<int64_t>& stage_acted) const;
 
  private:
-  std::vector<int32_t> run_evicts(ArrivalView& view, bool prefill, int window);
+  std::vector<int32_t> run_evicts(ArrivalView& view);
   void prefill_attention(int local, int kv_head, int window, int64_t rows, bool untouched);
 
   const TraceMeta& meta_;

@@ -33,7 +33,7 @@ CFG
 "$KVSIM" replay --config "$WORK/replay.cfg" -q && [ -f "$WORK/cfg.h5" ] && ok || fail "config file"
 
 # Bad input: each exits non-zero, says why, and writes no results.
-expect_fail 2 "unknown policy 'nope'.*valid policies: .*full" -- "$KVSIM" replay -t "$WORK/t.h5" -p nope -o "$WORK/bad.h5"
+expect_fail 2 "unknown policy 'nope'.*valid policies: adakv, .*full" -- "$KVSIM" replay -t "$WORK/t.h5" -p nope -o "$WORK/bad.h5"
 expect_fail 2 "unknown parameter 'bitz'.*valid keys: bits" -- "$KVSIM" replay -t "$WORK/t.h5" -p uniform:bitz=2 -o "$WORK/bad.h5"
 expect_fail 2 "out of range" -- "$KVSIM" replay -t "$WORK/t.h5" -p uniform:bits=12 -o "$WORK/bad.h5"
 expect_fail 2 "order evict, merge, quantize" -- "$KVSIM" replay -t "$WORK/t.h5" -p uniform+streamingllm -o "$WORK/bad.h5"
