@@ -2,6 +2,7 @@
 """Experiment 07 (closed loop vs replay): the tables and figures of the study.
 
     analyze.py --results DIR --figures DIR [--tables DIR] [--models smollm2 gemma3-270m] [--boot N]
+    analyze.py --live-specs GRID      (the grid's specs that can run live, one a line)
 
 Reads DIR/replay_<model>.h5 (`kvsim sweep`), DIR/closed_<model>.h5 (`python -m kvsim.live`)
 and DIR/traces/<model>.h5; writes <tables>/tables.md, <tables>/correlations.csv,
@@ -149,14 +150,27 @@ def prompts_md(results: str, models: list[str], closed: dict[str, pd.DataFrame])
     return lines
 
 
+def live_specs(grid: str) -> list[str]:
+    """The specs of a sweep file (kvsim's parser, through kvsim.live) that can run live: all
+    but the replay-only ones (the oracle reads the future)."""
+    import kvsim.live
+    return [s for s in kvsim.live.sweep_specs(grid) if cls.family(s) != "reference"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--figures", required=True)
+    ap.add_argument("--live-specs", metavar="GRID", help="print the live-runnable specs of GRID and exit")
+    ap.add_argument("--results")
+    ap.add_argument("--figures")
     ap.add_argument("--tables")
     ap.add_argument("--models", nargs="+", default=list(MODEL_NAMES))
     ap.add_argument("--boot", type=int, default=1000)
     a = ap.parse_args()
+    if a.live_specs:
+        print("\n".join(live_specs(a.live_specs)))
+        return
+    if not (a.results and a.figures):
+        ap.error("--results and --figures are required")
     tables = a.tables or os.path.dirname(os.path.abspath(a.figures))
     replay, closed, seconds = {}, {}, []
     for m in a.models:

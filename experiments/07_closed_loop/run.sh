@@ -45,7 +45,10 @@ for m in $MODELS; do
       "${resume[@]}" -o "$R"
   fi
   log "$m: the grid inside the live model (python -m kvsim.live; resumes finished rows)"
-  $PY -m kvsim.live --model "$m" --trace "$T" --sweep "$GRID" --out "$OUT/closed_$m.h5" \
+  # the grid's specs (expanded by kvsim's own parser) but the replay-only oracle
+  mapfile -t specs < <($PY "$EXP/analyze.py" --live-specs "$GRID")
+  policies=(); for s in "${specs[@]}"; do policies+=(--policy "$s"); done
+  $PY -m kvsim.live --model "$m" --trace "$T" "${policies[@]}" --out "$OUT/closed_$m.h5" \
     --max-new-tokens "$NEW_TOKENS" --sequences "$(echo $SEQUENCES | tr ' ' ,)" --threads "$THREADS"
 done
 
