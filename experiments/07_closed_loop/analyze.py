@@ -29,8 +29,8 @@ import kvsim_results as kr  # noqa: E402
 import kvsim_tables as kt  # noqa: E402
 
 MODEL_NAMES = {"smollm2": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
-FAMILY_STYLE = {"evict": ("tab:orange", "o"), "quantize": ("tab:blue", "s"), "merge": ("tab:cyan", "D"),
-                "composition": ("tab:purple", "^"), "reference": ("black", "x")}
+FAMILY_STYLE = {"evict": ("tab:orange", "o"), "quantize": ("tab:blue", "s"), "merge": ("tab:green", "D"),
+                "composition": ("tab:purple", "^")}
 # the metrics of the scatter plots (x) against delta_nll (y)
 SCATTER_METRICS = ("rel_err_mean", "mass_lost", "one_minus_cosine", "combined_model_out")
 
@@ -106,16 +106,15 @@ def scatter(cfg: pd.DataFrame, models: list[str], path: str, outcome: str = "del
     fig, axes = plt.subplots(len(models), len(metrics), figsize=(3.1 * len(metrics), 2.7 * len(models)),
                              squeeze=False, constrained_layout=True)
     for i, model in enumerate(models):
-        d = cfg[(cfg["model"] == model) & (cfg["family"] != "full")]
+        d = cfg[(cfg["model"] == model) & cfg["family"].isin(list(FAMILY_STYLE))]
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
             for fam, (color, marker) in FAMILY_STYLE.items():
                 e = d[d["family"] == fam]
                 if e.empty:
                     continue
-                y = e[outcome].fillna(0.0) if fam == "reference" else e[outcome]
-                ax.scatter(e[metric], y, c=color, marker=marker, s=18, label=fam if i == j == 0 else None)
-            live = d[d["family"] != "reference"].dropna(subset=[metric, outcome])
+                ax.scatter(e[metric], e[outcome], c=color, marker=marker, s=18, label=fam if i == j == 0 else None)
+            live = d.dropna(subset=[metric, outcome])
             rho = cls.spearman(live[metric], live[outcome]) if len(live) > 2 else float("nan")
             ax.set_title(f"{MODEL_NAMES.get(model, model)}: rho {rho:+.2f}", fontsize=8)
             ax.set_xlabel(metric, fontsize=8)
@@ -190,6 +189,7 @@ def main() -> None:
     outcomes = list(cls.OUTCOMES)
     table = cls.correlation_table(rows, metrics, outcomes, n_boot=a.boot, models=a.models)
     os.makedirs(tables, exist_ok=True)
+    os.makedirs(a.figures, exist_ok=True)
     table.to_csv(os.path.join(tables, "correlations.csv"), index=False, float_format="%.4f")
     cfg.to_csv(os.path.join(tables, "per_config.csv"), index=False, float_format="%.6g")
     scatter(cfg, a.models, os.path.join(a.figures, "scatter_delta_nll.png"))

@@ -207,8 +207,13 @@ def test_replay_per_sequence_from_result_frames():
     r = cls.replay_per_sequence(summary, steps, kv).set_index(["spec", "sequence"])
     sel = steps[(steps["run"] == 1) & (steps["sequence"] == 0)]["rel_err"]
     assert r.loc[("kivi:bits=2", 0), "rel_err_p95"] == pytest.approx(np.percentile(sel, 95))
+    assert r.loc[("kivi:bits=2", 0), "rel_err_geomean"] == pytest.approx(
+        np.exp(np.log(sel + cls.GEOMEAN_FLOOR).mean()) - cls.GEOMEAN_FLOOR)
     assert r.loc[("full", 0), "memory_ratio"] == pytest.approx(40 / 80)
     assert r.loc[("full", 1), "memory_ratio"] == pytest.approx(20 / 80)
+    steps.loc[steps["run"] == 1, "mass_retained"] = 1 - 1e-7  # float noise of a pure quantizer
+    r2 = cls.replay_per_sequence(summary, steps, kv).set_index(["spec", "sequence"])
+    assert (r2.loc["kivi:bits=2", "mass_lost"] == 0).all()
     assert r.loc[("full", 0), "mass_lost"] == pytest.approx(
         1 - steps[(steps["run"] == 0) & (steps["sequence"] == 0)]["mass_retained"].mean())
 
