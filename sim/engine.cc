@@ -18,6 +18,7 @@
 #include "sim/base/union_find.h"
 #include "sim/calibration.h"
 #include "sim/cpu_backend.h"
+#include "sim/shard_driver.h"
 
 namespace kvsim {
 
@@ -88,25 +89,6 @@ std::vector<int64_t> MeasureRule::steps(int64_t prompt_len, int64_t num_tokens) 
 }
 
 // ---------------------------------------------------------------------------
-namespace {
-
-// Removes `drop` (sorted) from `sorted` in place.
-void subtract_sorted(std::vector<int32_t>& sorted, const std::vector<int32_t>& drop) {
-  if (drop.empty()) return;
-  std::vector<int32_t> out;
-  out.reserve(sorted.size());
-  std::set_difference(sorted.begin(), sorted.end(), drop.begin(), drop.end(),
-                      std::back_inserter(out));
-  sorted.swap(out);
-}
-
-void sort_unique(std::vector<int32_t>& v) {
-  std::sort(v.begin(), v.end());
-  v.erase(std::unique(v.begin(), v.end()), v.end());
-}
-
-}  // namespace
-
 RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
                        const std::vector<int>& slots, const std::vector<const LayerData*>& layers,
                        const std::vector<const ExactLayer*>& exact, const PolicySpec& policy,
@@ -119,98 +101,14 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   const int group = meta.group_size(), d = meta.head_dim, Hq = meta.num_q_heads;
   const int64_t T = layers[0]->num_tokens, P = prompt_len;
 
-  ShardContext ctx;
-  ctx.meta = &meta;
-  ctx.sequence = sequence;
-  ctx.slots = slots;
-  ctx.layers = layers;
-  ctx.prompt_len = P;
-  ctx.num_tokens = T;
-  ctx.seed = derive_seed(seed, static_cast<uint64_t>(sequence), static_cast<uint64_t>(slots[0]));
-  Pipeline pipe = Pipeline::create(policy, ctx, prepared);
-  const bool decode_attention = pipe.needs_decode_attention();
-
+  ShardDriver driver(meta, sequence, P, T, slots, layers, policy, prepared, seed, prefill_cache,
+                     attention);
+  const bool decode_attention = driver.needs_decode_attention();
   RunResult result;
-  std::vector<HeadCache> caches(static_cast<size_t>(L) * Hkv);
-  for (auto& c : caches) c.head_dim = d;
-  auto cache_of = [&](int local, int h) -> HeadCache& { return caches[local * Hkv + h]; };
-
-  std::vector<int32_t> candidates, evict, removed;
-  std::vector<float> colsum;
-  std::vector<Stage*> observers;  // stages that get attention feedback, pipeline order
-  for (auto& e : pipe.evicts) observers.push_back(e.get());
-  observers.push_back(pipe.store.get());
-
-  // Prefill column sums for `rows` over the current candidates; looked up in
-  // the unit's cache while nothing has been evicted yet (the common case).
-  auto prefill_column_sums = [&](int local, int h, int window, int64_t rows) {
-    const PrefillSumsTask task{layers[local], h, window, P, rows, candidates, &colsum};
-    attention.prefill_column_sums(meta, std::span(&task, 1));
-  };
-  auto prefill_attention = [&](int local, int h, int window, int64_t rows, bool untouched) {
-    if (!prefill_cache || !untouched) {
-      prefill_column_sums(local, h, window, rows);
-      return;
-    }
-    auto key = std::make_tuple(slots[local], h, rows);
-    auto it = prefill_cache->entries.find(key);
-    if (it == prefill_cache->entries.end()) {
-      prefill_column_sums(local, h, window, rows);
-      prefill_cache->entries.emplace(key, colsum);
-    } else {
-      colsum = it->second;
-    }
-  };
-
-  // Runs the evict stages in order over `candidates`; returns what they dropped.
-  // At prefill (`prefill_layer` set), a stage that asked for prefill attention
-  // gets the column sums of its own row count over the entries the earlier
-  // stages left.
-  std::vector<int64_t> evicted_by(pipe.evicts.size(), 0);  // entries each evict stage dropped
-  auto run_evicts = [&](ArrivalView& view, const LayerData* prefill_layer, int window) {
-    std::vector<int32_t> dropped;
-    for (size_t e = 0; e < pipe.evicts.size(); ++e) {
-      EvictStage* stage = pipe.evicts[e].get();
-      if (prefill_layer && stage->prefill_attention_rows() != 0) {
-        prefill_attention(view.local_layer, view.kv_head, window, stage->prefill_attention_rows(),
-                          dropped.empty());
-        stage->observe_prefill(view.local_layer, view.kv_head, candidates, colsum);
-      }
-      evict.clear();
-      view.candidates = candidates;
-      stage->select(view, evict);
-      sort_unique(evict);
-      if (evict.empty()) continue;
-      evicted_by[e] += static_cast<int64_t>(evict.size());
-      subtract_sorted(candidates, evict);
-      dropped.insert(dropped.end(), evict.begin(), evict.end());
-    }
-    sort_unique(dropped);
-    return dropped;
-  };
+  std::vector<HeadCache>& caches = driver.caches();
 
   // --- prefill: the prompt arrives at once -----------------------------------
-  for (int local = 0; local < L; ++local) {
-    const LayerData& raw = *layers[local];
-    const int window = meta.sliding_window[slots[local]];
-    for (int h = 0; h < Hkv; ++h) {
-      const int64_t lo = window_start(window, P - 1);
-      candidates.resize(P - lo);
-      std::iota(candidates.begin(), candidates.end(), static_cast<int32_t>(lo));
-      ArrivalView view;
-      view.local_layer = local;
-      view.kv_head = h;
-      view.step = P - 1;
-      view.prefill = true;
-      view.raw = &raw;
-      const bool untouched = run_evicts(view, &raw, window).empty();
-      if (pipe.store->prefill_attention_rows() != 0) {
-        prefill_attention(local, h, window, pipe.store->prefill_attention_rows(), untouched);
-        pipe.store->observe_prefill(local, h, candidates, colsum);
-      }
-      pipe.store->insert(local, h, cache_of(local, h), candidates, raw, /*prefill=*/true);
-    }
-  }
+  driver.prefill();
 
   // --- decode: one token per step ------------------------------------------
   // One backend call per step serves every (layer, kv head) cache of the shard.
@@ -218,44 +116,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   std::vector<CacheAttentionTask> tasks(caches.size());
   size_t next_measured = 0;
   for (int64_t t = P; t < T; ++t) {
-    for (int local = 0; local < L; ++local) {
-      const LayerData& raw = *layers[local];
-      const int window = meta.sliding_window[slots[local]];
-      for (int h = 0; h < Hkv; ++h) {
-        HeadCache& cache = cache_of(local, h);
-        removed.clear();
-        if (window > 0 && t - window >= 0 && cache.find(static_cast<int32_t>(t - window)) >= 0) {
-          removed.push_back(static_cast<int32_t>(t - window));  // left the model's own window
-        }
-        bool keep_new = true;
-        if (!pipe.evicts.empty()) {  // the candidate list is only built when someone selects
-          candidates.assign(cache.positions.begin(), cache.positions.end());
-          subtract_sorted(candidates, removed);
-          candidates.push_back(static_cast<int32_t>(t));
-          ArrivalView view;
-          view.local_layer = local;
-          view.kv_head = h;
-          view.step = t;
-          view.raw = &raw;
-          for (int32_t pos : run_evicts(view, nullptr, window)) {
-            if (pos == t)
-              keep_new = false;
-            else
-              removed.push_back(pos);
-          }
-          sort_unique(removed);
-        }
-        if (!removed.empty()) {
-          cache.remove(removed);
-          pipe.store->removed(local, h, cache, removed);
-        }
-        // Called even when the new entry was evicted (empty span), so that a
-        // cross-layer store sees every layer of every event.
-        const int32_t pos = static_cast<int32_t>(t);
-        pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, keep_new ? 1 : 0), raw,
-                           /*prefill=*/false);
-      }
-    }
+    driver.arrive(t);
 
     const bool is_measured = next_measured < measured.size() && measured[next_measured] == t;
     if (!is_measured && !decode_attention) continue;
@@ -274,15 +135,10 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
       const LayerData& raw = *layers[local];
       const int window = meta.sliding_window[slots[local]];
       for (int h = 0; h < Hkv; ++h) {
-        HeadCache& cache = cache_of(local, h);
+        HeadCache& cache = driver.cache(local, h);
         const CacheAttention& att = attended[static_cast<size_t>(local) * Hkv + h];
         const size_t n = cache.size();
-        if (decode_attention) {
-          for (Stage* stage : observers) {
-            if (stage->needs_decode_attention())
-              stage->observe(local, h, t, cache.positions, att.probs);
-          }
-        }
+        if (decode_attention) driver.observe(local, h, t, att.probs);
         if (!is_measured) continue;
 
         const ExactLayer& ex = *exact[local];
@@ -354,7 +210,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           }
           kdiff += kd_sum, knorm += kn_sum, vdiff += vd_sum, vnorm += vn_sum;
         }
-        const MemoryBits bits = pipe.store->memory(local, h);
+        const MemoryBits bits = driver.memory(local, h);
         KvRecord kv;
         kv.sequence = sequence;
         kv.layer = meta.layer_ids[slots[local]];
@@ -372,16 +228,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
     }
     if (is_measured) ++next_measured;
   }
-  for (auto& e : pipe.evicts) e->report(result.counters);
-  pipe.store->report(result.counters);
-  // Whether each of the spec's stages acted in this shard (1 or 0; summed over a run's shards).
-  for (const Stage* stage : pipe.spec_stages) {
-    const auto it = std::find_if(pipe.evicts.begin(), pipe.evicts.end(),
-                                 [&](const auto& e) { return e.get() == stage; });
-    const bool acted = it != pipe.evicts.end() ? evicted_by[it - pipe.evicts.begin()] > 0
-                                               : static_cast<const StoreStage*>(stage)->acted();
-    result.stage_acted.push_back(acted ? 1 : 0);
-  }
+  driver.report(result.counters, result.stage_acted);
   return result;
 }
 

@@ -14,6 +14,7 @@
 #include "policies/policy.h"
 #include "sim/base/attention_backend.h"
 #include "sim/records.h"
+#include "sim/shard_driver.h"
 #include "trace/trace.h"
 
 namespace kvsim {
@@ -61,13 +62,6 @@ struct ReplayOptions {
 // count. Throws kvsim errors on bad input.
 std::vector<RunResult> replay(const TraceReader& trace, const std::vector<PolicySpec>& policies,
                               const ReplayOptions& options);
-
-// Exact prefill attention column sums over a layer's whole prompt window,
-// shared by the policies of one unit (H2O, MiKV, SnapKV all ask for them, and
-// a sweep runs many configurations of each). Keyed by (slot, kv head, rows).
-struct PrefillAttentionCache {
-  std::map<std::tuple<int, int, int64_t>, std::vector<float>> entries;
-};
 
 // The loop for one shard and one policy, exposed for tests and benchmarks.
 // `layers` and `exact` are aligned with `slots` (one sequence).

@@ -17,6 +17,7 @@ namespace nb = nanobind;
 void bind_trace(nb::module_& m);   // bind_trace.cc: TraceReader, synth
 void bind_replay(nb::module_& m);  // bind_replay.cc: replay, ReplayOutput, columns
 void bind_scorer(nb::module_& m);  // py_scorer.cc: scorers written in Python
+void bind_live(nb::module_& m);    // bind_live.cc: the live mode's session, sweep grids
 
 // A NumPy array that owns `values` (moved to the heap, freed with the array): no copy.
 template <typename T>

