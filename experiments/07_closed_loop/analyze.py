@@ -4,7 +4,7 @@
     analyze.py --results DIR --figures DIR [--tables DIR] [--models smollm2 gemma3-270m] [--boot N]
     analyze.py --live-specs GRID      (the grid's specs that can run live, one a line)
 
-Reads DIR/replay_<model>.h5 (`kvsim sweep`), DIR/closed_<model>.h5 (`python -m kvsim.live`)
+Reads DIR/replay_<model>.h5 (`kvsim sweep`), DIR/closed_<model>.part*.h5 (`python -m kvsim.live`)
 and DIR/traces/<model>.h5; writes <tables>/tables.md, <tables>/correlations.csv,
 <tables>/per_config.csv and the scatter plots into --figures. --tables defaults to the
 figures folder's parent (the experiment folder).
@@ -12,6 +12,7 @@ figures folder's parent (the experiment folder).
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 
@@ -53,9 +54,13 @@ def load_replay(path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     return per_seq, sec.drop(columns="config")
 
 
-def load_closed(path: str) -> pd.DataFrame:
+def load_closed(results: str, model: str) -> pd.DataFrame:
+    """The /closed_loop rows of one model: every shard run.sh wrote (closed_<model>.part<k>.h5)."""
     import kvsim.live  # the live mode (docs/closed-loop.md)
-    return kvsim.live.load_closed_loop(path)
+    paths = sorted(glob.glob(os.path.join(results, f"closed_{model}.part*.h5")))
+    if not paths:
+        raise SystemExit(f"analyze.py: no closed-loop results {results}/closed_{model}.part*.h5")
+    return pd.concat([kvsim.live.load_closed_loop(p) for p in paths], ignore_index=True)
 
 
 def frame_md(frame: pd.DataFrame) -> str:
@@ -174,7 +179,7 @@ def main() -> None:
     replay, closed, seconds = {}, {}, []
     for m in a.models:
         replay[m], sec = load_replay(os.path.join(a.results, f"replay_{m}.h5"))
-        closed_raw = load_closed(os.path.join(a.results, f"closed_{m}.h5"))
+        closed_raw = load_closed(a.results, m)
         closed[m] = cls.closed_loop_per_sequence(closed_raw)
         sec = sec.merge(closed[m][["spec", "sequence", "seconds"]].rename(columns={"seconds": "live_seconds"}),
                         on=["spec", "sequence"], how="left")
@@ -201,8 +206,7 @@ def main() -> None:
           f"bootstrap, {a.boot} replicates, each resampling the prompts (within a model) and then the "
           "configurations, with replacement. Every metric and outcome is oriented as damage (larger = "
           "worse), so a good predictor has a positive correlation.", "", "## Prompts", ""]
-    md += prompts_md(a.results, a.models, {m: load_closed(os.path.join(a.results, f"closed_{m}.h5"))
-                                           for m in a.models})
+    md += prompts_md(a.results, a.models, {m: load_closed(a.results, m) for m in a.models})
     for scope in [pooled] + (a.models if len(a.models) > 1 else []):
         md += ["", f"## Spearman, all families ({scope})", ""] + correlation_md(table, scope, "spearman", outcomes)
         md += ["", f"## Kendall tau-b, all families ({scope})", ""] + correlation_md(table, scope, "kendall", outcomes)

@@ -8,20 +8,23 @@
 # the live run resumes its finished (run, sequence) rows, so a killed run.sh is rerun as is.
 # Knobs: KVSIM_RESULTS (results root), KVSIM_STUDY_SIZE=tiny (a ~1 min smoke run: SmolLM2,
 # 3 short prompts, 3 configs, results and figures under $KVSIM_RESULTS only),
-# KVSIM_STUDY_MODELS, KVSIM_STUDY_BOOT (bootstrap replicates), KVSIM_THREADS.
+# KVSIM_STUDY_MODELS, KVSIM_STUDY_BOOT (bootstrap replicates), KVSIM_STUDY_JOBS (live
+# processes per model, default 2), KVSIM_THREADS (threads per process, default 1).
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 PY=${PYTHON:-python3}
 THREADS=${KVSIM_THREADS:-1}
 if [ "${KVSIM_STUDY_SIZE:-full}" = tiny ]; then
   MODELS=${KVSIM_STUDY_MODELS:-smollm2}
-  PROMPT_TOKENS=160; NEW_TOKENS=8; REPEATS=1; SEQUENCES="0 1 2"
+  PROMPT_TOKENS=160; NEW_TOKENS=8; GEN_TOKENS=8; REPEATS=1; SEQUENCES="0 1 2"; JOBS=1
   GRID=$EXP/grid_tiny.yaml; BOOT=${KVSIM_STUDY_BOOT:-20}; FIGS=$OUT/figures
 else
   MODELS=${KVSIM_STUDY_MODELS:-smollm2 gemma3-270m}
   # 3 kinds x 3 seeds captured; the study uses 6 of them (see README: the full models
   # answer all of these; the multidoc prompts are left out: Gemma 3 fails all three, SmolLM2 two)
-  PROMPT_TOKENS=1000; NEW_TOKENS=64; REPEATS=3; SEQUENCES="0 1 3 4 6 7"
+  # 64 teacher-forced continuation tokens (the trace's), 32 of free greedy generation
+  PROMPT_TOKENS=1000; NEW_TOKENS=64; GEN_TOKENS=32; REPEATS=3; SEQUENCES="0 1 3 4 6 7"
+  JOBS=${KVSIM_STUDY_JOBS:-2}
   GRID=$EXP/grid.yaml; BOOT=${KVSIM_STUDY_BOOT:-1000}; FIGS=$EXP/figures
 fi
 mkdir -p "$OUT/traces" "$FIGS"
@@ -44,13 +47,28 @@ for m in $MODELS; do
     $KVSIM sweep "$GRID" -t "$T" --sequences $SEQUENCES --threads "$THREADS" -q \
       "${resume[@]}" -o "$R"
   fi
-  log "$m: the grid inside the live model (python -m kvsim.live; resumes finished rows)"
-  # the grid's specs (expanded by kvsim's own parser) but the replay-only oracle
-  mapfile -t specs < <($PY "$EXP/analyze.py" --live-specs "$GRID")
-  policies=(); for s in "${specs[@]}"; do policies+=(--policy "$s"); done
-  $PY -m kvsim.live --model "$m" --trace "$T" "${policies[@]}" --out "$OUT/closed_$m.h5" \
-    --max-new-tokens "$NEW_TOKENS" --sequences "$(echo $SEQUENCES | tr ' ' ,)" --threads "$THREADS"
 done
+
+# The closed loop is the slow side (~15-30 s per config and sequence here): every model's
+# sequences are split into $JOBS shards, each a resumable `python -m kvsim.live` process of
+# its own (closed_<model>.part<k>.h5), all run at once.
+mapfile -t specs < <($PY "$EXP/analyze.py" --live-specs "$GRID")   # all but the replay-only oracle
+[ ${#specs[@]} -gt 0 ] || { log "no live-runnable spec in $GRID"; exit 1; }
+policies=(); for s in "${specs[@]}"; do policies+=(--policy "$s"); done
+read -ra seqs <<< "$SEQUENCES"
+pids=()
+for m in $MODELS; do
+  for ((k = 0; k < JOBS; k++)); do
+    part=(); for ((i = k; i < ${#seqs[@]}; i += JOBS)); do part+=("${seqs[i]}"); done
+    [ ${#part[@]} -gt 0 ] || continue
+    log "$m part $k: ${#specs[@]} specs (full included) on sequences ${part[*]} inside the live model"
+    $PY -m kvsim.live --model "$m" --trace "$OUT/traces/$m.h5" "${policies[@]}" \
+      --out "$OUT/closed_$m.part$k.h5" --max-new-tokens "$GEN_TOKENS" \
+      --sequences "$(IFS=,; echo "${part[*]}")" --threads "$THREADS" 2> "$OUT/closed_$m.part$k.log" &
+    pids+=($!)
+  done
+done
+for p in "${pids[@]}"; do wait "$p" || { log "a live run failed: see $OUT/closed_*.log"; exit 1; }; done
 
 log "analysis"
 $PY "$EXP/analyze.py" --results "$OUT" --figures "$FIGS" --models $MODELS --boot "$BOOT"
