@@ -123,6 +123,14 @@ def closed_loop_per_sequence(closed: pd.DataFrame) -> pd.DataFrame:
     return c[[k for k in keep if k in c.columns]]
 
 
+def complete_sequences(closed: pd.DataFrame) -> list[int]:
+    """The sequences of a closed-loop table that every spec in it has finished (a run under
+    way has finished some (spec, sequence) rows only)."""
+    specs = closed["spec"].nunique()
+    per_seq = closed.groupby("sequence")["spec"].nunique()
+    return sorted(int(s) for s in per_seq[per_seq == specs].index)
+
+
 def join_study(replay: dict[str, pd.DataFrame], closed: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per (model, spec, sequence): replay metrics (`replay_per_sequence`, per model)
     next to closed-loop outcomes (`closed_loop_per_sequence`; columns suffixed `_live` where a

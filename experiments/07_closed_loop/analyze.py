@@ -176,11 +176,22 @@ def main() -> None:
     if not (a.results and a.figures):
         ap.error("--results and --figures are required")
     tables = a.tables or os.path.dirname(os.path.abspath(a.figures))
-    replay, closed, seconds = {}, {}, []
+    replay, closed, seconds, notes = {}, {}, [], []
     for m in a.models:
         replay[m], sec = load_replay(os.path.join(a.results, f"replay_{m}.h5"))
         closed_raw = load_closed(a.results, m)
-        closed[m] = cls.closed_loop_per_sequence(closed_raw)
+        per_seq = cls.closed_loop_per_sequence(closed_raw)
+        complete = cls.complete_sequences(per_seq)
+        dropped = sorted(set(per_seq["sequence"]) - set(complete))
+        if dropped:  # a run still under way: only the sequences every config has finished
+            print(f"analyze.py: {m}: sequences {dropped} not finished by every config: left out",
+                  file=sys.stderr)
+        notes.append(f"{MODEL_NAMES.get(m, m)}: {len(complete)} prompts finished by all "
+                     f"{per_seq['spec'].nunique()} live specs (sequences {complete})"
+                     + (f"; left out, unfinished: {dropped}" if dropped else ""))
+        closed[m] = per_seq[per_seq["sequence"].isin(complete)]
+        replay[m] = replay[m][replay[m]["sequence"].isin(complete)]
+        sec = sec[sec["sequence"].isin(complete)]
         sec = sec.merge(closed[m][["spec", "sequence", "seconds"]].rename(columns={"seconds": "live_seconds"}),
                         on=["spec", "sequence"], how="left")
         sec.insert(0, "model", m)
@@ -205,7 +216,8 @@ def main() -> None:
           "Correlations are over configurations (means over the prompts); intervals: 95 % percentile "
           f"bootstrap, {a.boot} replicates, each resampling the prompts (within a model) and then the "
           "configurations, with replacement. Every metric and outcome is oriented as damage (larger = "
-          "worse), so a good predictor has a positive correlation.", "", "## Prompts", ""]
+          "worse), so a good predictor has a positive correlation.", ""] + [f"- {n}" for n in notes] + [
+          "", "## Prompts", ""]
     md += prompts_md(a.results, a.models, {m: load_closed(a.results, m) for m in a.models})
     for scope in [pooled] + (a.models if len(a.models) > 1 else []):
         md += ["", f"## Spearman, all families ({scope})", ""] + correlation_md(table, scope, "spearman", outcomes)

@@ -223,3 +223,10 @@ def test_disagreements_names_the_misranked_config():
                         "rel_err_mean": [1.0, 2.0, 3.0, 4.0], "delta_nll": [4.0, 1.0, 2.0, 3.0]})
     d = cls.disagreements(cfg, "rel_err_mean", "delta_nll", k=1)
     assert d["spec"].tolist() == ["a"] and d["rank_gap"].iloc[0] == -3
+
+
+def test_complete_sequences_leaves_out_a_sequence_under_way():
+    c = cls.closed_loop_per_sequence(_closed_loop_frame())
+    assert cls.complete_sequences(c) == [0, 1, 2]
+    partial = c[~((c["spec"] == "kivi:bits=2") & (c["sequence"] == 1))]
+    assert cls.complete_sequences(partial) == [0, 2]
