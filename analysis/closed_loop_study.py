@@ -57,6 +57,21 @@ def stage_names(spec: str) -> list[str]:
     return [part.split(":", 1)[0].strip() for part in spec.split("+")]
 
 
+def interleave(specs: Sequence[str]) -> list[str]:
+    """The specs reordered round-robin over their stage combinations (`h2o`, `h2o+kivi`, ...),
+    each group's own order taken odd positions first (a sweep's 746, 496, 246, 96 becomes
+    496, 96, 746, 246): the first specs of the list span every policy and both ends of its
+    budgets. `full` stays first."""
+    groups: dict[str, list[str]] = {}
+    for s in specs:
+        groups.setdefault("+".join(stage_names(s)), []).append(s)
+    ordered = [g[1::2] + g[0::2] for g in groups.values()]
+    out = [s for g in ordered for s in g if stage_names(s) == ["full"]]
+    for i in range(max((len(g) for g in ordered), default=0)):
+        out += [g[i] for g in ordered if i < len(g) and stage_names(g[i]) != ["full"]]
+    return out
+
+
 def family(spec: str, kinds: dict[str, str] | None = None) -> str:
     """``full``, ``reference`` (replay-only stages), ``composition`` (several stages) or the kind
     of its one stage (``evict``, ``quantize``, ``merge``)."""

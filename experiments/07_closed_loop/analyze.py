@@ -60,7 +60,9 @@ def load_closed(results: str, model: str) -> pd.DataFrame:
     paths = sorted(glob.glob(os.path.join(results, f"closed_{model}.part*.h5")))
     if not paths:
         raise SystemExit(f"analyze.py: no closed-loop results {results}/closed_{model}.part*.h5")
-    return pd.concat([kvsim.live.load_closed_loop(p) for p in paths], ignore_index=True)
+    rows = pd.concat([kvsim.live.load_closed_loop(p) for p in paths], ignore_index=True)
+    # every shard runs `full` (the reference) itself: the same rows, kept once
+    return rows.drop_duplicates(subset=["run", "sequence"], keep="first").reset_index(drop=True)
 
 
 def frame_md(frame: pd.DataFrame) -> str:
@@ -156,9 +158,10 @@ def prompts_md(results: str, models: list[str], closed: dict[str, pd.DataFrame])
 
 def live_specs(grid: str) -> list[str]:
     """The specs of a sweep file (kvsim's parser, through kvsim.live) that can run live: all
-    but the replay-only ones (the oracle reads the future)."""
+    but the replay-only ones (the oracle reads the future), interleaved (`cls.interleave`) so
+    that a run stopped part-way has covered every family and budget range."""
     import kvsim.live
-    return [s for s in kvsim.live.sweep_specs(grid) if cls.family(s) != "reference"]
+    return cls.interleave([s for s in kvsim.live.sweep_specs(grid) if cls.family(s) != "reference"])
 
 
 def main() -> None:

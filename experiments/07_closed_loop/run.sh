@@ -9,7 +9,7 @@
 # Knobs: KVSIM_RESULTS (results root), KVSIM_STUDY_SIZE=tiny (a ~1 min smoke run: SmolLM2,
 # 3 short prompts, 3 configs, results and figures under $KVSIM_RESULTS only),
 # KVSIM_STUDY_MODELS, KVSIM_STUDY_BOOT (bootstrap replicates), KVSIM_STUDY_JOBS (live
-# processes per model, default 2), KVSIM_THREADS (threads per process, default 1).
+# processes per model, default 3), KVSIM_THREADS (threads per process, default 1).
 set -euo pipefail
 source "$(dirname "$0")/../common.sh"
 PY=${PYTHON:-python3}
@@ -24,7 +24,7 @@ else
   # answer all of these; the multidoc prompts are left out: Gemma 3 fails all three, SmolLM2 two)
   # 64 teacher-forced continuation tokens (the trace's), 32 of free greedy generation
   PROMPT_TOKENS=1000; NEW_TOKENS=64; GEN_TOKENS=32; REPEATS=3; SEQUENCES="0 1 3 4 6 7"
-  JOBS=${KVSIM_STUDY_JOBS:-2}
+  JOBS=${KVSIM_STUDY_JOBS:-3}
   GRID=$EXP/grid.yaml; BOOT=${KVSIM_STUDY_BOOT:-1000}; FIGS=$EXP/figures
 fi
 mkdir -p "$OUT/traces" "$FIGS"
@@ -49,22 +49,22 @@ for m in $MODELS; do
   fi
 done
 
-# The closed loop is the slow side (~15-30 s per config and sequence here): every model's
-# sequences are split into $JOBS shards, each a resumable `python -m kvsim.live` process of
-# its own (closed_<model>.part<k>.h5), all run at once.
+# The closed loop is the slow side (~15-30 s per config and sequence on an idle core, 2-3 min
+# on this shared machine): the live specs (the grid's, interleaved over the families) are
+# dealt to $JOBS processes per model, each a resumable `python -m kvsim.live` over all the
+# sequences in order (closed_<model>.part<k>.h5), all run at once; so the first sequences
+# are finished by every config first. Each process runs `full` itself (the reference).
 mapfile -t specs < <($PY "$EXP/analyze.py" --live-specs "$GRID")   # all but the replay-only oracle
-[ ${#specs[@]} -gt 0 ] || { log "no live-runnable spec in $GRID"; exit 1; }
-policies=(); for s in "${specs[@]}"; do policies+=(--policy "$s"); done
-read -ra seqs <<< "$SEQUENCES"
+[ ${#specs[@]} -gt 1 ] || { log "no live-runnable spec in $GRID"; exit 1; }
 pids=()
 for m in $MODELS; do
   for ((k = 0; k < JOBS; k++)); do
-    part=(); for ((i = k; i < ${#seqs[@]}; i += JOBS)); do part+=("${seqs[i]}"); done
-    [ ${#part[@]} -gt 0 ] || continue
-    log "$m part $k: ${#specs[@]} specs (full included) on sequences ${part[*]} inside the live model"
+    policies=(); for ((i = 1 + k; i < ${#specs[@]}; i += JOBS)); do policies+=(--policy "${specs[i]}"); done
+    [ ${#policies[@]} -gt 0 ] || continue
+    log "$m part $k: $((${#policies[@]} / 2)) specs + full on sequences $SEQUENCES inside the live model"
     $PY -m kvsim.live --model "$m" --trace "$OUT/traces/$m.h5" "${policies[@]}" \
       --out "$OUT/closed_$m.part$k.h5" --max-new-tokens "$GEN_TOKENS" \
-      --sequences "$(IFS=,; echo "${part[*]}")" --threads "$THREADS" 2> "$OUT/closed_$m.part$k.log" &
+      --sequences "$(echo $SEQUENCES | tr ' ' ,)" --threads "$THREADS" 2> "$OUT/closed_$m.part$k.log" &
     pids+=($!)
   done
 done

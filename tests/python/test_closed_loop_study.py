@@ -230,3 +230,12 @@ def test_complete_sequences_leaves_out_a_sequence_under_way():
     assert cls.complete_sequences(c) == [0, 1, 2]
     partial = c[~((c["spec"] == "kivi:bits=2") & (c["sequence"] == 1))]
     assert cls.complete_sequences(partial) == [0, 2]
+
+
+def test_interleave_spans_families_first():
+    specs = ["full", "streamingllm:window=746", "streamingllm:window=496", "streamingllm:window=246",
+             "kivi:bits=2", "kivi:bits=4", "h2o:heavy=0.1+kivi:bits=4"]
+    out = cls.interleave(specs)
+    assert sorted(out) == sorted(specs)
+    assert out[:4] == ["full", "streamingllm:window=496", "kivi:bits=4", "h2o:heavy=0.1+kivi:bits=4"]
+    assert out[4:] == ["streamingllm:window=746", "kivi:bits=2", "streamingllm:window=246"]
