@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -18,7 +19,8 @@ live = pytest.importorskip("kvsim.live", reason="the live mode (kvsim.live) is n
 
 
 def test_run_sh_tiny(tmp_path):
-    env = dict(os.environ, KVSIM_STUDY_SIZE="tiny", KVSIM_RESULTS=str(tmp_path), KVSIM_STUDY_BOOT="20")
+    env = dict(os.environ, KVSIM_STUDY_SIZE="tiny", KVSIM_RESULTS=str(tmp_path), KVSIM_STUDY_BOOT="20",
+               PYTHON=sys.executable)  # run.sh's Python: this one, which has kvsim.live
     p = subprocess.run(["bash", os.path.join(REPO, "experiments", "07_closed_loop", "run.sh")],
                        env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
