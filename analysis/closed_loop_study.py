@@ -414,14 +414,25 @@ def apply_combined(frame: pd.DataFrame, params: np.ndarray,
 
 def heldout_combined(rows: pd.DataFrame, target: str = "delta_nll",
                      features: Sequence[str] = COMBINED_FEATURES, ridge: float = 1.0) -> pd.DataFrame:
-    """Adds `combined_model_out` (fitted on the other models' config means) and
+    """Adds `combined_model_out` (fitted on the other models' config means),
     `combined_prompt_out` (per model, fitted on the config means over the other half of the
-    prompts: even/odd positions) as replay metrics of every row; nothing is fitted on the
-    rows it scores."""
+    prompts: even/odd positions) and `combined_family_out` (fitted on the config means of
+    the other families, all models: the strictest, a new family's configs are scored by a fit
+    that never saw that family) as replay metrics of every row; nothing is fitted on the rows
+    it scores."""
     rows = rows.copy()
     live = rows[~rows["family"].isin(["full", "reference"])]
     rows["combined_model_out"] = np.nan
     rows["combined_prompt_out"] = np.nan
+    rows["combined_family_out"] = np.nan
+    for fam in live["family"].unique():
+        train = live[live["family"] != fam]
+        if train["spec"].nunique() < 3:
+            continue
+        p = fit_combined(config_means(train).dropna(subset=[outcome_column(target, train)]),
+                         target, features, ridge)
+        sel = rows["family"] == fam
+        rows.loc[sel, "combined_family_out"] = apply_combined(rows[sel], p, features)
     models = rows["model"].unique()
     for m in models:
         train = live[live["model"] != m]

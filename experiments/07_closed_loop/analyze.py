@@ -109,7 +109,9 @@ def within_family_md(table: pd.DataFrame, outcome: str) -> list[str]:
 
 
 def scatter(cfg: pd.DataFrame, models: list[str], path: str, outcome: str = "delta_nll") -> None:
-    metrics = [m for m in SCATTER_METRICS if m in cfg.columns]
+    metrics = [m for m in SCATTER_METRICS if m in cfg.columns and cfg[m].notna().any()]
+    if "combined_model_out" not in metrics and cfg["combined_family_out"].notna().any():
+        metrics.append("combined_family_out")  # one model only: the family-out fit
     fig, axes = plt.subplots(len(models), len(metrics), figsize=(3.1 * len(metrics), 2.7 * len(models)),
                              squeeze=False, constrained_layout=True)
     for i, model in enumerate(models):
@@ -125,7 +127,7 @@ def scatter(cfg: pd.DataFrame, models: list[str], path: str, outcome: str = "del
             rho = cls.spearman(live[metric], live[outcome]) if len(live) > 2 else float("nan")
             ax.set_title(f"{MODEL_NAMES.get(model, model)}: rho {rho:+.2f}", fontsize=8)
             ax.set_xlabel(metric, fontsize=8)
-            if metric != "combined_model_out":
+            if not metric.startswith("combined"):
                 ax.set_xscale("symlog", linthresh=1e-4)
             ax.set_yscale("symlog", linthresh=1e-3)
             ax.tick_params(labelsize=6)
@@ -218,7 +220,7 @@ def main() -> None:
     cost = pd.concat(seconds).groupby(["model", "spec"], sort=False)[
         ["replay_seconds", "replay_overhead_seconds", "live_seconds"]].mean().reset_index()
     cfg = cfg.merge(cost, on=["model", "spec"], how="left")
-    metrics = list(cls.REPLAY_METRICS) + ["combined_model_out", "combined_prompt_out"]
+    metrics = list(cls.REPLAY_METRICS) + ["combined_model_out", "combined_prompt_out", "combined_family_out"]
     outcomes = list(cls.OUTCOMES)
     table = cls.correlation_table(rows, metrics, outcomes, n_boot=a.boot, models=models)
     os.makedirs(tables, exist_ok=True)

@@ -159,6 +159,13 @@ def test_heldout_combined_beats_single_metrics_and_fits_nothing_it_scores():
     shuffled.loc[sel, "delta_nll"] = shuffled.loc[sel, "delta_nll"].to_numpy()[::-1]
     again = cls.heldout_combined(shuffled, features=("rel_err_mean", "mass_lost"))
     assert np.allclose(again.loc[sel, "combined_model_out"], out.loc[sel, "combined_model_out"])
+    # the family-out metric of a family does not depend on that family's outcomes
+    evict = rows["family"] == "evict"
+    moved = rows.copy()
+    moved.loc[evict, "delta_nll"] = moved.loc[evict, "delta_nll"].to_numpy()[::-1]
+    again = cls.heldout_combined(moved, features=("rel_err_mean", "mass_lost"))
+    assert np.allclose(again.loc[evict, "combined_family_out"], out.loc[evict, "combined_family_out"])
+    assert not np.allclose(again.loc[~evict, "combined_family_out"], out.loc[~evict, "combined_family_out"])
     # the prompt-out metric of a prompt does not depend on that prompt's outcomes
     changed = rows.copy()
     sel0 = changed["sequence"] == 0
