@@ -412,6 +412,16 @@ def apply_combined(frame: pd.DataFrame, params: np.ndarray,
     return z @ w[:-1] + w[-1]
 
 
+def _fit_heldout(train: pd.DataFrame, target: str, features: Sequence[str],
+                 ridge: float) -> np.ndarray | None:
+    """`fit_combined` on the config means of `train` that have the outcome; None when fewer
+    than 3 configurations have it (nothing to fit yet)."""
+    if train.empty:
+        return None
+    cm = config_means(train).dropna(subset=[outcome_column(target, train)])
+    return fit_combined(cm, target, features, ridge) if len(cm) >= 3 else None
+
+
 def heldout_combined(rows: pd.DataFrame, target: str = "delta_nll",
                      features: Sequence[str] = COMBINED_FEATURES, ridge: float = 1.0) -> pd.DataFrame:
     """Adds `combined_model_out` (fitted on the other models' config means),
@@ -426,29 +436,24 @@ def heldout_combined(rows: pd.DataFrame, target: str = "delta_nll",
     rows["combined_prompt_out"] = np.nan
     rows["combined_family_out"] = np.nan
     for fam in live["family"].unique():
-        train = live[live["family"] != fam]
-        if train["spec"].nunique() < 3:
+        p = _fit_heldout(live[live["family"] != fam], target, features, ridge)
+        if p is None:
             continue
-        p = fit_combined(config_means(train).dropna(subset=[outcome_column(target, train)]),
-                         target, features, ridge)
         sel = rows["family"] == fam
         rows.loc[sel, "combined_family_out"] = apply_combined(rows[sel], p, features)
     models = rows["model"].unique()
     for m in models:
-        train = live[live["model"] != m]
-        if len(models) > 1 and len(train):
-            p = fit_combined(config_means(train).dropna(subset=[outcome_column(target, train)]),
-                             target, features, ridge)
+        p = _fit_heldout(live[live["model"] != m], target, features, ridge)
+        if p is not None:
             sel = rows["model"] == m
             rows.loc[sel, "combined_model_out"] = apply_combined(rows[sel], p, features)
         seqs = np.sort(live[live["model"] == m]["sequence"].unique())
         halves = [set(seqs[0::2]), set(seqs[1::2])]
         for train_half, test_half in (halves, halves[::-1]):
-            train = live[(live["model"] == m) & live["sequence"].isin(train_half)]
-            if train.empty:
-                continue
-            p = fit_combined(config_means(train).dropna(subset=[outcome_column(target, train)]),
+            p = _fit_heldout(live[(live["model"] == m) & live["sequence"].isin(train_half)],
                              target, features, ridge)
+            if p is None:
+                continue
             sel = (rows["model"] == m) & rows["sequence"].isin(test_half)
             rows.loc[sel, "combined_prompt_out"] = apply_combined(rows[sel], p, features)
     return rows

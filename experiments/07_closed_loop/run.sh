@@ -57,6 +57,7 @@ done
 mapfile -t specs < <($PY "$EXP/analyze.py" --live-specs "$GRID")   # all but the replay-only oracle
 [ ${#specs[@]} -gt 1 ] || { log "no live-runnable spec in $GRID"; exit 1; }
 pids=()
+trap 'kill "${pids[@]}" 2>/dev/null' INT TERM   # a stopped run.sh stops its live processes
 for m in $MODELS; do
   for ((k = 0; k < JOBS; k++)); do
     policies=(); for ((i = 1 + k; i < ${#specs[@]}; i += JOBS)); do policies+=(--policy "${specs[i]}"); done
