@@ -78,8 +78,9 @@ def _logits(lm, session, tokens, prompt_len):
     import torch
     cache = lm.new_cache()
     rows = [lm.forward(session, tokens[:prompt_len], cache)[-1]]
-    for t in tokens[prompt_len:-1]:
-        rows.append(lm.forward(session, [t], cache)[-1])
+    for position, t in enumerate(tokens[prompt_len:-1], prompt_len):
+        rows.append(lm.forward(None, [t], cache)[-1] if session is None else
+                    lm.decode(session, t, position))
     return torch.stack(rows)
 
 
@@ -140,6 +141,26 @@ def _raw_keys(trace: str, layer: int, h: int) -> np.ndarray:
     t = kvsim.open_trace(trace)
     _, P = t.sequence(0)
     return t.layer(0, layer).k[h, :P]
+
+
+@needs["smollm2"]
+def test_shared_prefill_gives_the_same_outcomes(live, tmp_path_factory):
+    """The model's prompt pass, run once per sequence and fed to every policy's session,
+    gives the outcomes of a prompt pass per policy, bit for bit (every column but seconds)."""
+    import dataclasses
+    lm = _model(live, "smollm2")
+    trace = live.open_prompts(_trace("smollm2", tmp_path_factory))
+
+    def rows(share: bool) -> list[dict]:
+        full, ref = live.full_reference(lm, trace, 0, 4, share_prefill=share)
+        assert (ref.prefill is not None) == share
+        out = [full] + [live.evaluate(lm, trace, spec, 0, 4, reference=ref, share_prefill=share)
+                        for spec in ("snapkv:ratio=0.5", "kivi:bits=2", "minicache+kivi:bits=4")]
+        return [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in out]
+
+    shared, own = rows(True), rows(False)
+    assert shared == own
+    assert len({r["nll"] for r in shared}) == 4  # the policies differ: the check has teeth
 
 
 @needs["smollm2"]

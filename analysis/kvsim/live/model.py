@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["LiveModel", "load_model", "MODELS"]
+__all__ = ["LiveModel", "load_model", "MODELS", "Prefill"]
 
 #: The models the live mode knows (kvcap's short names).
 MODELS = ("smollm2", "gemma3-270m")
@@ -104,6 +104,27 @@ class Shape:
     attn_scale: float
 
 
+@dataclass
+class Prefill:
+    """The model's pass over one prompt, shared by every policy of the sequence.
+
+    Prefill is exact in the live mode (the prompt attends over itself; a policy compresses
+    the cache it leaves), so the model's prompt pass is the same for every policy: it runs
+    once per sequence (:meth:`LiveModel.prefill`), and each policy's session gets the rows
+    the attention hook saw, in the hook's order, without a forward pass (:meth:`feed`)."""
+    tokens: tuple[int, ...]
+    q: list[np.ndarray]  # per layer, float32 [Hq, P, d]: the new post-RoPE queries
+    k: list[np.ndarray]  # per layer, float32 [Hkv, P, d]
+    v: list[np.ndarray]  # per layer, float32 [Hkv, P, d]
+    logits: Any  # float32 [vocab]: the prompt's last row, predicting token P
+
+    def feed(self, session: _core.LiveSession) -> None:
+        """Appends the prompt's rows to `session`, layer by layer as the model produced them
+        (each group's prefill event runs when its last layer arrives)."""
+        for layer, (q, k, v) in enumerate(zip(self.q, self.k, self.v)):
+            session.append(layer, q, k, v)
+
+
 class LiveModel:
     """A loaded model, its tokenizer and the hook. Made by :func:`load_model`."""
 
@@ -148,8 +169,8 @@ class LiveModel:
     def forward(self, session: _core.LiveSession | None, tokens: Sequence[int], cache: Any,
                 last_only: bool = True):
         """One forward pass over `tokens` (the prompt, or one token), attending over
-        `session`'s caches (None: the model's own attention). Returns float32 logits
-        [n, vocab] (the last row only when `last_only`)."""
+        `session`'s caches (None: the model's own attention over `cache`, its DynamicCache).
+        Returns float32 logits [n, vocab] (the last row only when `last_only`)."""
         import torch
         self._attention.session = session
         try:
@@ -160,6 +181,35 @@ class LiveModel:
         finally:
             self._attention.session = None
         return out.logits[0].float()
+
+    def decode(self, session: _core.LiveSession, token: int, position: int):
+        """One decode step: `token` at `position` (the tokens before it are in `session`),
+        attending over the session's caches. Returns float32 logits [vocab]. The model's
+        own DynamicCache is not kept: the session holds the cache, and the position is
+        all the model needs besides (its RoPE)."""
+        import torch
+        self._attention.session = session
+        try:
+            with self._attention, torch.inference_mode():
+                out = self.model(input_ids=torch.tensor([[int(token)]]),
+                                 position_ids=torch.tensor([[int(position)]]), use_cache=False,
+                                 logits_to_keep=1)
+        finally:
+            self._attention.session = None
+        return out.logits[0, -1].float()
+
+    def prefill(self, tokens: Sequence[int]) -> "Prefill":
+        """The model's own pass over a prompt, recorded for :meth:`Prefill.feed`."""
+        rec = self._attention._recorder
+        rec.start_sequence()
+        try:
+            logits = self.forward(None, tokens, self.new_cache())[-1]
+        finally:
+            record = rec.finish_sequence()
+        layers = range(self.shape.num_layers)
+        return Prefill(tuple(int(t) for t in tokens), [record.q[layer][0] for layer in layers],
+                       [record.k[layer][0] for layer in layers],
+                       [record.v[layer][0] for layer in layers], logits)
 
     def new_cache(self) -> Any:
         """The model's own DynamicCache (it also holds the positions the model counts)."""

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .model import LiveModel, _kvcap
+from .model import LiveModel, Prefill, _kvcap
 
 __all__ = ["Outcome", "PromptTrace", "Reference", "evaluate", "full_reference", "open_prompts"]
 
@@ -125,6 +125,7 @@ class Reference:
     logprobs: Any
     nll: float
     generated: list[int]
+    prefill: Prefill | None = None  # the model's prompt pass, shared with the other policies
 
 
 @dataclass
@@ -167,27 +168,35 @@ def _session(lm: LiveModel, trace: PromptTrace, spec: str, seq: PromptSequence,
                       calibration_trace=trace.path)
 
 
-def _teacher_pass(lm: LiveModel, session: Any, seq: PromptSequence) -> _Pass:
+def _prompt(lm: LiveModel, session: Any, seq: PromptSequence, prefill: Prefill | None):
+    """The prompt into `session`: the shared prefill's rows (`prefill`), or, when None, a
+    forward pass of the model of its own. Returns the logits predicting token P."""
+    if prefill is None:
+        return lm.forward(session, seq.token_ids[:seq.prompt_len], lm.new_cache())[-1]
+    prefill.feed(session)
+    return prefill.logits
+
+
+def _teacher_pass(lm: LiveModel, session: Any, seq: PromptSequence,
+                  prefill: Prefill | None) -> _Pass:
     import torch
     tokens, P = seq.token_ids, seq.prompt_len
-    cache = lm.new_cache()
-    first = lm.forward(session, tokens[:P], cache)[-1]
+    first = _prompt(lm, session, seq, prefill)
     out = _Pass(first, None)
     rows = []
     for t in range(P, len(tokens) - 1):
-        rows.append(torch.log_softmax(lm.forward(session, [tokens[t]], cache)[-1], dim=-1))
-        if session is not None:
-            bits, kept, fp16 = session.footprint()
-            out.bits.append(bits)
-            out.kept.append(kept)
-            out.fp16.append(fp16)
-            out.tokens_seen.append(t + 1)
+        rows.append(torch.log_softmax(lm.decode(session, tokens[t], t), dim=-1))
+        bits, kept, fp16 = session.footprint()
+        out.bits.append(bits)
+        out.kept.append(kept)
+        out.fp16.append(fp16)
+        out.tokens_seen.append(t + 1)
     out.logprobs = torch.stack(rows) if rows else torch.empty(0, first.shape[-1])
     return out
 
 
 def _generate(lm: LiveModel, trace: PromptTrace, spec: str, seq: PromptSequence,
-              teacher: _Pass, n: int, dtype: str) -> list[int]:
+              teacher: _Pass, n: int, dtype: str, prefill: Prefill | None) -> list[int]:
     """Greedy tokens after the prompt: read off the teacher-forced pass while the choices
     equal the fed continuation, then a pass of its own."""
     banned = lm.eos_ids if trace.eos_banned else []
@@ -201,19 +210,20 @@ def _generate(lm: LiveModel, trace: PromptTrace, spec: str, seq: PromptSequence,
     if len(gen) == n:
         return gen
     session = _session(lm, trace, spec, seq, P + n, dtype)
-    cache = lm.new_cache()
-    gen = [_greedy(lm.forward(session, tokens[:P], cache)[-1], banned)]
+    gen = [_greedy(_prompt(lm, session, seq, prefill), banned)]
     while len(gen) < n:
-        gen.append(_greedy(lm.forward(session, [gen[-1]], cache)[-1], banned))
+        gen.append(_greedy(lm.decode(session, gen[-1], P + len(gen) - 1), banned))
     return gen
 
 
 def evaluate(lm: LiveModel, trace: PromptTrace | str, spec: str, sequence: int = 0,
              max_new_tokens: int = 32, reference: Reference | None = None,
-             dtype: str = LIVE_DTYPE) -> Outcome:
+             dtype: str = LIVE_DTYPE, share_prefill: bool = True) -> Outcome:
     """The closed-loop outcome of `spec` on one sequence of `trace` (docs/closed-loop.md).
     `reference` is `full`'s on the same sequence (computed here when None, which costs a
-    second run; :func:`kvsim.live.run` shares it)."""
+    second run; :func:`kvsim.live.run` shares it). With `share_prefill`, the model's prompt
+    pass is the reference's (computed once per sequence; the outcome is identical to a
+    prompt pass of this policy's own, `share_prefill=False`)."""
     if isinstance(trace, str):
         trace = open_prompts(trace)
     if not 0 <= sequence < len(trace.sequences):
@@ -222,20 +232,33 @@ def evaluate(lm: LiveModel, trace: PromptTrace | str, spec: str, sequence: int =
     if max_new_tokens < 1:
         raise _core.ConfigError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
     if reference is None and _core.parse_spec(spec)["canonical"] != FULL:
-        reference = full_reference(lm, trace, sequence, max_new_tokens, dtype)[1]
-    return _evaluate(lm, trace, spec, trace.sequences[sequence], max_new_tokens, reference,
-                     dtype)[0]
+        reference = full_reference(lm, trace, sequence, max_new_tokens, dtype, share_prefill)[1]
+    seq = trace.sequences[sequence]
+    prefill = None
+    if share_prefill:
+        prefill = reference.prefill if reference is not None else None
+        if prefill is None or prefill.tokens != tuple(seq.token_ids[:seq.prompt_len]):
+            prefill = lm.prefill(seq.token_ids[:seq.prompt_len])
+    return _evaluate(lm, trace, spec, seq, max_new_tokens, reference, dtype, prefill)[0]
 
 
 def full_reference(lm: LiveModel, trace: PromptTrace, sequence: int, max_new_tokens: int = 32,
-                   dtype: str = LIVE_DTYPE) -> tuple[Outcome, Reference]:
-    """`full` on one sequence: its own row and the reference the other policies need."""
-    return _evaluate(lm, trace, FULL, trace.sequences[sequence], max_new_tokens, None, dtype)
+                   dtype: str = LIVE_DTYPE,
+                   share_prefill: bool = True) -> tuple[Outcome, Reference]:
+    """`full` on one sequence: its own row and the reference the other policies need (with
+    `share_prefill`, it carries the model's prompt pass for them)."""
+    seq = trace.sequences[sequence]
+    start = time.perf_counter()
+    prefill = lm.prefill(seq.token_ids[:seq.prompt_len]) if share_prefill else None
+    seconds = time.perf_counter() - start
+    row, reference = _evaluate(lm, trace, FULL, seq, max_new_tokens, None, dtype, prefill)
+    row.seconds += seconds  # the shared prompt pass is counted once, here
+    return row, reference
 
 
 def _evaluate(lm: LiveModel, trace: PromptTrace, spec: str, seq: PromptSequence,
-              max_new_tokens: int, reference: Reference | None,
-              dtype: str) -> tuple[Outcome, Reference]:
+              max_new_tokens: int, reference: Reference | None, dtype: str,
+              prefill: Prefill | None) -> tuple[Outcome, Reference]:
     resolved = _core.parse_spec(spec)["canonical"]
     sequence = seq.index
     if len(seq.token_ids) - seq.prompt_len < 2:
@@ -243,13 +266,13 @@ def _evaluate(lm: LiveModel, trace: PromptTrace, spec: str, seq: PromptSequence,
                                 "continuation tokens: nothing to score")
     start = time.perf_counter()
     T = len(seq.token_ids)
-    teacher = _teacher_pass(lm, _session(lm, trace, spec, seq, T, dtype), seq)
-    gen = _generate(lm, trace, spec, seq, teacher, max_new_tokens, dtype)
+    teacher = _teacher_pass(lm, _session(lm, trace, spec, seq, T, dtype), seq, prefill)
+    gen = _generate(lm, trace, spec, seq, teacher, max_new_tokens, dtype, prefill)
     targets = seq.token_ids[seq.prompt_len + 1:]
     lp = teacher.logprobs
     nll = float(-lp[range(len(targets)), targets].double().mean())
     if reference is None:  # this is `full`: its own reference
-        reference = Reference(sequence, lp, nll, gen)
+        reference = Reference(sequence, lp, nll, gen, prefill)
     ref_lp = reference.logprobs
     kl = (ref_lp.exp() * (ref_lp - lp)).sum(-1).double().numpy()
     top1 = float((lp.argmax(-1) == ref_lp.argmax(-1)).double().mean())
