@@ -207,6 +207,7 @@ void check_inner(const std::string& text) {
   meta.num_q_heads = meta.num_kv_heads = 1;
   meta.head_dim = 2;
   meta.attn_scale = 1;
+  meta.rope_theta = 1e4;  // a scorer may rotate (expected_attention)
   LayerData layer;
   layer.num_tokens = 2;
   layer.head_dim = 2;

@@ -2,10 +2,11 @@
 // closed form (NVIDIA kvpress, kvpress/presses/expected_attention_press.py;
 // arXiv 2510.00636). Once, at the end of prefill, per (layer, kv head):
 //   1. per query head of the group, the pre-RoPE queries q~ (the trace's queries
-//      rotated back by their position, policies/rope_math.h) of positions
+//      rotated back by their position, policies/rope.h) of positions
 //      n_sink..P-1 (or the last stats_window of them): mean mu and covariance
 //      Sigma = (1/n) sum (q~ - mu)(q~ - mu)^T;
-//   2. RoPE averaged over the future: Rbar = (1/n_f) sum_{j<n_f} R(P + j);
+//   2. RoPE averaged over the future: Rbar = (1/n_f) sum_{j<n_f} R(P + j)
+//      (each layer's rotation from the trace, Rope::for_slot);
 //      mu' = Rbar mu, Sigma' = Rbar Sigma Rbar^T;
 //   3. per cached post-RoPE key k_i past the sinks:
 //      l_i = s mu'.k_i + s^2 k_i^T Sigma' k_i / 2 (log E[exp(s q.k_i)] for a
@@ -25,15 +26,14 @@
 //     queries" reading); 0 = every post-sink prompt query (kvpress).
 //   - head-adaptive budgets: `adakv:inner=expected_attention`.
 //   - sliding-window layers (Gemma 3's local layers) are kept whole, as kvpress
-//     compresses only the full-attention layers there; so the trace's
-//     rope_theta (the full-attention layers' base) is the one used.
+//     compresses only the full-attention layers there.
 // Memory: eviction only (fp16: 2*16*d bits per kept token): min(P_w, budget) +
 // (t + 1 - P) tokens. The statistics (d + d*d per query head) are scoring state,
 // reported as the counter expected_attention.stats_values.
 #include <algorithm>
 #include <cmath>
 
-#include "policies/rope_math.h"
+#include "policies/rope.h"
 #include "policies/scorer.h"
 #include "sim/base/errors.h"
 
@@ -49,10 +49,10 @@ class ExpectedAttention final : public ScorerStage {
         covariance_(p.get_bool("use_covariance")),
         vnorm_(p.get_bool("use_vnorm")),
         epsilon_(p.get_float("epsilon")),
-        scale_(ctx.meta->attn_scale),
-        inv_freq_(rope::inverse_frequencies(ctx.meta->head_dim, ctx.meta->rope_theta)) {
-    rope::mean_rotation(inv_freq_, ctx.prompt_len, p.get_int("n_future"), mean_cos_, mean_sin_);
+        scale_(ctx.meta->attn_scale) {
     for (size_t l = 0; l < ctx.slots.size(); ++l) {
+      ropes_.push_back(Rope::for_slot(*ctx.meta, ctx.slots[l]));
+      future_.push_back(ropes_.back().mean_rotation(ctx.prompt_len, p.get_int("n_future")));
       if (ctx.meta->sliding_window[ctx.slots[l]] == 0) continue;
       for (int h = 0; h < ctx.meta->num_kv_heads; ++h) {
         set_budget(static_cast<int>(l), h, kKeepAll);
@@ -74,20 +74,13 @@ class ExpectedAttention final : public ScorerStage {
     return o;
   }
 
-  // x <- Rbar x (in place, double).
-  void mean_rotate(std::vector<double>& x) const {
-    const size_t half = mean_cos_.size();
-    for (size_t i = 0; i < half; ++i) {
-      const double a = x[i], b = x[i + half];
-      x[i] = a * mean_cos_[i] - b * mean_sin_[i];
-      x[i + half] = b * mean_cos_[i] + a * mean_sin_[i];
-    }
-  }
-
-  // mu' and Sigma' (row-major d x d) of query head `qh` from its pre-RoPE prompt queries.
-  void statistics(const LayerData& raw, int qh, int64_t last, std::vector<double>& mu,
+  // mu' and Sigma' (row-major d x d) of query head `qh` of local layer `layer` from its
+  // pre-RoPE prompt queries.
+  void statistics(const LayerData& raw, int layer, int qh, int64_t last, std::vector<double>& mu,
                   std::vector<double>& sigma) {
     const int d = raw.head_dim;
+    const Rope& rope = ropes_[layer];
+    const MeanRotation& future = future_[layer];
     int64_t first = std::min(sinks_, last);
     if (stats_window_ > 0) first = std::max(first, last + 1 - stats_window_);
     const auto n = static_cast<double>(last + 1 - first);
@@ -96,7 +89,7 @@ class ExpectedAttention final : public ScorerStage {
     mu.assign(d, 0.0);
     for (int64_t t = first; t <= last; ++t) {
       std::vector<double>& q = pre[t - first];
-      rope::rotate(raw.query(qh, static_cast<int>(t)), q.data(), inv_freq_, t, /*inverse=*/true);
+      rope.rotate(raw.query(qh, static_cast<int>(t)), q.data(), t, /*inverse=*/true);
       for (int c = 0; c < d; ++c) mu[c] += q[c];
     }
     for (double& x : mu) x /= n;
@@ -112,16 +105,16 @@ class ExpectedAttention final : public ScorerStage {
       std::vector<double> line(d);
       for (int b = 0; b < d; ++b) {
         for (int a = 0; a < d; ++a) line[a] = sigma[a * d + b];
-        mean_rotate(line);
+        future.apply(line.data());
         for (int a = 0; a < d; ++a) sigma[a * d + b] = line[a];
       }
       for (int a = 0; a < d; ++a) {
         line.assign(sigma.begin() + a * d, sigma.begin() + (a + 1) * d);
-        mean_rotate(line);
+        future.apply(line.data());
         std::copy(line.begin(), line.end(), sigma.begin() + a * d);
       }
     }
-    mean_rotate(mu);
+    future.apply(mu.data());
     stats_values_ += d + d * d;
   }
 
@@ -131,7 +124,7 @@ class ExpectedAttention final : public ScorerStage {
     const size_t n = view.candidates.size();
     std::vector<double> mu, sigma, logits(n), mean(n, 0.0);
     for (int j = 0; j < view.group; ++j) {
-      statistics(raw, view.kv_head * view.group + j, view.step, mu, sigma);
+      statistics(raw, view.local_layer, view.kv_head * view.group + j, view.step, mu, sigma);
       double top = -INFINITY;
       for (size_t i = 0; i < n; ++i) {
         const float* k = raw.key(view.kv_head, view.candidates[i]);
@@ -161,8 +154,8 @@ class ExpectedAttention final : public ScorerStage {
   int64_t sinks_, stats_window_;
   bool covariance_, vnorm_;
   double epsilon_, scale_;
-  std::vector<float> inv_freq_;
-  std::vector<double> mean_cos_, mean_sin_;  // Rbar per channel pair
+  std::vector<Rope> ropes_;           // per local layer
+  std::vector<MeanRotation> future_;  // Rbar per local layer
   double stats_values_ = 0;
 };
 
@@ -193,6 +186,8 @@ PolicyInfo expected_attention_info() {
           "head_dim even (rope_theta " +
           std::to_string(meta.rope_theta) + ", head_dim " + std::to_string(meta.head_dim) + ")");
     }
+    // The statistics undo RoPE: refuse a rotation that cannot be undone exactly, up front.
+    for (int slot = 0; slot < meta.num_layers(); ++slot) (void)Rope::for_slot(meta, slot);
   };
   return info;
 }

@@ -1,6 +1,7 @@
 #include "policies/rope.h"
 
 #include <cmath>
+#include <utility>
 
 #include "sim/base/errors.h"
 
@@ -34,20 +35,70 @@ Rope::Rope(int head_dim, double theta, double factor, int rotary_dim, bool inter
   }
 }
 
-void Rope::apply(float* x, int64_t position, bool inverse) const {
-  const int half = rotary_dim_ / 2;
-  const auto p = static_cast<float>(position);
+namespace {
+
+// For each rotating channel pair i, (a, b) by the layout: out_a = x_a c - x_b s and
+// out_b = x_b c + x_a s in double, (c, s) = cos_sin(i). `out` may be `x`.
+template <class In, class Out, class CosSin>
+void turn_pairs(const In* x, Out* out, int rotary_dim, bool interleaved, CosSin cos_sin) {
+  const int half = rotary_dim / 2;
   for (int i = 0; i < half; ++i) {
-    const float angle = p * inv_freq_[i];  // float32, as the model computed it
-    const double c = std::cos(static_cast<double>(angle));
-    const double s =
-        inverse ? -std::sin(static_cast<double>(angle)) : std::sin(static_cast<double>(angle));
-    const int a = interleaved_ ? 2 * i : i;
-    const int b = interleaved_ ? 2 * i + 1 : i + half;
+    const auto [c, s] = cos_sin(i);
+    const int a = interleaved ? 2 * i : i;
+    const int b = interleaved ? 2 * i + 1 : i + half;
     const double xa = x[a], xb = x[b];
-    x[a] = static_cast<float>(xa * c - xb * s);
-    x[b] = static_cast<float>(xb * c + xa * s);
+    out[a] = static_cast<Out>(xa * c - xb * s);
+    out[b] = static_cast<Out>(xb * c + xa * s);
   }
+}
+
+}  // namespace
+
+float Rope::angle(int i, int64_t position) const {
+  return static_cast<float>(position) * inv_freq_[i];  // float32, as the model computed it
+}
+
+template <class Out>
+void Rope::rotate_pairs(const float* x, Out* out, int64_t position, bool inverse) const {
+  turn_pairs(x, out, rotary_dim_, interleaved_, [&](int i) {
+    const auto a = static_cast<double>(angle(i, position));
+    return std::pair{std::cos(a), inverse ? -std::sin(a) : std::sin(a)};
+  });
+}
+
+void Rope::apply(float* x, int64_t position, bool inverse) const {
+  rotate_pairs(x, x, position, inverse);
+}
+
+void Rope::rotate(const float* x, double* out, int64_t position, bool inverse) const {
+  for (int c = rotary_dim_; c < head_dim_; ++c) out[c] = x[c];
+  rotate_pairs(x, out, position, inverse);
+}
+
+MeanRotation Rope::mean_rotation(int64_t first, int64_t count) const {
+  KVSIM_CHECK(count >= 1);
+  MeanRotation m;
+  m.rotary_dim_ = rotary_dim_;
+  m.interleaved_ = interleaved_;
+  const size_t half = inv_freq_.size();
+  m.cos_.assign(half, 0.0);
+  m.sin_.assign(half, 0.0);
+  for (int64_t j = 0; j < count; ++j) {
+    for (size_t i = 0; i < half; ++i) {
+      const auto a = static_cast<double>(angle(static_cast<int>(i), first + j));
+      m.cos_[i] += std::cos(a);
+      m.sin_[i] += std::sin(a);
+    }
+  }
+  for (size_t i = 0; i < half; ++i) {
+    m.cos_[i] /= static_cast<double>(count);
+    m.sin_[i] /= static_cast<double>(count);
+  }
+  return m;
+}
+
+void MeanRotation::apply(double* x) const {
+  turn_pairs(x, x, rotary_dim_, interleaved_, [&](int i) { return std::pair{cos_[i], sin_[i]}; });
 }
 
 }  // namespace kvsim

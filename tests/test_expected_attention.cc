@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include "evict_testing.h"
@@ -18,11 +19,12 @@ namespace kvsim::testing {
 namespace {
 
 // d = 2: one channel pair, rotated by p radians at position p (inv_freq = 1
-// for any base). Every pre-RoPE query is (1, 0), so the trace's query at t is
+// for any base > 0). Every pre-RoPE query is (1, 0), so the trace's query at t is
 // (cos t, sin t); attention scale 1. Keys (post-RoPE): 0 (1,0) [sink],
 // 1 (1,0), 2 (0,1), 3 (0,-1), 4 (-1,0), 5 (.5,0); values (1,0).
 struct Worked : HandStage {
   explicit Worked(const std::string& params) : HandStage(1, 1, 2, 8, 6) {
+    s.meta.rope_theta = 1e4;
     build("expected_attention:n_sink=1," + params);
     for (int t = 0; t < 8; ++t) {
       s.set_query(0, t, {static_cast<float>(std::cos(t)), static_cast<float>(std::sin(t))});
@@ -55,6 +57,23 @@ TEST(ExpectedAttention, WorkedExampleValueNorm) {
   Worked off("budget=3,n_future=1,use_vnorm=false");
   off.s.layer.v[2] = .1f;
   EXPECT_EQ(off.evicted(), (Positions{2, 3, 4}));
+}
+
+// The prefill scores of the stage `spec` builds over `s` (kv head 0, every prompt position a
+// candidate) with a budget of 10, 4 of them sinks: 6 stay.
+std::vector<double> prefill_scores(HandShard& s, const std::string& spec,
+                                   std::vector<int32_t>& eligible) {
+  Pipeline p = Pipeline::create(PolicySpec::parse(spec), s.ctx, {});
+  auto& stage = dynamic_cast<ScorerStage&>(*p.evicts[0]);
+  ArrivalView view;
+  view.step = s.ctx.prompt_len - 1;
+  view.prefill = true;
+  const Positions prompt = range(0, static_cast<int>(s.ctx.prompt_len));
+  view.candidates = prompt;
+  view.raw = &s.layer;
+  std::vector<double> scores;
+  EXPECT_EQ(stage.score_candidates(view, 10, eligible, scores), 6u);
+  return scores;
 }
 
 // The closed form is log E[exp(s q.k)] for a Gaussian q: with q~ ~ N(mu, Sigma)
@@ -133,24 +152,63 @@ TEST(ExpectedAttention, ClosedFormMatchesSampledGaussianQueries) {
       mean_exp[t - first] += std::exp(0.5 * dot) / samples;
     }
   }
-  Pipeline p = Pipeline::create(
-      PolicySpec::parse("expected_attention:budget=10,use_vnorm=false,n_future=16"), s.ctx, {});
-  auto& stage = dynamic_cast<ScorerStage&>(*p.evicts[0]);
-  ArrivalView view;
-  view.step = P - 1;
-  view.prefill = true;
-  const Positions prompt = range(0, P);
-  view.candidates = prompt;
-  view.raw = &s.layer;
   std::vector<int32_t> eligible;
-  std::vector<double> scores;
-  EXPECT_EQ(stage.score_candidates(view, 10, eligible, scores), 6u);  // 10 less the 4 sinks
+  const std::vector<double> scores =
+      prefill_scores(s, "expected_attention:budget=10,use_vnorm=false,n_future=16", eligible);
   ASSERT_EQ(eligible, range(first, P));
   double z = 0;
   for (double m : mean_exp) z += m;
   for (int t = first; t < P; ++t) {
     EXPECT_NEAR(scores[t - first], mean_exp[t - first] / z, 0.01 * mean_exp[t - first] / z)
         << "position " << t;
+  }
+}
+
+// The rotation is the layer's own (Rope::for_slot): a trace whose per-layer base differs from
+// rope_theta (Gemma 3's two bases) scores as a trace with that base, and unlike one scored
+// with rope_theta; the interleaved layout scores differently again.
+std::vector<double> scores_with(const std::function<void(TraceMeta&)>& edit) {
+  const int d = 4, P = 24;
+  HandShard s(1, 1, d, P + 1, P);
+  edit(s.meta);
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (int t = 0; t < P; ++t) {
+    s.set_query(0, t, {normal(rng) + 1, normal(rng), normal(rng) - .5f, normal(rng)});
+    s.set_key(0, t, {normal(rng), normal(rng), normal(rng), normal(rng)});
+  }
+  std::vector<int32_t> eligible;
+  std::vector<double> scores =
+      prefill_scores(s, "expected_attention:budget=10,n_future=8,use_vnorm=false", eligible);
+  EXPECT_EQ(scores.size(), static_cast<size_t>(P - 4));
+  return scores;
+}
+
+TEST(ExpectedAttention, UsesTheLayersOwnRotation) {
+  const auto base_100 = scores_with([](TraceMeta& m) { m.rope_theta = 100; });
+  const auto per_layer_100 = scores_with([](TraceMeta& m) {
+    m.rope_theta = 1e6;
+    m.rope_theta_by_slot = {100};
+  });
+  const auto base_1e6 = scores_with([](TraceMeta& m) { m.rope_theta = 1e6; });
+  const auto interleaved = scores_with([](TraceMeta& m) {
+    m.rope_theta = 100;
+    m.rope_layout = "interleaved";
+  });
+  EXPECT_EQ(per_layer_100, base_100);
+  EXPECT_NE(base_1e6, base_100);
+  EXPECT_NE(interleaved, base_100);
+}
+
+TEST(ExpectedAttention, RefusesARotationItCannotUndo) {
+  HandShard s(1, 1, 4, 4, 4);
+  s.meta.rope_theta = 1e4;
+  s.meta.rope_type = "llama3";
+  try {
+    PolicySpec::parse("expected_attention").check_against(s.meta);
+    FAIL() << "llama3 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'llama3'"), std::string::npos) << e.what();
   }
 }
 

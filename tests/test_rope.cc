@@ -1,10 +1,12 @@
-// The pre-RoPE rotation (policies/rope.h) and trace format v2's RoPE metadata: hand-worked
-// rotations in both layouts, the round trip, partial rotary and linear scaling, the trace's
+// The rotation (policies/rope.h) and trace format v2's RoPE metadata: hand-worked rotations in
+// both layouts, the round trip, partial rotary and linear scaling, the rotation in double and
+// the mean rotation against their formulas (ExpectedAttention), the trace's
 // per-layer bases (v2 datasets, and v1's Gemma 3 attribute), refused RoPE types and positions.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <numbers>
+#include <utility>
 
 #include "policies/rope.h"
 #include "test_util.h"
@@ -71,6 +73,90 @@ TEST(Rope, OrthogonalSoErrorsKeepTheirNorm) {
   double after = 0;
   for (int c = 0; c < 8; ++c) after += (xh[c] - x[c]) * (xh[c] - x[c]);
   EXPECT_NEAR(after, before, 1e-5);
+}
+
+// The channel pairs (a, b) of a layout, as methods.md defines them.
+std::pair<int, int> pair_channels(int i, int rotary_dim, bool interleaved) {
+  return interleaved ? std::pair{2 * i, 2 * i + 1} : std::pair{i, i + rotary_dim / 2};
+}
+
+// omega_i = theta^(-2i/r) / factor, in double.
+double omega(int i, double theta, double factor, int rotary_dim) {
+  return std::pow(theta, -2.0 * i / rotary_dim) / factor;
+}
+
+// rotate() against the rotation written out in double: both layouts, partial rotary (the
+// channels past rotary_dim copied), a linear factor, forward and inverse. The only difference
+// allowed is the float32 angle (about 1e-5 rad at these positions). apply() is rotate()
+// rounded once to float32, to the bit.
+TEST(Rope, RotateInDoubleIsTheFormula) {
+  const int d = 6, r = 4;
+  const double theta = 100, factor = 2;
+  const std::vector<float> x = {0.5f, -1.25f, 2.0f, 0.75f, -3.0f, 1.5f};
+  for (bool interleaved : {false, true}) {
+    const Rope rope(d, theta, factor, r, interleaved);
+    for (int64_t p : {0, 3, 250}) {
+      for (bool inverse : {false, true}) {
+        std::vector<double> out(d, -99.0);
+        rope.rotate(x.data(), out.data(), p, inverse);
+        for (int i = 0; i < r / 2; ++i) {
+          const auto [a, b] = pair_channels(i, r, interleaved);
+          const double angle = (inverse ? -1.0 : 1.0) * p * omega(i, theta, factor, r);
+          EXPECT_NEAR(out[a], x[a] * std::cos(angle) - x[b] * std::sin(angle), 1e-4)
+              << "position " << p << " pair " << i << " interleaved " << interleaved;
+          EXPECT_NEAR(out[b], x[b] * std::cos(angle) + x[a] * std::sin(angle), 1e-4)
+              << "position " << p << " pair " << i << " interleaved " << interleaved;
+        }
+        for (int c = r; c < d; ++c) EXPECT_EQ(out[c], x[c]);
+        std::vector<float> applied = x;
+        rope.apply(applied.data(), p, inverse);
+        for (int c = 0; c < d; ++c) EXPECT_EQ(applied[c], static_cast<float>(out[c])) << c;
+      }
+    }
+  }
+}
+
+// The mean rotation against the closed form of the mean of cos and sin over an arithmetic
+// progression of angles (Lagrange's identity): sum_{j<n} cos(a + j w) =
+// sin(n w / 2) / sin(w / 2) cos(a + (n - 1) w / 2), and the same with sin. Each pair's
+// channel a goes to (mean cos, mean sin) on (a, b), channel b to (-mean sin, mean cos); the
+// channels past rotary_dim stay. Over one position it is that position's rotation, exactly.
+TEST(Rope, MeanRotationIsTheClosedFormMean) {
+  const int d = 6, r = 4;
+  const double theta = 100;
+  const int64_t first = 40, count = 25;
+  for (bool interleaved : {false, true}) {
+    const Rope rope(d, theta, 1.0, r, interleaved);
+    const MeanRotation mean = rope.mean_rotation(first, count);
+    for (int i = 0; i < r / 2; ++i) {
+      const double w = omega(i, theta, 1.0, r), n = static_cast<double>(count);
+      const double spread = std::sin(n * w / 2) / std::sin(w / 2) / n;
+      const double centre = (static_cast<double>(first) + (n - 1) / 2) * w;
+      const double mean_cos = spread * std::cos(centre), mean_sin = spread * std::sin(centre);
+      const auto [a, b] = pair_channels(i, r, interleaved);
+      std::vector<double> ea(d, 0.0), eb(d, 0.0);
+      ea[a] = 1;
+      eb[b] = 1;
+      mean.apply(ea.data());
+      mean.apply(eb.data());
+      EXPECT_NEAR(ea[a], mean_cos, 1e-5) << "pair " << i << " interleaved " << interleaved;
+      EXPECT_NEAR(ea[b], mean_sin, 1e-5) << "pair " << i << " interleaved " << interleaved;
+      EXPECT_NEAR(eb[a], -mean_sin, 1e-5) << "pair " << i << " interleaved " << interleaved;
+      EXPECT_NEAR(eb[b], mean_cos, 1e-5) << "pair " << i << " interleaved " << interleaved;
+      for (int c = 0; c < d; ++c) {
+        if (c != a && c != b) EXPECT_EQ(ea[c], 0.0) << c;
+      }
+    }
+    std::vector<double> tail = {0, 0, 0, 0, 2.5, -1};
+    mean.apply(tail.data());
+    EXPECT_EQ(tail, (std::vector<double>{0, 0, 0, 0, 2.5, -1}));
+    // One position: R_p itself.
+    const std::vector<float> x = {0.5f, -1.25f, 2.0f, 0.75f, -3.0f, 1.5f};
+    std::vector<double> once(x.begin(), x.end()), rotated(d);
+    rope.mean_rotation(77, 1).apply(once.data());
+    rope.rotate(x.data(), rotated.data(), 77, false);
+    EXPECT_EQ(once, rotated);
+  }
 }
 
 TEST(Rope, PerLayerBasesAndRefusedTypes) {
