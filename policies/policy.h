@@ -132,6 +132,11 @@ class StoreStage : public Stage {
   // select() returns. A stage of a spec that never acts over a whole run is reported
   // (docs/replay.md, "Stages that never act").
   virtual bool acted() const = 0;
+  // False when insert() only appends rows and neither insert() nor removed() ever changes a row
+  // already in the cache: then the engine keeps per-row terms (the K/V errors, whether a key is
+  // the trace's) from each row's arrival instead of recomputing them at every measured step.
+  // True, the default, is always correct.
+  virtual bool rewrites_rows() const { return true; }
 };
 
 // A store that shares entries across layers (MiniCache). It stores what it

@@ -18,6 +18,7 @@
 #include "sim/base/union_find.h"
 #include "sim/calibration.h"
 #include "sim/cpu_backend.h"
+#include "sim/kv_row_terms.h"
 
 namespace kvsim {
 
@@ -116,6 +117,17 @@ bool keys_match_trace(const HeadCache& cache, const LayerData& raw, int kv_head)
   return true;
 }
 
+// Points a cache's task at the exact scores of its kv head's group at measured step m, when the
+// unit kept them (shared scoring: an eviction-only cache's scores, any cache's exact ones).
+void share_exact_scores(const ExactLayer& ex, size_t m, int kv_head, int group,
+                        CacheAttentionTask& task) {
+  if (ex.scores.empty()) return;
+  task.exact_first = ex.score_first[m];
+  task.exact_count = static_cast<size_t>(task.step - task.exact_first + 1);
+  task.exact_scores = ex.scores.data() + ex.score_offset[m] +
+                      static_cast<size_t>(kv_head) * group * task.exact_count;
+}
+
 }  // namespace
 
 RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
@@ -145,6 +157,9 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   std::vector<HeadCache> caches(static_cast<size_t>(L) * Hkv);
   for (auto& c : caches) c.head_dim = d;
   auto cache_of = [&](int local, int h) -> HeadCache& { return caches[local * Hkv + h]; };
+  // A store that only appends rows: each row's K/V error terms are kept from its arrival.
+  const bool append_only = !pipe.store->rewrites_rows();
+  std::vector<RowTermsLedger> ledgers(append_only ? caches.size() : 0);
 
   std::vector<int32_t> candidates, evict, removed;
   std::vector<float> colsum;
@@ -220,6 +235,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         pipe.store->observe_prefill(local, h, candidates, colsum);
       }
       pipe.store->insert(local, h, cache_of(local, h), candidates, raw, /*prefill=*/true);
+      if (append_only) ledgers[local * Hkv + h].appended(cache_of(local, h), raw, h);
     }
   }
 
@@ -260,12 +276,14 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         if (!removed.empty()) {
           cache.remove(removed);
           pipe.store->removed(local, h, cache, removed);
+          if (append_only) ledgers[local * Hkv + h].removed(removed);
         }
         // Called even when the new entry was evicted (empty span), so that a
         // cross-layer store sees every layer of every event.
         const int32_t pos = static_cast<int32_t>(t);
         pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, keep_new ? 1 : 0), raw,
                            /*prefill=*/false);
+        if (append_only) ledgers[local * Hkv + h].appended(cache, raw, h);
       }
     }
 
@@ -279,10 +297,13 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
             is_measured ? exact[local]->lse.data() + next_measured * Hq + h * group : nullptr;
         // When every kept key is bitwise the exact key (no stage changed a kept key), the
         // exact scores of the kept tokens are the cache's scores.
-        const bool keys_exact = is_measured && keys_match_trace(caches[c], *layers[local], h);
+        const bool keys_exact =
+            is_measured && (append_only ? ledgers[c].keys_exact()
+                                        : keys_match_trace(caches[c], *layers[local], h));
         keys_exact_of[c] = keys_exact;
         tasks[c] =
             CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c], keys_exact};
+        if (is_measured) share_exact_scores(*exact[local], next_measured, h, group, tasks[c]);
       }
     }
     attention.cache_attention(meta, tasks);
@@ -339,33 +360,11 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           rec.top1_agreement = n > 0 && att.top1[j] == ex.top1[next_measured * Hq + qh];
           result.steps.push_back(rec);
         }
-        double kdiff = 0, knorm = 0, vdiff = 0, vnorm = 0;
-        for (size_t i = 0; i < n; ++i) {
-          const float* k = raw.key(h, cache.positions[i]);
-          const float* v = raw.value(h, cache.positions[i]);
-          const float* kh = cache.key_row(i);
-          const float* vh = cache.value_row(i);
-          // Per row in float lanes (a fixed order: sim/base/attention.h), rows summed in
-          // double.
-          float kd[kSumLanes] = {}, kn[kSumLanes] = {}, vd[kSumLanes] = {}, vn[kSumLanes] = {};
-          int c = 0;
-          for (; c + kSumLanes <= d; c += kSumLanes) {
-#pragma omp simd
-            for (int l = 0; l < kSumLanes; ++l) {
-              const float dk = kh[c + l] - k[c + l], dv = vh[c + l] - v[c + l];
-              kd[l] += dk * dk;
-              kn[l] += k[c + l] * k[c + l];
-              vd[l] += dv * dv;
-              vn[l] += v[c + l] * v[c + l];
-            }
-          }
-          float kd_sum = reduce_lanes(kd), kn_sum = reduce_lanes(kn);
-          float vd_sum = reduce_lanes(vd), vn_sum = reduce_lanes(vn);
-          for (; c < d; ++c) {
-            const float dk = kh[c] - k[c], dv = vh[c] - v[c];
-            kd_sum += dk * dk, kn_sum += k[c] * k[c], vd_sum += dv * dv, vn_sum += v[c] * v[c];
-          }
-          kdiff += kd_sum, knorm += kn_sum, vdiff += vd_sum, vnorm += vn_sum;
+        KvErrorSums err;  // rows summed in row order, in double
+        if (append_only) {
+          err = ledgers[static_cast<size_t>(local) * Hkv + h].sums();
+        } else {
+          for (size_t i = 0; i < n; ++i) err.add(row_terms(cache, i, raw, h));
         }
         const MemoryBits bits = pipe.store->memory(local, h);
         KvRecord kv;
@@ -378,8 +377,10 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         kv.meta_bits = bits.meta;
         kv.ideal_bits = bits.ideal_total();
         kv.fp16_bits = int64_t{2} * 16 * d * (t - window_start(window, t) + 1);
-        kv.key_err = static_cast<float>(knorm > 0 ? std::sqrt(kdiff / knorm) : 0.0);
-        kv.value_err = static_cast<float>(vnorm > 0 ? std::sqrt(vdiff / vnorm) : 0.0);
+        kv.key_err =
+            static_cast<float>(err.key_norm > 0 ? std::sqrt(err.key_diff / err.key_norm) : 0.0);
+        kv.value_err = static_cast<float>(
+            err.value_norm > 0 ? std::sqrt(err.value_diff / err.value_norm) : 0.0);
         result.kv.push_back(kv);
       }
     }
