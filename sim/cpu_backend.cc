@@ -131,7 +131,16 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   out.kept_mass.resize(group);
   out.kept_cross.resize(group);
   out.top1.resize(group);
-  weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
+  // A cache of the exact keys and values over the whole exact window attends exactly (`full`,
+  // and eviction before its first eviction): its outputs and top tokens are the exact ones.
+  const bool whole_window = shared && task.values_exact && task.exact_out != nullptr &&
+                            task.exact_top1 != nullptr && n == task.exact_count &&
+                            cache.positions[0] == task.exact_first;
+  if (whole_window) {
+    std::copy_n(task.exact_out, out.out_hat.size(), out.out_hat.begin());
+  } else {
+    weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
+  }
   raw_scores.resize((group + 1) * n);  // + one row of scratch for the KL's cross terms
   if (task.keys_exact) {
     // The same kernel over the same key values: the exact scores are the cache's, bit for bit.
@@ -160,6 +169,10 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
     out.kept_cross[j] = lane_sum(cross_terms, n);
     // The compressed top token: largest score, lowest position among equal scores (checked
     // explicitly: a merging store's positions need not ascend).
+    if (whole_window) {
+      out.top1[j] = task.exact_top1[j];
+      continue;
+    }
     const int32_t* pos = cache.positions.data();
     size_t top = 0;
     for (size_t i = 1; i < n; ++i) {

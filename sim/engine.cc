@@ -303,7 +303,13 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         keys_exact_of[c] = keys_exact;
         tasks[c] =
             CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c], keys_exact};
-        if (is_measured) share_exact_scores(*exact[local], next_measured, h, group, tasks[c]);
+        if (is_measured) {
+          share_exact_scores(*exact[local], next_measured, h, group, tasks[c]);
+          const size_t first_head = next_measured * Hq + h * group;
+          tasks[c].exact_out = exact[local]->out.data() + first_head * d;
+          tasks[c].exact_top1 = exact[local]->top1.data() + first_head;
+          tasks[c].values_exact = append_only && ledgers[c].values_exact();
+        }
       }
     }
     attention.cache_attention(meta, tasks);

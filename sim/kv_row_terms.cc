@@ -40,13 +40,14 @@ void RowTermsLedger::removed(std::span<const int32_t> sorted_positions) {
   for (size_t i = 0; i < positions_.size(); ++i) {
     while (next < sorted_positions.size() && sorted_positions[next] < positions_[i]) ++next;
     if (next < sorted_positions.size() && sorted_positions[next] == positions_[i]) {
-      inexact_keys_ -= key_exact_[i] ? 0 : 1;
+      inexact_keys_ -= exact_[i] & 1 ? 0 : 1;
+      inexact_values_ -= exact_[i] & 2 ? 0 : 1;
       continue;
     }
-    positions_[out] = positions_[i], terms_[out] = terms_[i], key_exact_[out] = key_exact_[i];
+    positions_[out] = positions_[i], terms_[out] = terms_[i], exact_[out] = exact_[i];
     ++out;
   }
-  positions_.resize(out), terms_.resize(out), key_exact_.resize(out);
+  positions_.resize(out), terms_.resize(out), exact_.resize(out);
 }
 
 void RowTermsLedger::appended(const HeadCache& cache, const LayerData& raw, int kv_head) {
@@ -59,9 +60,11 @@ void RowTermsLedger::appended(const HeadCache& cache, const LayerData& raw, int 
     const int32_t pos = cache.positions[row];
     positions_.push_back(pos);
     terms_.push_back(row_terms(cache, row, raw, kv_head));
-    const bool exact = std::memcmp(cache.key_row(row), raw.key(kv_head, pos), bytes) == 0;
-    key_exact_.push_back(exact ? 1 : 0);
-    inexact_keys_ += exact ? 0 : 1;
+    const bool key = std::memcmp(cache.key_row(row), raw.key(kv_head, pos), bytes) == 0;
+    const bool value = std::memcmp(cache.value_row(row), raw.value(kv_head, pos), bytes) == 0;
+    exact_.push_back(static_cast<uint8_t>((key ? 1 : 0) | (value ? 2 : 0)));
+    inexact_keys_ += key ? 0 : 1;
+    inexact_values_ += value ? 0 : 1;
   }
 }
 

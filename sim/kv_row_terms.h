@@ -43,13 +43,15 @@ class RowTermsLedger {
   KvErrorSums sums() const;
   // Every cached key is bitwise the trace's key at its position.
   bool keys_exact() const { return inexact_keys_ == 0; }
+  // Every cached value is bitwise the trace's value at its position.
+  bool values_exact() const { return inexact_values_ == 0; }
   size_t size() const { return positions_.size(); }
 
  private:
   std::vector<int32_t> positions_;
   std::vector<RowTerms> terms_;
-  std::vector<uint8_t> key_exact_;
-  size_t inexact_keys_ = 0;
+  std::vector<uint8_t> exact_;  // bit 0: the key is the trace's, bit 1: the value
+  size_t inexact_keys_ = 0, inexact_values_ = 0;
 };
 
 }  // namespace kvsim

@@ -91,6 +91,13 @@ struct CacheAttentionTask {
   const float* exact_scores = nullptr;
   int64_t exact_first = 0;
   size_t exact_count = 0;
+  // Measured steps, optionally: the step's exact outputs ([group, head_dim]) and top tokens
+  // ([group]) of the group's query heads, and whether every cached value is bitwise the
+  // trace's. A cache with keys_exact and values_exact that holds the whole exact window
+  // attends exactly: a backend may take out_hat and top1 from here.
+  const float* exact_out = nullptr;
+  const int32_t* exact_top1 = nullptr;
+  bool values_exact = false;
 };
 
 class AttentionBackend {
