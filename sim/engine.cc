@@ -150,6 +150,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   ctx.prompt_len = P;
   ctx.num_tokens = T;
   ctx.seed = derive_seed(seed, static_cast<uint64_t>(sequence), static_cast<uint64_t>(slots[0]));
+  ctx.memo = prefill_cache ? &prefill_cache->rows : nullptr;
   Pipeline pipe = Pipeline::create(policy, ctx, prepared);
   const bool decode_attention = pipe.needs_decode_attention();
 

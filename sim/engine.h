@@ -73,6 +73,7 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
 // a sweep runs many configurations of each). Keyed by (slot, kv head, rows).
 struct PrefillAttentionCache {
   std::map<std::tuple<int, int, int64_t>, std::vector<float>> entries;
+  AttentionRowMemo rows;  // exact attention rows of decode steps (the oracle's), the same way
 };
 
 // The loop for one shard and one policy, exposed for tests and benchmarks.

@@ -98,6 +98,23 @@ TEST(SharedScoring, RecordsEqualScoringEachCache) {
   }
 }
 
+// Oracle configurations replayed together share the unit's exact attention rows
+// (AttentionRowMemo): their records equal those of each replayed alone.
+TEST(SharedScoring, OracleConfigsShareTheirRowsToTheBit) {
+  testing::TempDir dir;
+  const std::vector<std::string> specs = {"oracle:ratio=0.2", "oracle:ratio=0.1,schedule=cap",
+                                          "oracle:budget=12,schedule=cap"};
+  ReplayOptions options = testing::every_step();
+  options.threads = 1;
+  const auto together = testing::replay_synth(windowed_tiny(), specs, dir, options);
+  ASSERT_EQ(together.size(), specs.size());
+  for (size_t p = 0; p < specs.size(); ++p) {
+    SCOPED_TRACE(specs[p]);
+    const auto alone = testing::replay_synth(windowed_tiny(), {specs[p]}, dir, options);
+    testing::expect_same_records(together[p], alone[0]);
+  }
+}
+
 // The ledger's sums against the terms of every row recomputed, after appends and removals.
 TEST(RowTermsLedger, SumsEqualTheRowsRecomputed) {
   const SynthConfig c = synth_preset("tiny");
