@@ -145,11 +145,15 @@ class StoreStage : public Stage {
   // select() returns. A stage of a spec that never acts over a whole run is reported
   // (docs/replay.md, "Stages that never act").
   virtual bool acted() const = 0;
-  // False when insert() only appends rows and neither insert() nor removed() ever changes a row
-  // already in the cache: then the engine keeps per-row terms (the K/V errors, whether a key is
-  // the trace's) from each row's arrival instead of recomputing them at every measured step.
-  // True, the default, is always correct.
-  virtual bool rewrites_rows() const { return true; }
+  // How many of the cache's first rows no later insert() or removed() changes (a row may
+  // still be removed): the engine keeps those rows' per-row terms (the K/V errors, whether key
+  // and value are the trace's) instead of recomputing them at every measured step. Must not
+  // shrink between calls but by removed rows. 0, the default, is always correct; a store that
+  // only appends rows returns cache.size().
+  virtual size_t final_rows(int /*local_layer*/, int /*kv_head*/,
+                            const HeadCache& /*cache*/) const {
+    return 0;
+  }
 };
 
 // A store that shares entries across layers (MiniCache). It stores what it

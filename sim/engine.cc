@@ -106,17 +106,6 @@ void sort_unique(std::vector<int32_t>& v) {
   v.erase(std::unique(v.begin(), v.end()), v.end());
 }
 
-// Whether every key of `cache` is bitwise the trace's key at its position.
-bool keys_match_trace(const HeadCache& cache, const LayerData& raw, int kv_head) {
-  const size_t bytes = sizeof(float) * cache.head_dim;
-  for (size_t i = 0; i < cache.size(); ++i) {
-    if (std::memcmp(cache.key_row(i), raw.key(kv_head, cache.positions[i]), bytes) != 0) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // Points a cache's task at the exact scores of its kv head's group at measured step m, when the
 // unit kept them (shared scoring: an eviction-only cache's scores, any cache's exact ones).
 void share_exact_scores(const ExactLayer& ex, size_t m, int kv_head, int group,
@@ -158,9 +147,12 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   std::vector<HeadCache> caches(static_cast<size_t>(L) * Hkv);
   for (auto& c : caches) c.head_dim = d;
   auto cache_of = [&](int local, int h) -> HeadCache& { return caches[local * Hkv + h]; };
-  // A store that only appends rows: each row's K/V error terms are kept from its arrival.
-  const bool append_only = !pipe.store->rewrites_rows();
-  std::vector<RowTermsLedger> ledgers(append_only ? caches.size() : 0);
+  // Per cache, the K/V error terms of the rows the store declares final, kept from then on.
+  std::vector<RowTermsLedger> ledgers(caches.size());
+  auto extend_ledger = [&](int local, int h, const LayerData& raw) {
+    const HeadCache& cache = cache_of(local, h);
+    ledgers[local * Hkv + h].extend(cache, pipe.store->final_rows(local, h, cache), raw, h);
+  };
 
   std::vector<int32_t> candidates, evict, removed;
   std::vector<float> colsum;
@@ -236,7 +228,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         pipe.store->observe_prefill(local, h, candidates, colsum);
       }
       pipe.store->insert(local, h, cache_of(local, h), candidates, raw, /*prefill=*/true);
-      if (append_only) ledgers[local * Hkv + h].appended(cache_of(local, h), raw, h);
+      extend_ledger(local, h, raw);
     }
   }
 
@@ -277,14 +269,14 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         if (!removed.empty()) {
           cache.remove(removed);
           pipe.store->removed(local, h, cache, removed);
-          if (append_only) ledgers[local * Hkv + h].removed(removed);
+          ledgers[local * Hkv + h].removed(removed);
         }
         // Called even when the new entry was evicted (empty span), so that a
         // cross-layer store sees every layer of every event.
         const int32_t pos = static_cast<int32_t>(t);
         pipe.store->insert(local, h, cache, std::span<const int32_t>(&pos, keep_new ? 1 : 0), raw,
                            /*prefill=*/false);
-        if (append_only) ledgers[local * Hkv + h].appended(cache, raw, h);
+        extend_ledger(local, h, raw);
       }
     }
 
@@ -298,9 +290,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
             is_measured ? exact[local]->lse.data() + next_measured * Hq + h * group : nullptr;
         // When every kept key is bitwise the exact key (no stage changed a kept key), the
         // exact scores of the kept tokens are the cache's scores.
-        const bool keys_exact =
-            is_measured && (append_only ? ledgers[c].keys_exact()
-                                        : keys_match_trace(caches[c], *layers[local], h));
+        const bool keys_exact = is_measured && ledgers[c].keys_exact(caches[c], *layers[local], h);
         keys_exact_of[c] = keys_exact;
         tasks[c] =
             CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c], keys_exact};
@@ -309,7 +299,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           const size_t first_head = next_measured * Hq + h * group;
           tasks[c].exact_out = exact[local]->out.data() + first_head * d;
           tasks[c].exact_top1 = exact[local]->top1.data() + first_head;
-          tasks[c].values_exact = append_only && ledgers[c].values_exact();
+          tasks[c].values_exact =
+              keys_exact && ledgers[c].values_exact(caches[c], *layers[local], h);
         }
       }
     }
@@ -367,12 +358,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           rec.top1_agreement = n > 0 && att.top1[j] == ex.top1[next_measured * Hq + qh];
           result.steps.push_back(rec);
         }
-        KvErrorSums err;  // rows summed in row order, in double
-        if (append_only) {
-          err = ledgers[static_cast<size_t>(local) * Hkv + h].sums();
-        } else {
-          for (size_t i = 0; i < n; ++i) err.add(row_terms(cache, i, raw, h));
-        }
+        // Rows summed in row order, in double.
+        const KvErrorSums err = ledgers[static_cast<size_t>(local) * Hkv + h].sums(cache, raw, h);
         const MemoryBits bits = pipe.store->memory(local, h);
         KvRecord kv;
         kv.sequence = sequence;

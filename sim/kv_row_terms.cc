@@ -50,13 +50,14 @@ void RowTermsLedger::removed(std::span<const int32_t> sorted_positions) {
   positions_.resize(out), terms_.resize(out), exact_.resize(out);
 }
 
-void RowTermsLedger::appended(const HeadCache& cache, const LayerData& raw, int kv_head) {
+void RowTermsLedger::extend(const HeadCache& cache, size_t final_rows, const LayerData& raw,
+                            int kv_head) {
   KVSIM_CHECK_MSG(
-      cache.size() >= positions_.size() &&
+      final_rows <= cache.size() && final_rows >= positions_.size() &&
           (positions_.empty() || cache.positions[positions_.size() - 1] == positions_.back()),
-      "a store that only appends rows changed the cache's earlier rows");
+      "a store changed rows it had declared final");
   const size_t bytes = sizeof(float) * cache.head_dim;
-  for (size_t row = positions_.size(); row < cache.size(); ++row) {
+  for (size_t row = positions_.size(); row < final_rows; ++row) {
     const int32_t pos = cache.positions[row];
     positions_.push_back(pos);
     terms_.push_back(row_terms(cache, row, raw, kv_head));
@@ -68,10 +69,35 @@ void RowTermsLedger::appended(const HeadCache& cache, const LayerData& raw, int 
   }
 }
 
-KvErrorSums RowTermsLedger::sums() const {
+KvErrorSums RowTermsLedger::sums(const HeadCache& cache, const LayerData& raw, int kv_head) const {
   KvErrorSums s;
   for (const RowTerms& t : terms_) s.add(t);
+  for (size_t row = terms_.size(); row < cache.size(); ++row) {
+    s.add(row_terms(cache, row, raw, kv_head));
+  }
   return s;
+}
+
+bool RowTermsLedger::keys_exact(const HeadCache& cache, const LayerData& raw, int kv_head) const {
+  if (inexact_keys_ != 0) return false;
+  const size_t bytes = sizeof(float) * cache.head_dim;
+  for (size_t row = positions_.size(); row < cache.size(); ++row) {
+    if (std::memcmp(cache.key_row(row), raw.key(kv_head, cache.positions[row]), bytes) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool RowTermsLedger::values_exact(const HeadCache& cache, const LayerData& raw, int kv_head) const {
+  if (inexact_values_ != 0) return false;
+  const size_t bytes = sizeof(float) * cache.head_dim;
+  for (size_t row = positions_.size(); row < cache.size(); ++row) {
+    if (std::memcmp(cache.value_row(row), raw.value(kv_head, cache.positions[row]), bytes) != 0) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace kvsim

@@ -1,8 +1,8 @@
 // The K/V reconstruction error of a cache (KvRecord's key_err and value_err), from per-row
 // terms: a row's squared difference to the trace and the trace row's squared norm, K and V.
-// For a store that only appends rows (StoreStage::rewrites_rows() false), RowTermsLedger keeps
-// the terms of each (layer, kv head) cache from the rows' arrival, so that a measured step sums
-// n terms instead of reading 4n rows; the sums are the same, bit for bit.
+// RowTermsLedger keeps the terms of each (layer, kv head) cache's final rows (those the store
+// will not change again, StoreStage::final_rows()) so that a measured step sums their terms
+// instead of reading 4 rows each; the sums are the same, bit for bit.
 #pragma once
 
 #include <cstddef>
@@ -33,18 +33,20 @@ struct KvErrorSums {
   }
 };
 
-// Per row terms of one append-only cache, and whether each row's key is bitwise the trace's.
+// The terms of one cache's final rows (StoreStage::final_rows(): a prefix of the cache that no
+// later event changes), and whether each of their keys and values is bitwise the trace's; the
+// other rows are recomputed when asked.
 class RowTermsLedger {
  public:
   // The engine removed rows of these positions (ascending) from the cache.
   void removed(std::span<const int32_t> sorted_positions);
-  // The store appended rows to `cache` (rows up to size() unchanged): adds their terms.
-  void appended(const HeadCache& cache, const LayerData& raw, int kv_head);
-  KvErrorSums sums() const;
-  // Every cached key is bitwise the trace's key at its position.
-  bool keys_exact() const { return inexact_keys_ == 0; }
-  // Every cached value is bitwise the trace's value at its position.
-  bool values_exact() const { return inexact_values_ == 0; }
+  // Rows [size(), final_rows) of `cache` are final now: adds their terms.
+  void extend(const HeadCache& cache, size_t final_rows, const LayerData& raw, int kv_head);
+  // The sums over every row of `cache` in row order: the kept terms, then the other rows'.
+  KvErrorSums sums(const HeadCache& cache, const LayerData& raw, int kv_head) const;
+  // Every cached key (value) is bitwise the trace's at its position.
+  bool keys_exact(const HeadCache& cache, const LayerData& raw, int kv_head) const;
+  bool values_exact(const HeadCache& cache, const LayerData& raw, int kv_head) const;
   size_t size() const { return positions_.size(); }
 
  private:

@@ -3,6 +3,7 @@
 // share (ExactLayer::scores). Each against the computation it replaces, to the bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 
@@ -115,7 +116,8 @@ TEST(SharedScoring, OracleConfigsShareTheirRowsToTheBit) {
   }
 }
 
-// The ledger's sums against the terms of every row recomputed, after appends and removals.
+// The ledger's sums against the terms of every row recomputed, after appends and removals,
+// with a prefix of the rows final (kept) and the rest recomputed.
 TEST(RowTermsLedger, SumsEqualTheRowsRecomputed) {
   const SynthConfig c = synth_preset("tiny");
   const std::vector<LayerData> layers = synth_sequence(c, 0);
@@ -127,69 +129,88 @@ TEST(RowTermsLedger, SumsEqualTheRowsRecomputed) {
   cache.head_dim = d;
   RowTermsLedger ledger;
   std::vector<float> k(d), v(d);
-  std::vector<int32_t> present;
   for (int32_t pos = 0; pos < c.tokens; ++pos) {
-    // Every third row's key exact, the others perturbed; values always perturbed.
+    // Keys exact at every third position, values at every fifth; the others perturbed.
     for (int ch = 0; ch < d; ++ch) {
       k[ch] = raw.key(kv_head, pos)[ch] + (pos % 3 == 0 ? 0.f : noise(rng));
-      v[ch] = raw.value(kv_head, pos)[ch] + noise(rng);
+      v[ch] = raw.value(kv_head, pos)[ch] + (pos % 5 == 0 ? 0.f : noise(rng));
     }
     cache.append(pos, k.data(), v.data());
-    ledger.appended(cache, raw, kv_head);
     if (pos % 7 == 6) {  // drop two older rows
       const std::vector<int32_t> drop = {cache.positions[0], cache.positions[cache.size() / 2]};
       cache.remove(drop);
       ledger.removed(drop);
     }
+    // All but the newest 3 rows final (a residual of 3), the whole cache every 10th step.
+    const size_t final_rows =
+        pos % 10 == 9 ? cache.size()
+                      : std::max(ledger.size(), cache.size() - std::min<size_t>(3, cache.size()));
+    ledger.extend(cache, final_rows, raw, kv_head);
     KvErrorSums want;
-    bool keys_exact = true;
+    bool keys_exact = true, values_exact = true;
     for (size_t i = 0; i < cache.size(); ++i) {
       want.add(row_terms(cache, i, raw, kv_head));
       keys_exact = keys_exact && cache.positions[i] % 3 == 0;
+      values_exact = values_exact && cache.positions[i] % 5 == 0;
     }
-    const KvErrorSums got = ledger.sums();
-    ASSERT_EQ(ledger.size(), cache.size());
+    const KvErrorSums got = ledger.sums(cache, raw, kv_head);
     EXPECT_TRUE(same_bits(&got, &want, sizeof(got))) << "after token " << pos;
-    EXPECT_EQ(ledger.keys_exact(), keys_exact) << "after token " << pos;
+    EXPECT_EQ(ledger.keys_exact(cache, raw, kv_head), keys_exact) << "after token " << pos;
+    EXPECT_EQ(ledger.values_exact(cache, raw, kv_head), values_exact) << "after token " << pos;
   }
 }
 
-// A store that says it never rewrites rows (StoreStage::rewrites_rows() false) keeps every row
-// it holds unchanged through a whole shard: the prompt, then a token per step with evictions.
-TEST(RowTermsLedger, StoresThatOnlyAppendKeepTheirRows) {
-  testing::HandShard hs(2, 1, 64, 48, 32);
+// Every store's final rows (StoreStage::final_rows()) stay as they were through a whole shard:
+// the prompt, then a token per step with an eviction each step.
+TEST(RowTermsLedger, StoresNeverChangeTheirFinalRows) {
+  testing::HandShard hs(2, 1, 64, 96, 40);
   std::mt19937 rng(9);
   std::normal_distribution<float> dist(0.f, 1.f);
   for (auto* plane : {&hs.layer.q, &hs.layer.k, &hs.layer.v}) {
     for (float& x : *plane) x = dist(rng);
   }
-  int append_only = 0;
+  std::vector<std::string> with_final_rows;
   for (const PolicyInfo* info : PolicyRegistry::instance().all()) {
     if (info->kind != StageKind::kQuantize || info->prepare) continue;
-    Pipeline pipe = Pipeline::create(PolicySpec::parse(info->name), hs.ctx, {});
-    if (pipe.store->rewrites_rows()) continue;
-    ++append_only;
     SCOPED_TRACE(info->name);
-    HeadCache cache;
-    cache.head_dim = 64;
-    pipe.store->insert(0, 0, cache, testing::range(0, 32), hs.layer, /*prefill=*/true);
-    for (int32_t t = 32; t < 48; ++t) {
-      const HeadCache before = cache;
-      const std::vector<int32_t> drop = {cache.positions[t % cache.size()]};
+    // KIVI with residuals short enough that rows leave them within the shard.
+    const std::string spec = info->name == "kivi" ? "kivi:group=8,residual=16" : info->name;
+    Pipeline pipe = Pipeline::create(PolicySpec::parse(spec), hs.ctx, {});
+    HeadCache cache, final_part;  // final_part: the rows declared final, as they were
+    cache.head_dim = final_part.head_dim = 64;
+    bool declared = false;
+    auto check_and_declare = [&] {
+      ASSERT_LE(final_part.size(), cache.size());
+      for (size_t i = 0; i < final_part.size(); ++i) {
+        ASSERT_EQ(cache.positions[i], final_part.positions[i]);
+        ASSERT_TRUE(same_bits(cache.key_row(i), final_part.key_row(i), sizeof(float) * 64));
+        ASSERT_TRUE(same_bits(cache.value_row(i), final_part.value_row(i), sizeof(float) * 64));
+      }
+      const size_t final_rows = pipe.store->final_rows(0, 0, cache);
+      ASSERT_GE(final_rows, final_part.size());
+      ASSERT_LE(final_rows, cache.size());
+      declared = declared || final_rows > 0;
+      for (size_t i = final_part.size(); i < final_rows; ++i) {
+        final_part.append(cache.positions[i], cache.key_row(i), cache.value_row(i));
+      }
+    };
+    pipe.store->insert(0, 0, cache, testing::range(0, 40), hs.layer, /*prefill=*/true);
+    check_and_declare();
+    for (int32_t t = 40; t < 96; ++t) {
+      const std::vector<int32_t> drop = {cache.positions[(t * 7) % cache.size()]};
       cache.remove(drop);
       pipe.store->removed(0, 0, cache, drop);
-      const HeadCache kept = cache;
+      if (final_part.find(drop[0]) >= 0) final_part.remove(drop);
       pipe.store->insert(0, 0, cache, std::span<const int32_t>(&t, 1), hs.layer, false);
-      ASSERT_EQ(cache.size(), kept.size() + 1);
-      EXPECT_TRUE(
-          std::equal(kept.positions.begin(), kept.positions.end(), cache.positions.begin()));
-      EXPECT_TRUE(same_bits(kept.keys.data(), cache.keys.data(), sizeof(float) * kept.keys.size()));
-      EXPECT_TRUE(
-          same_bits(kept.values.data(), cache.values.data(), sizeof(float) * kept.values.size()));
-      EXPECT_LT(kept.size(), before.size());
+      check_and_declare();
     }
+    if (declared) with_final_rows.push_back(info->name);
   }
-  EXPECT_GT(append_only, 0);  // `full` at least
+  // `full` and `kivi` declare final rows (so the test checks something).
+  EXPECT_NE(std::find(with_final_rows.begin(), with_final_rows.end(), "full"),
+            with_final_rows.end());
+  EXPECT_NE(std::find(with_final_rows.begin(), with_final_rows.end(), "kivi"),
+            with_final_rows.end());
 }
 
 }  // namespace
