@@ -78,26 +78,29 @@ KvErrorSums RowTermsLedger::sums(const HeadCache& cache, const LayerData& raw, i
   return s;
 }
 
-bool RowTermsLedger::keys_exact(const HeadCache& cache, const LayerData& raw, int kv_head) const {
-  if (inexact_keys_ != 0) return false;
+namespace {
+
+// Whether rows [from, n) of `cache` hold the trace's keys (`keys`) or values, bitwise.
+bool rows_match_trace(const HeadCache& cache, size_t from, const LayerData& raw, int kv_head,
+                      bool keys) {
   const size_t bytes = sizeof(float) * cache.head_dim;
-  for (size_t row = positions_.size(); row < cache.size(); ++row) {
-    if (std::memcmp(cache.key_row(row), raw.key(kv_head, cache.positions[row]), bytes) != 0) {
-      return false;
-    }
+  for (size_t row = from; row < cache.size(); ++row) {
+    const int32_t pos = cache.positions[row];
+    const float* stored = keys ? cache.key_row(row) : cache.value_row(row);
+    const float* trace = keys ? raw.key(kv_head, pos) : raw.value(kv_head, pos);
+    if (std::memcmp(stored, trace, bytes) != 0) return false;
   }
   return true;
 }
 
+}  // namespace
+
+bool RowTermsLedger::keys_exact(const HeadCache& cache, const LayerData& raw, int kv_head) const {
+  return inexact_keys_ == 0 && rows_match_trace(cache, positions_.size(), raw, kv_head, true);
+}
+
 bool RowTermsLedger::values_exact(const HeadCache& cache, const LayerData& raw, int kv_head) const {
-  if (inexact_values_ != 0) return false;
-  const size_t bytes = sizeof(float) * cache.head_dim;
-  for (size_t row = positions_.size(); row < cache.size(); ++row) {
-    if (std::memcmp(cache.value_row(row), raw.value(kv_head, cache.positions[row]), bytes) != 0) {
-      return false;
-    }
-  }
-  return true;
+  return inexact_values_ == 0 && rows_match_trace(cache, positions_.size(), raw, kv_head, false);
 }
 
 }  // namespace kvsim
