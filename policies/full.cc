@@ -27,6 +27,7 @@ class FullStore final : public StoreStage {
     return {2 * 16 * head_dim_ * tokens_[layer][head], 0};
   }
   bool acted() const override { return true; }  // the reference: storing exactly is its job
+  size_t final_rows(int, int, const HeadCache& cache) const override { return cache.size(); }
 
  private:
   StoredDType dtype_;

@@ -93,6 +93,13 @@ class KiviStore final : public StoreStage {
     return {k.data + v.data + residual * d_ * 16, k.meta + v.meta};
   }
   bool acted() const override { return acted_; }
+  // Rows leave the fp16 residuals oldest first and are never changed after: every row older
+  // than both residuals is final.
+  size_t final_rows(int layer, int head, const HeadCache& cache) const override {
+    const Head& s = heads_[layer * hkv_ + head];
+    return cache.size() -
+           std::min(cache.size(), std::max(s.keys.pending(), s.value_residual.size()));
+  }
 
  private:
   struct Head {

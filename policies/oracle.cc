@@ -58,7 +58,8 @@ class Oracle final : public ScorerStage {
         group_(ctx.group_size()),
         prompt_len_(ctx.prompt_len),
         num_tokens_(ctx.num_tokens),
-        heads_(ctx.slots.size() * num_kv_heads_) {}
+        heads_(ctx.slots.size() * num_kv_heads_),
+        memo_(ctx.memo) {}
 
  private:
   struct Head {
@@ -89,11 +90,27 @@ class Oracle final : public ScorerStage {
   // future[i] += sign * sum_j p_{t,j}(i): the exact attention of step t's
   // query heads of the group, over the keys <= t in the layer's window.
   void add_row(int local, int kv_head, int64_t t, double sign, std::vector<double>& future) {
-    const LayerData& layer = *layers_[local];
-    const int d = meta_->head_dim;
     const int window = meta_->sliding_window[slots_[local]];
     const int64_t lo = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
     const size_t n = static_cast<size_t>(t - lo + 1);
+    const std::vector<float>& probs = attention_row(local, kv_head, t, lo, n);
+    for (int j = 0; j < group_; ++j) {
+      const float* p = probs.data() + j * n;
+      for (size_t i = 0; i < n; ++i) future[lo + i] += sign * p[i];
+    }
+  }
+
+  // The group's exact attention at step t over keys [lo, lo + n): [group, n]. Every oracle
+  // configuration of a unit needs the same rows: they come from the unit's memo when an
+  // earlier one kept them (the same floats as computing them).
+  const std::vector<float>& attention_row(int local, int kv_head, int64_t t, int64_t lo, size_t n) {
+    const auto key = std::make_tuple(slots_[local], kv_head, t);
+    if (memo_) {
+      const auto it = memo_->rows.find(key);
+      if (it != memo_->rows.end()) return it->second;
+    }
+    const LayerData& layer = *layers_[local];
+    const int d = meta_->head_dim;
     qbuf_.resize(static_cast<size_t>(group_) * d);
     for (int j = 0; j < group_; ++j) {
       const float* q = layer.query(kv_head * group_ + j, static_cast<int>(t));
@@ -102,11 +119,13 @@ class Oracle final : public ScorerStage {
     scratch_.resize(group_ * n);
     score_rows(qbuf_.data(), group_, layer.key(kv_head, static_cast<int>(lo)), n, d,
                static_cast<float>(meta_->attn_scale), scratch_.data());
-    for (int j = 0; j < group_; ++j) {
-      float* p = scratch_.data() + j * n;
-      softmax_inplace(p, n);
-      for (size_t i = 0; i < n; ++i) future[lo + i] += sign * p[i];
+    for (int j = 0; j < group_; ++j) softmax_inplace(scratch_.data() + j * n, n);
+    const size_t bytes = sizeof(float) * scratch_.size();
+    if (memo_ && memo_->bytes + bytes <= AttentionRowMemo::kMaxBytes) {
+      memo_->bytes += bytes;
+      return memo_->rows.emplace(key, scratch_).first->second;
     }
+    return scratch_;
   }
 
   const TraceMeta* meta_;
@@ -115,6 +134,7 @@ class Oracle final : public ScorerStage {
   int num_kv_heads_, group_;
   int64_t prompt_len_, num_tokens_;
   std::vector<Head> heads_;  // [layer * kv head]
+  AttentionRowMemo* memo_;   // the unit's, may be null
   std::vector<float> qbuf_, scratch_;
 };
 

@@ -16,6 +16,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "policies/calibration_source.h"
@@ -33,6 +34,17 @@ struct PolicyState {
   virtual ~PolicyState() = default;
 };
 
+// Exact attention rows that several policies of one unit compute alike (the oracle's future
+// attention), kept by the engine for the unit's policies and handed to them through
+// ShardContext::memo. Keyed by (layer slot, kv head, step): the group's softmax rows over the
+// layer's window at that step, [group, window]. One thread at a time; a stage adds a row only
+// while `bytes` stays within kMaxBytes (beyond, it computes the row again).
+struct AttentionRowMemo {
+  static constexpr size_t kMaxBytes = size_t{128} << 20;
+  std::map<std::tuple<int, int, int64_t>, std::vector<float>> rows;
+  size_t bytes = 0;
+};
+
 // What a stage knows about the shard it serves: one sequence and a group of
 // layers (one layer, or several for cross-layer policies).
 struct ShardContext {
@@ -44,6 +56,7 @@ struct ShardContext {
   int64_t num_tokens = 0;
   uint64_t seed = 0;                            // per run, sequence and group
   std::shared_ptr<const PolicyState> prepared;  // from PolicyInfo::prepare, may be null
+  AttentionRowMemo* memo = nullptr;             // shared by the unit's policies, may be null
   int group_size() const { return meta->num_q_heads / meta->num_kv_heads; }
   int original_layer(int local) const { return meta->layer_ids[slots[local]]; }
 };
@@ -137,6 +150,15 @@ class StoreStage : public Stage {
   // select() returns. A stage of a spec that never acts over a whole run is reported
   // (docs/replay.md, "Stages that never act").
   virtual bool acted() const = 0;
+  // How many of the cache's first rows no later insert() or removed() changes (a row may
+  // still be removed): the engine keeps those rows' per-row terms (the K/V errors, whether key
+  // and value are the trace's) instead of recomputing them at every measured step. Must not
+  // shrink between calls but by removed rows. 0, the default, is always correct; a store that
+  // only appends rows returns cache.size().
+  virtual size_t final_rows(int /*local_layer*/, int /*kv_head*/,
+                            const HeadCache& /*cache*/) const {
+    return 0;
+  }
 };
 
 // A store that shares entries across layers (MiniCache). It stores what it

@@ -83,6 +83,30 @@ void prefill_column_sums_one(const TraceMeta& meta, const PrefillSumsTask& task)
   }
 }
 
+// Shared scoring: out[j * n + i] = exact score of query head j at cache position i, taken from
+// the task's exact scores; false (nothing written) when there are none or a position lies
+// outside them.
+bool gather_exact_scores(const CacheAttentionTask& task, int group, float* out) {
+  if (task.exact_scores == nullptr) return false;
+  const std::span<const int32_t> pos = task.cache->positions;
+  const size_t n = pos.size(), count = task.exact_count;
+  const int64_t first = task.exact_first;
+  for (const int32_t p : pos) {
+    if (p < first || static_cast<size_t>(p - first) >= count) return false;
+  }
+  const bool contiguous = n > 0 && static_cast<size_t>(pos[n - 1] - pos[0]) + 1 == n;
+  for (int j = 0; j < group; ++j) {
+    const float* row = task.exact_scores + j * count - first;
+    float* dst = out + j * n;
+    if (contiguous) {
+      std::copy_n(row + pos[0], n, dst);
+    } else {
+      for (size_t i = 0; i < n; ++i) dst[i] = row[pos[i]];
+    }
+  }
+  return true;
+}
+
 void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
                          std::vector<float>& qbuf, std::vector<float>& raw_scores) {
   const int group = meta.group_size(), d = meta.head_dim;
@@ -96,7 +120,9 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   out.scores.resize(group * n);
   out.probs.resize(group * n);
   out.lse_hat.resize(group);
-  score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, out.scores.data());
+  // Eviction-only caches: the exact scores of the kept keys, computed once for the unit.
+  const bool shared = task.keys_exact && gather_exact_scores(task, group, out.scores.data());
+  if (!shared) score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, out.scores.data());
   std::copy(out.scores.begin(), out.scores.end(), out.probs.begin());
   for (int j = 0; j < group; ++j) out.lse_hat[j] = softmax_inplace(out.probs.data() + j * n, n);
   if (task.exact_lse == nullptr) return;
@@ -105,12 +131,21 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   out.kept_mass.resize(group);
   out.kept_cross.resize(group);
   out.top1.resize(group);
-  weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
+  // A cache of the exact keys and values over the whole exact window attends exactly (`full`,
+  // and eviction before its first eviction): its outputs and top tokens are the exact ones.
+  const bool whole_window = shared && task.values_exact && task.exact_out != nullptr &&
+                            task.exact_top1 != nullptr && n == task.exact_count &&
+                            cache.positions[0] == task.exact_first;
+  if (whole_window) {
+    std::copy_n(task.exact_out, out.out_hat.size(), out.out_hat.begin());
+  } else {
+    weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
+  }
   raw_scores.resize((group + 1) * n);  // + one row of scratch for the KL's cross terms
   if (task.keys_exact) {
     // The same kernel over the same key values: the exact scores are the cache's, bit for bit.
     std::copy(out.scores.begin(), out.scores.end(), raw_scores.begin());
-  } else {
+  } else if (!gather_exact_scores(task, group, raw_scores.data())) {
     score_gathered(qbuf.data(), group, raw.key(task.kv_head, 0), cache.positions, d, scale,
                    raw_scores.data());
   }
@@ -134,6 +169,10 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
     out.kept_cross[j] = lane_sum(cross_terms, n);
     // The compressed top token: largest score, lowest position among equal scores (checked
     // explicitly: a merging store's positions need not ascend).
+    if (whole_window) {
+      out.top1[j] = task.exact_top1[j];
+      continue;
+    }
     const int32_t* pos = cache.positions.data();
     size_t top = 0;
     for (size_t i = 1; i < n; ++i) {
@@ -160,15 +199,30 @@ class CpuBackend final : public AttentionBackend {
     std::vector<KeyTiles> keys;  // per kv head, reused by every measured step
     const size_t last = measured.empty() ? 0 : static_cast<size_t>(measured.back()) + 1;
     for (int h = 0; h < Hkv; ++h) keys.emplace_back(layer.key(h, 0), last, d);
+    size_t score_floats = 0;  // ExactLayer::scores: kept when they fit
+    for (const int64_t t : measured) {
+      score_floats += static_cast<size_t>(Hq) * (t - window_start(window, t) + 1);
+    }
+    if (score_floats * sizeof(float) <= ExactLayer::kMaxScoreBytes) {
+      ex.scores.resize(score_floats);
+      ex.score_offset.resize(measured.size());
+      ex.score_first.resize(measured.size());
+    }
+    size_t offset = 0;
     for (size_t m = 0; m < measured.size(); ++m) {
       const int64_t t = measured[m];
       const int64_t lo = window_start(window, t);
       const size_t n = static_cast<size_t>(t - lo + 1);
       scores.resize(group * n);
+      const bool keep_scores = !ex.scores.empty();
+      if (keep_scores) ex.score_offset[m] = offset, ex.score_first[m] = lo;
       for (int h = 0; h < Hkv; ++h) {
         gather_queries(layer, h, group, t, qbuf.data());
         score_tiles(qbuf.data(), group, keys[h], static_cast<size_t>(lo), n,
                     static_cast<float>(meta.attn_scale), scores.data());
+        if (keep_scores) {
+          std::copy_n(scores.data(), group * n, ex.scores.data() + offset + h * group * n);
+        }
         for (int j = 0; j < group; ++j) {
           const float* row = scores.data() + j * n;
           ex.top1[m * Hq + h * group + j] =
@@ -178,6 +232,7 @@ class CpuBackend final : public AttentionBackend {
         weighted_sum(scores.data(), group, layer.value(h, static_cast<int>(lo)), n, d,
                      ex.out.data() + (m * Hq + h * group) * d);
       }
+      offset += static_cast<size_t>(Hq) * n;
     }
     return ex;
   }

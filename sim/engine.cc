@@ -19,6 +19,7 @@
 #include "sim/calibration.h"
 #include "sim/cpu_backend.h"
 #include "sim/shard_driver.h"
+#include "sim/kv_row_terms.h"
 
 namespace kvsim {
 
@@ -91,15 +92,15 @@ std::vector<int64_t> MeasureRule::steps(int64_t prompt_len, int64_t num_tokens) 
 // ---------------------------------------------------------------------------
 namespace {
 
-// Whether every key of `cache` is bitwise the trace's key at its position.
-bool keys_match_trace(const HeadCache& cache, const LayerData& raw, int kv_head) {
-  const size_t bytes = sizeof(float) * cache.head_dim;
-  for (size_t i = 0; i < cache.size(); ++i) {
-    if (std::memcmp(cache.key_row(i), raw.key(kv_head, cache.positions[i]), bytes) != 0) {
-      return false;
-    }
-  }
-  return true;
+// Points a cache's task at the exact scores of its kv head's group at measured step m, when the
+// unit kept them (shared scoring: an eviction-only cache's scores, any cache's exact ones).
+void share_exact_scores(const ExactLayer& ex, size_t m, int kv_head, int group,
+                        CacheAttentionTask& task) {
+  if (ex.scores.empty()) return;
+  task.exact_first = ex.score_first[m];
+  task.exact_count = static_cast<size_t>(task.step - task.exact_first + 1);
+  task.exact_scores = ex.scores.data() + ex.score_offset[m] +
+                      static_cast<size_t>(kv_head) * group * task.exact_count;
 }
 
 }  // namespace
@@ -121,6 +122,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   const bool decode_attention = driver.needs_decode_attention();
   RunResult result;
   std::vector<HeadCache>& caches = driver.caches();
+
+  driver.track_row_terms();  // K/V error terms of final rows, kept (sim/kv_row_terms.h)
 
   // --- prefill: the prompt arrives at once -----------------------------------
   driver.prefill();
@@ -144,10 +147,18 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
             is_measured ? exact[local]->lse.data() + next_measured * Hq + h * group : nullptr;
         // When every kept key is bitwise the exact key (no stage changed a kept key), the
         // exact scores of the kept tokens are the cache's scores.
-        const bool keys_exact = is_measured && keys_match_trace(caches[c], *layers[local], h);
+        const bool keys_exact = is_measured && driver.ledger(local, h).keys_exact(caches[c], *layers[local], h);
         keys_exact_of[c] = keys_exact;
         tasks[c] =
             CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c], keys_exact};
+        if (is_measured) {
+          share_exact_scores(*exact[local], next_measured, h, group, tasks[c]);
+          const size_t first_head = next_measured * Hq + h * group;
+          tasks[c].exact_out = exact[local]->out.data() + first_head * d;
+          tasks[c].exact_top1 = exact[local]->top1.data() + first_head;
+          tasks[c].values_exact =
+              keys_exact && driver.ledger(local, h).values_exact(caches[c], *layers[local], h);
+        }
       }
     }
     attention.cache_attention(meta, tasks);
@@ -199,34 +210,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
           rec.top1_agreement = n > 0 && att.top1[j] == ex.top1[next_measured * Hq + qh];
           result.steps.push_back(rec);
         }
-        double kdiff = 0, knorm = 0, vdiff = 0, vnorm = 0;
-        for (size_t i = 0; i < n; ++i) {
-          const float* k = raw.key(h, cache.positions[i]);
-          const float* v = raw.value(h, cache.positions[i]);
-          const float* kh = cache.key_row(i);
-          const float* vh = cache.value_row(i);
-          // Per row in float lanes (a fixed order: sim/base/attention.h), rows summed in
-          // double.
-          float kd[kSumLanes] = {}, kn[kSumLanes] = {}, vd[kSumLanes] = {}, vn[kSumLanes] = {};
-          int c = 0;
-          for (; c + kSumLanes <= d; c += kSumLanes) {
-#pragma omp simd
-            for (int l = 0; l < kSumLanes; ++l) {
-              const float dk = kh[c + l] - k[c + l], dv = vh[c + l] - v[c + l];
-              kd[l] += dk * dk;
-              kn[l] += k[c + l] * k[c + l];
-              vd[l] += dv * dv;
-              vn[l] += v[c + l] * v[c + l];
-            }
-          }
-          float kd_sum = reduce_lanes(kd), kn_sum = reduce_lanes(kn);
-          float vd_sum = reduce_lanes(vd), vn_sum = reduce_lanes(vn);
-          for (; c < d; ++c) {
-            const float dk = kh[c] - k[c], dv = vh[c] - v[c];
-            kd_sum += dk * dk, kn_sum += k[c] * k[c], vd_sum += dv * dv, vn_sum += v[c] * v[c];
-          }
-          kdiff += kd_sum, knorm += kn_sum, vdiff += vd_sum, vnorm += vn_sum;
-        }
+        // Rows summed in row order, in double.
+        const KvErrorSums err = driver.ledger(local, h).sums(cache, raw, h);
         const MemoryBits bits = driver.memory(local, h);
         KvRecord kv;
         kv.sequence = sequence;
@@ -238,8 +223,10 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         kv.meta_bits = bits.meta;
         kv.ideal_bits = bits.ideal_total();
         kv.fp16_bits = int64_t{2} * 16 * d * (t - window_start(window, t) + 1);
-        kv.key_err = static_cast<float>(knorm > 0 ? std::sqrt(kdiff / knorm) : 0.0);
-        kv.value_err = static_cast<float>(vnorm > 0 ? std::sqrt(vdiff / vnorm) : 0.0);
+        kv.key_err =
+            static_cast<float>(err.key_norm > 0 ? std::sqrt(err.key_diff / err.key_norm) : 0.0);
+        kv.value_err = static_cast<float>(
+            err.value_norm > 0 ? std::sqrt(err.value_diff / err.value_norm) : 0.0);
         result.kv.push_back(kv);
       }
     }

@@ -52,19 +52,26 @@ std::vector<HeadStats> inspect_trace(const TraceReader& trace, const InspectOpti
 
       double sink_total = 0;
       int sink_count = 0;
-      std::vector<float> scores;
+      std::vector<float> queries(static_cast<size_t>(group) * d), scores;
+      const KeyTiles keys(layer.key(h, 0), static_cast<size_t>(T), d);  // shared by the steps
       for (int t : query_positions) {
         const int lo = window > 0 ? std::max(0, t - window + 1) : 0;
         if (lo > 0) continue;  // sinks are outside this layer's window
         const size_t n = static_cast<size_t>(t + 1);
-        scores.resize(n);
+        scores.resize(static_cast<size_t>(group) * n);
         for (int j = 0; j < group; ++j) {
-          score_rows(layer.query(h * group + j, t), 1, layer.key(h, 0), n, d,
-                     static_cast<float>(meta.attn_scale), scores.data());
-          softmax_inplace(scores.data(), n);
+          std::copy_n(layer.query(h * group + j, t), d,
+                      queries.data() + static_cast<size_t>(j) * d);
+        }
+        // The group's queries at once, over keys transposed once (score_rows's sums, bit for bit).
+        score_tiles(queries.data(), group, keys, 0, n, static_cast<float>(meta.attn_scale),
+                    scores.data());
+        for (int j = 0; j < group; ++j) {
+          float* row = scores.data() + static_cast<size_t>(j) * n;
+          softmax_inplace(row, n);
           double mass = 0;
           for (int i = 0; i < std::min<int>(options.sinks, static_cast<int>(n)); ++i)
-            mass += scores[i];
+            mass += row[i];
           sink_total += mass;
           ++sink_count;
         }

@@ -29,7 +29,8 @@ void sort_unique(std::vector<int32_t>& v) {
 
 ShardContext shard_context(const TraceMeta& meta, int sequence, int64_t prompt_len,
                            int64_t num_tokens, const std::vector<int>& slots,
-                           const std::vector<const LayerData*>& layers, uint64_t seed) {
+                           const std::vector<const LayerData*>& layers, uint64_t seed,
+                           AttentionRowMemo* memo) {
   ShardContext ctx;
   ctx.meta = &meta;
   ctx.sequence = sequence;
@@ -38,6 +39,7 @@ ShardContext shard_context(const TraceMeta& meta, int sequence, int64_t prompt_l
   ctx.prompt_len = prompt_len;
   ctx.num_tokens = num_tokens;
   ctx.seed = derive_seed(seed, static_cast<uint64_t>(sequence), static_cast<uint64_t>(slots[0]));
+  ctx.memo = memo;
   return ctx;
 }
 
@@ -57,7 +59,9 @@ ShardDriver::ShardDriver(const TraceMeta& meta, int sequence, int64_t prompt_len
       backend_(backend),
       num_kv_heads_(meta.num_kv_heads),
       pipe_(Pipeline::create(
-          policy, shard_context(meta, sequence, prompt_len, num_tokens, slots, layers, seed),
+          policy,
+          shard_context(meta, sequence, prompt_len, num_tokens, slots, layers, seed,
+                        prefill_cache ? &prefill_cache->rows : nullptr),
           prepared)) {
   KVSIM_CHECK(slots.size() == layers.size() && !slots.empty());
   decode_attention_ = pipe_.needs_decode_attention();
@@ -161,6 +165,7 @@ void ShardDriver::prefill() {
         pipe_.store->observe_prefill(local, h, candidates_, colsum_);
       }
       pipe_.store->insert(local, h, cache(local, h), candidates_, raw, /*prefill=*/true);
+      extend_ledger(local, h);
     }
   }
 }
@@ -196,14 +201,24 @@ void ShardDriver::arrive(int64_t t) {
       if (!removed_.empty()) {
         c.remove(removed_);
         pipe_.store->removed(local, h, c, removed_);
+        if (!ledgers_.empty()) ledgers_[local * num_kv_heads_ + h].removed(removed_);
       }
       // Called even when the new entry was evicted (empty span), so that a
       // cross-layer store sees every layer of every event.
       const int32_t pos = static_cast<int32_t>(t);
       pipe_.store->insert(local, h, c, std::span<const int32_t>(&pos, keep_new ? 1 : 0), raw,
                           /*prefill=*/false);
+      extend_ledger(local, h);
     }
   }
+}
+
+// The rows the store declares final are added to the cache's ledger (when tracked).
+void ShardDriver::extend_ledger(int local, int h) {
+  if (ledgers_.empty()) return;
+  const HeadCache& c = cache(local, h);
+  ledgers_[local * num_kv_heads_ + h].extend(c, pipe_.store->final_rows(local, h, c),
+                                             *layers_[local], h);
 }
 
 void ShardDriver::observe(int local, int h, int64_t t, std::span<const float> probs) {

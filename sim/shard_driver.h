@@ -15,6 +15,7 @@
 
 #include "policies/policy.h"
 #include "sim/base/attention_backend.h"
+#include "sim/kv_row_terms.h"
 
 namespace kvsim {
 
@@ -23,6 +24,7 @@ namespace kvsim {
 // a sweep runs many configurations of each). Keyed by (slot, kv head, rows).
 struct PrefillAttentionCache {
   std::map<std::tuple<int, int, int64_t>, std::vector<float>> entries;
+  AttentionRowMemo rows;  // exact attention rows of decode steps (the oracle's), the same way
 };
 
 class ShardDriver {
@@ -36,6 +38,12 @@ class ShardDriver {
               const std::vector<std::shared_ptr<const PolicyState>>& prepared, uint64_t seed,
               PrefillAttentionCache* prefill_cache, const AttentionBackend& backend);
 
+  // Keep the K/V error terms of every cache's final rows (sim/kv_row_terms.h) from now on, for
+  // replay's measured steps; call before prefill(). The live mode does not measure them.
+  void track_row_terms() { ledgers_.resize(caches_.size()); }
+  const RowTermsLedger& ledger(int local, int kv_head) const {
+    return ledgers_[local * num_kv_heads_ + kv_head];
+  }
   // The prompt (positions 0..prompt_len-1) arrives at once, for every layer of the group.
   void prefill();
   // Token `step` arrives at every layer of the group: entries out of a layer's window leave,
@@ -60,6 +68,7 @@ class ShardDriver {
  private:
   std::vector<int32_t> run_evicts(ArrivalView& view);
   void prefill_attention(int local, int kv_head, int window, int64_t rows, bool untouched);
+  void extend_ledger(int local, int kv_head);
 
   const TraceMeta& meta_;
   int64_t prompt_len_;
@@ -71,6 +80,7 @@ class ShardDriver {
   Pipeline pipe_;
   bool decode_attention_ = false;
   std::vector<HeadCache> caches_;
+  std::vector<RowTermsLedger> ledgers_;  // per cache when track_row_terms(), else empty
   std::vector<Stage*> observers_;    // stages that get attention feedback, pipeline order
   std::vector<int64_t> evicted_by_;  // entries each evict stage dropped
   std::vector<int32_t> candidates_, evict_, removed_;  // reused buffers

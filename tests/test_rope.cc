@@ -144,7 +144,9 @@ TEST(Rope, MeanRotationIsTheClosedFormMean) {
       EXPECT_NEAR(eb[a], -mean_sin, 1e-5) << "pair " << i << " interleaved " << interleaved;
       EXPECT_NEAR(eb[b], mean_cos, 1e-5) << "pair " << i << " interleaved " << interleaved;
       for (int c = 0; c < d; ++c) {
-        if (c != a && c != b) EXPECT_EQ(ea[c], 0.0) << c;
+        if (c != a && c != b) {
+          EXPECT_EQ(ea[c], 0.0) << c;
+        }
       }
     }
     std::vector<double> tail = {0, 0, 0, 0, 2.5, -1};

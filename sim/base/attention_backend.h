@@ -32,6 +32,14 @@ struct ExactLayer {
   std::vector<double> lse;    // [measured, num_q_heads]
   std::vector<int32_t> top1;  // [measured, num_q_heads]: position of the largest exact score
                               // (the lowest such position on ties)
+  // The exact scores (scale * q . k, before the softmax) of measured step m over its window
+  // [score_first[m], step]: a [num_q_heads, step - score_first[m] + 1] block at score_offset[m].
+  // Empty when a backend does not keep them (or they would not fit in kMaxScoreBytes). The
+  // scores of an eviction-only policy's cache are a subset of them (shared scoring).
+  static constexpr size_t kMaxScoreBytes = size_t{256} << 20;
+  std::vector<float> scores;
+  std::vector<size_t> score_offset;  // [measured]
+  std::vector<int64_t> score_first;  // [measured]
 };
 
 // (b) One request for prefill column sums: for each query head j of the kv head's group and
@@ -76,6 +84,20 @@ struct CacheAttentionTask {
   // checks; eviction-only policies). Then raw_i = s_i, and a backend may take the cache's
   // scores for the exact ones instead of scoring the trace's keys again. False: no promise.
   bool keys_exact = false;
+  // Measured steps, optionally: the step's exact scores over positions [exact_first,
+  // exact_first + exact_count), query head j's at exact_scores + j * exact_count (from
+  // ExactLayer::scores). A backend may gather raw_i from them instead of scoring the trace's
+  // keys, and with keys_exact also s_i (shared scoring).
+  const float* exact_scores = nullptr;
+  int64_t exact_first = 0;
+  size_t exact_count = 0;
+  // Measured steps, optionally: the step's exact outputs ([group, head_dim]) and top tokens
+  // ([group]) of the group's query heads, and whether every cached value is bitwise the
+  // trace's. A cache with keys_exact and values_exact that holds the whole exact window
+  // attends exactly: a backend may take out_hat and top1 from here.
+  const float* exact_out = nullptr;
+  const int32_t* exact_top1 = nullptr;
+  bool values_exact = false;
 };
 
 class AttentionBackend {

@@ -232,3 +232,16 @@ def test_redefining_a_scorer_replaces_it(trace):
     assert not run_frames(high, 0, "steps").equals(run_frames(low, 0, "steps"))
     with pytest.raises(kvsim.ConfigError, match="already exists"):
         kvsim.scorer("h2o", params={"budget": 8})(lambda view: view.candidates)
+
+
+def test_replay_checks_every_value_first(tmp_path):
+    """A non-finite value in a sequence that is not replayed is refused, as by the CLI."""
+    path = tmp_path / "bad.h5"
+    kvsim.synth(path, preset="tiny", seed=3, sequences=2)
+    with h5py.File(path, "r+") as f:
+        v = f["sequences/000001/v"]
+        bad = v[...]
+        bad.flat[7] = np.inf
+        v[...] = bad
+    with pytest.raises(kvsim.TraceFormatError, match="non-finite|Inf|inf"):
+        kvsim.replay(kvsim.open_trace(path), ["full"], sequences=[0])
