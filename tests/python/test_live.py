@@ -146,21 +146,25 @@ def _raw_keys(trace: str, layer: int, h: int) -> np.ndarray:
 @needs["smollm2"]
 def test_shared_prefill_gives_the_same_outcomes(live, tmp_path_factory):
     """The model's prompt pass, run once per sequence and fed to every policy's session,
-    gives the outcomes of a prompt pass per policy, bit for bit (every column but seconds)."""
+    and a diverging generation fed the teacher-forced pass's rows up to the divergence, give
+    the outcomes of passes of their own, bit for bit (every column but seconds)."""
     import dataclasses
     lm = _model(live, "smollm2")
     trace = live.open_prompts(_trace("smollm2", tmp_path_factory))
+    n = len(trace.sequences[0].token_ids) - trace.sequences[0].prompt_len
 
     def rows(share: bool) -> list[dict]:
-        full, ref = live.full_reference(lm, trace, 0, 4, share_prefill=share)
+        full, ref = live.full_reference(lm, trace, 0, n, share_prefill=share)
         assert (ref.prefill is not None) == share
-        out = [full] + [live.evaluate(lm, trace, spec, 0, 4, reference=ref, share_prefill=share)
+        out = [full] + [live.evaluate(lm, trace, spec, 0, n, reference=ref, share_prefill=share)
                         for spec in ("snapkv:ratio=0.5", "kivi:bits=2", "minicache+kivi:bits=4")]
         return [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in out]
 
     shared, own = rows(True), rows(False)
     assert shared == own
     assert len({r["nll"] for r in shared}) == 4  # the policies differ: the check has teeth
+    # a generation that diverges after its first token reuses the teacher pass's rows
+    assert any(1 < r["first_divergence"] for r in shared), [r["first_divergence"] for r in shared]
 
 
 @needs["smollm2"]

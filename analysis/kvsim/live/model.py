@@ -56,14 +56,19 @@ class _LiveAttention:
         self._recorder = Recorder(model)
         self._recorder.name = "kvsim_live_" + self._recorder.base
         self.session: _core.LiveSession | None = None
-        self.group = 1
+        # When a list, each decode step's (layer, q, k, v) rows are appended to it.
+        self.log: list | None = None
+        self._depth = 0  # nested entries: the model is switched once per pass, not per step
 
     def __enter__(self) -> "_LiveAttention":
-        self._recorder.__enter__()
+        if self._depth == 0:
+            self._recorder.__enter__()
+        self._depth += 1
         return self
 
     def __exit__(self, *exc: Any) -> bool:
-        return self._recorder.__exit__(*exc)
+        self._depth -= 1
+        return self._recorder.__exit__(*exc) if self._depth == 0 else False
 
     def _attend(self, base, module, query, key, value, attention_mask, *args, **kwargs):
         import torch
@@ -76,7 +81,10 @@ class _LiveAttention:
         def rows(x: torch.Tensor) -> np.ndarray:
             return x[0, :, x.shape[2] - n:].detach().to(torch.float32).contiguous().numpy()
 
-        session.append(layer, rows(query), rows(key), rows(value))
+        q, k, v = rows(query), rows(key), rows(value)
+        session.append(layer, q, k, v)
+        if self.log is not None:
+            self.log.append((layer, q, k, v))
         if n > 1:  # the prompt attends exactly, as in a deployment; the policy sees its cache
             return base(module, query, key, value, attention_mask, *args, **kwargs)
         _, keys, values, lengths = session.view(layer)
@@ -182,13 +190,16 @@ class LiveModel:
             self._attention.session = None
         return out.logits[0].float()
 
-    def decode(self, session: _core.LiveSession, token: int, position: int):
+    def decode(self, session: _core.LiveSession, token: int, position: int,
+               log: list | None = None):
         """One decode step: `token` at `position` (the tokens before it are in `session`),
         attending over the session's caches. Returns float32 logits [vocab]. The model's
         own DynamicCache is not kept: the session holds the cache, and the position is
-        all the model needs besides (its RoPE)."""
+        all the model needs besides (its RoPE). `log`, when given, gets the step's
+        (layer, q, k, v) rows in the order the session got them (for :meth:`replay`)."""
         import torch
         self._attention.session = session
+        self._attention.log = log
         try:
             with self._attention, torch.inference_mode():
                 out = self.model(input_ids=torch.tensor([[int(token)]]),
@@ -196,7 +207,22 @@ class LiveModel:
                                  logits_to_keep=1)
         finally:
             self._attention.session = None
+            self._attention.log = None
         return out.logits[0, -1].float()
+
+    @staticmethod
+    def replay(session: _core.LiveSession, steps: Sequence[list]) -> None:
+        """Feeds `session` the rows that :meth:`decode` logged for other sessions of the same
+        policy, sequence and tokens: the session ends in the state those steps left (its
+        events depend on nothing else), without a forward pass."""
+        for step in steps:
+            for layer, q, k, v in step:
+                session.append(layer, q, k, v)
+
+    def attending(self) -> _LiveAttention:
+        """Context manager: the model stays switched to the live attention for a whole pass
+        (forward/decode inside it do not switch it per call)."""
+        return self._attention
 
     def prefill(self, tokens: Sequence[int]) -> "Prefill":
         """The model's own pass over a prompt, recorded for :meth:`Prefill.feed`."""

@@ -116,6 +116,8 @@ class _Pass:
     kept: list[int] = field(default_factory=list)
     fp16: list[int] = field(default_factory=list)
     tokens_seen: list[int] = field(default_factory=list)
+    greedy: list[int] = field(default_factory=list)  # each decode step's greedy choice
+    steps: list[list] | None = None  # each decode step's rows (LiveModel.decode's log)
 
 
 @dataclass
@@ -177,42 +179,55 @@ def _prompt(lm: LiveModel, session: Any, seq: PromptSequence, prefill: Prefill |
     return prefill.logits
 
 
-def _teacher_pass(lm: LiveModel, session: Any, seq: PromptSequence,
-                  prefill: Prefill | None) -> _Pass:
+def _teacher_pass(lm: LiveModel, session: Any, seq: PromptSequence, prefill: Prefill | None,
+                  banned: list[int]) -> _Pass:
     import torch
     tokens, P = seq.token_ids, seq.prompt_len
-    first = _prompt(lm, session, seq, prefill)
-    out = _Pass(first, None)
-    rows = []
-    for t in range(P, len(tokens) - 1):
-        rows.append(torch.log_softmax(lm.decode(session, tokens[t], t), dim=-1))
-        bits, kept, fp16 = session.footprint()
-        out.bits.append(bits)
-        out.kept.append(kept)
-        out.fp16.append(fp16)
-        out.tokens_seen.append(t + 1)
+    with lm.attending():
+        first = _prompt(lm, session, seq, prefill)
+        out = _Pass(first, None, steps=None if prefill is None else [])
+        rows = []
+        for t in range(P, len(tokens) - 1):
+            log = None if out.steps is None else []
+            logits = lm.decode(session, tokens[t], t, log)
+            rows.append(torch.log_softmax(logits, dim=-1))
+            out.greedy.append(_greedy(logits, banned))
+            if log is not None:
+                out.steps.append(log)
+            bits, kept, fp16 = session.footprint()
+            out.bits.append(bits)
+            out.kept.append(kept)
+            out.fp16.append(fp16)
+            out.tokens_seen.append(t + 1)
     out.logprobs = torch.stack(rows) if rows else torch.empty(0, first.shape[-1])
     return out
 
 
 def _generate(lm: LiveModel, trace: PromptTrace, spec: str, seq: PromptSequence,
-              teacher: _Pass, n: int, dtype: str, prefill: Prefill | None) -> list[int]:
+              teacher: _Pass, n: int, dtype: str, prefill: Prefill | None,
+              banned: list[int]) -> list[int]:
     """Greedy tokens after the prompt: read off the teacher-forced pass while the choices
-    equal the fed continuation, then a pass of its own."""
-    banned = lm.eos_ids if trace.eos_banned else []
+    equal the fed continuation, then a pass of its own from the divergence on. With the
+    shared prefill, that pass's session gets the teacher pass's rows up to the divergence
+    (the same policy fed the same tokens) instead of running the model over them again."""
     tokens, P = seq.token_ids, seq.prompt_len
     gen = [_greedy(teacher.first, banned)]
     while len(gen) < n:
         j = len(gen)  # predicted by decode step P + j - 1, which fed tokens[P + j - 1]
-        if j - 1 >= teacher.logprobs.shape[0] or gen[j - 1] != tokens[P + j - 1]:
+        if j - 1 >= len(teacher.greedy) or gen[j - 1] != tokens[P + j - 1]:
             break
-        gen.append(_greedy(teacher.logprobs[j - 1], banned))
+        gen.append(teacher.greedy[j - 1])
     if len(gen) == n:
         return gen
     session = _session(lm, trace, spec, seq, P + n, dtype)
-    gen = [_greedy(_prompt(lm, session, seq, prefill), banned)]
-    while len(gen) < n:
-        gen.append(_greedy(lm.decode(session, gen[-1], P + len(gen) - 1), banned))
+    with lm.attending():
+        if teacher.steps is None:  # a pass of its own from the prompt on
+            gen = [_greedy(_prompt(lm, session, seq, prefill), banned)]
+        else:  # gen[:j] are right; the steps that fed gen[:j-1] are the teacher's
+            _prompt(lm, session, seq, prefill)
+            lm.replay(session, teacher.steps[:len(gen) - 1])
+        while len(gen) < n:
+            gen.append(_greedy(lm.decode(session, gen[-1], P + len(gen) - 1), banned))
     return gen
 
 
@@ -266,8 +281,9 @@ def _evaluate(lm: LiveModel, trace: PromptTrace, spec: str, seq: PromptSequence,
                                 "continuation tokens: nothing to score")
     start = time.perf_counter()
     T = len(seq.token_ids)
-    teacher = _teacher_pass(lm, _session(lm, trace, spec, seq, T, dtype), seq, prefill)
-    gen = _generate(lm, trace, spec, seq, teacher, max_new_tokens, dtype, prefill)
+    banned = lm.eos_ids if trace.eos_banned else []
+    teacher = _teacher_pass(lm, _session(lm, trace, spec, seq, T, dtype), seq, prefill, banned)
+    gen = _generate(lm, trace, spec, seq, teacher, max_new_tokens, dtype, prefill, banned)
     targets = seq.token_ids[seq.prompt_len + 1:]
     lp = teacher.logprobs
     nll = float(-lp[range(len(targets)), targets].double().mean())

@@ -2,12 +2,13 @@
 # Cost of the live mode (docs/closed-loop.md): seconds per (policy, sequence) of
 # `python -m kvsim.live` on one ~1k-token passkey prompt with a 64-token continuation and
 # 32 generated tokens, per model and torch thread count. The prompts trace is captured once
-# per model with layer 0 only (the live mode reads its tokens). Needs the package installed
+# per model with layer 0 only (the live mode reads its tokens). `full`'s seconds include the
+# prompt pass, which every other policy of the sequence shares. Needs the package installed
 # (docs/python.md) and the models (trace/capture/install.sh).
-#   bash benchmarks/live_cost.sh [WORKDIR] [POLICIES...]
+#   bash sim/bench/live_cost.sh [WORKDIR] [POLICIES...]
 # Prints a Markdown table (docs/closed-loop.md, "Cost").
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-python3}"
 WORK="${1:-$(mktemp -d)}"
 shift || true
