@@ -36,8 +36,12 @@
 // heads); per-head eviction (snapkv, h2o, ...) before it is refused with a
 // ConfigError at the first step where heads differ. scope=head always composes.
 //
-// The official pre-RoPE mode (keys cached before RoPE, rotated after
-// dequantizing) is not supported: traces hold post-RoPE keys.
+// prerope=true (the official code caches keys before RoPE; methods.md "Pre-RoPE
+// mode"): a key is un-rotated at its position (policies/rope.h) before the
+// grouping, clipping and quantization, and the dequantized key is rotated back
+// at the same position; the calibration statistics are taken on the same
+// pre-RoPE keys (a calibration file records which). Values are unchanged.
+// Refused for RoPE types the rotation cannot invert (llama3, yarn, ...).
 //
 // Memory per (layer, KV head), K and V each: 16 bits per sink or window
 // element; per quantized token, `ceil(b)` bits per element (real packing; the
@@ -54,6 +58,7 @@
 #include "policies/clipped_quantizer.h"
 #include "policies/policy.h"
 #include "policies/quantizer.h"
+#include "policies/rope.h"
 #include "policies/skvq_calibration.h"
 #include "sim/base/errors.h"
 #include "sim/base/rng.h"
@@ -116,6 +121,7 @@ class SkvqStore final : public StoreStage {
         calib = calibrate_skvq_layer(others, meta, opt_);
       }
       layers_.push_back(make_layer(calib, meta));
+      if (opt_.prerope) ropes_.push_back(Rope::for_slot(meta, slot));
     }
     heads_.resize(ctx.slots.size() * hkv_);
   }
@@ -250,33 +256,35 @@ class SkvqStore final : public StoreStage {
   }
 
   // Quantizes token `pos` of one side and writes this head's dequantized
-  // channels to `out` [head_dim].
+  // channels to `out` [head_dim]. With prerope, the unit's keys are un-rotated
+  // at `pos` first and this head's dequantized key is rotated back.
   void quantize(int layer, int head, const LayerData& raw, int32_t pos, bool keys, float* out) {
     const Side& side = keys ? layers_[layer].k : layers_[layer].v;
     const BitWidth& bits = keys ? opt_.k_bits : opt_.v_bits;
     const bool per_head = opt_.scope == SkvqScope::kHead;
     const int unit = per_head ? head : 0;
-    auto value = [&](int32_t ch) {
-      const int h = per_head ? head : ch / d_;
-      const float* row = keys ? raw.key(h, pos) : raw.value(h, pos);
-      return row[per_head ? ch : ch % d_];
-    };
+    const int first_head = per_head ? head : 0, unit_heads = per_head ? 1 : hkv_;
+    const bool rotate = keys && opt_.prerope;
+    // The unit's channels (a channel index ch of the unit is head ch / d_, channel ch % d_).
+    unit_in_.resize(static_cast<size_t>(unit_heads) * d_);
+    unit_out_.resize(unit_in_.size());
+    for (int h = 0; h < unit_heads; ++h) {
+      const float* row = keys ? raw.key(first_head + h, pos) : raw.value(first_head + h, pos);
+      float* dst = unit_in_.data() + static_cast<size_t>(h) * d_;
+      std::copy_n(row, d_, dst);
+      if (rotate) ropes_[layer].apply(dst, pos, /*inverse=*/true);
+    }
     for (size_t gi = 0; gi < side.groups[unit].size(); ++gi) {
       const std::vector<int32_t>& channels = side.groups[unit][gi];
       buf_.resize(channels.size());
       hat_.resize(channels.size());
-      for (size_t j = 0; j < channels.size(); ++j) buf_[j] = value(channels[j]);
+      for (size_t j = 0; j < channels.size(); ++j) buf_[j] = unit_in_[channels[j]];
       clipped_quantize(buf_.data(), buf_.size(), bits.max_int, side.clip[unit][gi], opt_.meta,
                        hat_.data());
-      for (size_t j = 0; j < channels.size(); ++j) {
-        const int32_t ch = channels[j];
-        if (per_head) {
-          out[ch] = hat_[j];
-        } else if (ch / d_ == head) {
-          out[ch % d_] = hat_[j];
-        }
-      }
+      for (size_t j = 0; j < channels.size(); ++j) unit_out_[channels[j]] = hat_[j];
     }
+    std::copy_n(unit_out_.data() + static_cast<size_t>(head - first_head) * d_, d_, out);
+    if (rotate) ropes_[layer].apply(out, pos, /*inverse=*/false);
   }
 
   // scope=layer: every KV head of the layer must hold the same tokens.
@@ -304,7 +312,8 @@ class SkvqStore final : public StoreStage {
   bool acted_ = false;         // some token left the sink/window and was quantized
   std::vector<Layer> layers_;  // [local layer]
   std::vector<Head> heads_;    // [local layer * kv heads]
-  std::vector<float> buf_, hat_;
+  std::vector<Rope> ropes_;    // [local layer], prerope only
+  std::vector<float> unit_in_, unit_out_, buf_, hat_;
 };
 
 std::shared_ptr<const PolicyState> skvq_prepare(const Params& p, const CalibrationSource& trace) {
@@ -361,6 +370,9 @@ PolicyInfo skvq_info() {
               "trace's other sequences"),
           ParamSpec::Int("calib_tokens", 512, 1, 1 << 24,
                          "tokens sampled over the calibration sequences for clip_search"),
+          ParamSpec::Bool("prerope", false,
+                          "quantize keys before RoPE (official code): undone and re-applied at "
+                          "the key's position; calibration on pre-RoPE keys"),
       });
   info.check = [](const Params& p) {
     (void)BitWidth::parse(p.get_float("k_bits"), "skvq: k_bits");
@@ -374,6 +386,14 @@ PolicyInfo skvq_info() {
                         std::to_string(du) + " channels of a " +
                         (opt.scope == SkvqScope::kHead ? "KV head (scope=head)"
                                                        : "layer's KV heads (scope=layer)"));
+    }
+    if (opt.prerope) {
+      try {
+        for (int slot = 0; slot < meta.num_layers(); ++slot) (void)Rope::for_slot(meta, slot);
+      } catch (const ConfigError& e) {
+        throw ConfigError(std::string("skvq: prerope=true: ") + e.what() +
+                          "; use prerope=false (post-RoPE keys)");
+      }
     }
   };
   info.prepare = skvq_prepare;

@@ -11,6 +11,7 @@
 
 #include "policies/kmeans.h"
 #include "policies/policy.h"
+#include "policies/rope.h"
 #include "sim/base/errors.h"
 
 namespace kvsim {
@@ -45,6 +46,7 @@ SkvqOptions SkvqOptions::from_params(const Params& p) {
   o.meta = parse_meta_format(p.get_string("meta"));
   o.sinks = static_cast<int>(p.get_int("sinks"));
   o.calib_tokens = static_cast<int>(p.get_int("calib_tokens"));
+  o.prerope = p.get_bool("prerope");
   return o;
 }
 
@@ -107,7 +109,15 @@ std::vector<SkvqLayerStats> collect_skvq_stats(const CalibrationSource& trace, i
   constexpr float kInf = std::numeric_limits<float>::infinity();
   std::vector<SkvqLayerStats> out(meta.num_layers());
   for (int slot = 0; slot < meta.num_layers(); ++slot) {
-    const LayerData layer = trace.read_layer(sequence, slot);
+    LayerData layer = trace.read_layer(sequence, slot);
+    if (options.prerope) {  // the statistics of the keys SKVQ quantizes: before RoPE
+      const Rope rope = Rope::for_slot(meta, slot);
+      for (int h = 0; h < Hkv; ++h) {
+        for (int64_t t = 0; t < layer.num_tokens; ++t) {
+          rope.apply(layer.k.data() + (h * layer.num_tokens + t) * d, t, /*inverse=*/true);
+        }
+      }
+    }
     SkvqLayerStats& s = out[slot];
     s.k_min.assign(D, kInf);
     s.v_min.assign(D, kInf);
@@ -255,6 +265,9 @@ void check_skvq_calibration(const SkvqCalibration& calib, const SkvqOptions& opt
   }
   if (c.clip_search != options.clip_search) {
     differ("clip_search", c.clip_search ? "true" : "false", options.clip_search ? "true" : "false");
+  }
+  if (c.prerope != options.prerope) {
+    differ("prerope", c.prerope ? "true" : "false", options.prerope ? "true" : "false");
   }
   if (options.clip_search) {
     if (c.k_bits.bits != options.k_bits.bits) {

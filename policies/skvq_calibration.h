@@ -39,6 +39,7 @@ struct SkvqOptions {
   MetaFormat meta = MetaFormat::kFp16;
   int sinks = 5;           // positions < sinks are left out of the statistics
   int calib_tokens = 512;  // tokens sampled, over all calibration sequences, for the search
+  bool prerope = false;    // keys quantized (and calibrated) before RoPE (policies/rope.h)
 
   static SkvqOptions from_params(const Params& p);  // the `skvq` policy's parameters
   // Reordering matters only with more than one group per unit.
@@ -102,6 +103,7 @@ SkvqGrouping skvq_group_channels(std::span<const float> mn, std::span<const floa
 
 // Min/max of every channel over positions >= options.sinks of one sequence,
 // and n_sample evenly spaced tokens for the clip search. [slot] -> stats.
+// With options.prerope the keys are taken before RoPE (R_p^-1 k at position p).
 std::vector<SkvqLayerStats> collect_skvq_stats(const CalibrationSource& trace, int sequence,
                                                const SkvqOptions& options, int64_t n_sample);
 
@@ -113,8 +115,8 @@ SkvqLayerCalibration calibrate_skvq_layer(const std::vector<const SkvqLayerStats
                                           const TraceMeta& meta, const SkvqOptions& options);
 
 // Throws ConfigError when a loaded calibration was made with parameters that
-// change its result (scope, group, reorder, clip_search; with clip_search also
-// k_bits, v_bits and meta).
+// change its result (scope, group, reorder, clip_search, prerope; with
+// clip_search also k_bits, v_bits and meta).
 void check_skvq_calibration(const SkvqCalibration& calib, const SkvqOptions& options);
 
 // ---------------------------------------------------------------------------

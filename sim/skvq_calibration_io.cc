@@ -58,6 +58,7 @@ void save_skvq_calibration(const std::string& path, const SkvqCalibration& calib
     h5::write_attr(root, "meta", skvq_meta_name(o.meta));
     h5::write_attr(root, "sinks", int64_t{o.sinks});
     h5::write_attr(root, "calib_tokens", int64_t{o.calib_tokens});
+    h5::write_attr(root, "prerope", int64_t{o.prerope});
     h5::write_vector(root, "layer_ids",
                      std::vector<int32_t>(calib.layer_ids.begin(), calib.layer_ids.end()));
     h5::write_vector(root, "sequences",
@@ -122,6 +123,8 @@ SkvqCalibration load_skvq_calibration(const std::string& path, const TraceMeta& 
   o.clip = h5::read_attr_double(root, "clip", ctx);
   o.sinks = static_cast<int>(h5::read_attr_int(root, "sinks", ctx));
   o.calib_tokens = static_cast<int>(h5::read_attr_int(root, "calib_tokens", ctx));
+  // Files written before the pre-RoPE option hold post-RoPE statistics.
+  o.prerope = h5::has_attr(root, "prerope") && h5::read_attr_int(root, "prerope", ctx) != 0;
   try {
     o.k_bits = BitWidth::parse(h5::read_attr_double(root, "k_bits", ctx), "k_bits");
     o.v_bits = BitWidth::parse(h5::read_attr_double(root, "v_bits", ctx), "v_bits");

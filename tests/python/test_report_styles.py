@@ -147,7 +147,8 @@ def test_by_decode_step_counts_sequences():
 # --------------------------------------------------------------------------- labels, styles
 
 SKVQ_RESOLVED = ("skvq:k_bits=2,v_bits={v},group=32,window=32,sinks=5,clip=0.92,"
-                 "clip_search=false,meta=fp16,reorder=true,scope=head,calib=,calib_tokens=512")
+                 "clip_search=false,meta=fp16,reorder=true,scope=head,calib=,calib_tokens=512,"
+                 "prerope=false")
 
 
 def test_labels_show_what_differs_and_never_collide():
