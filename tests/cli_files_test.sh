@@ -84,8 +84,8 @@ mv "$WORK/tr_ck.h5" "$WORK/tr.h5"
   ok || fail "results differ after add_checksums.py"
 
 # The checksum-cost benchmark (docs/performance.md) runs, here on a tiny trace.
-bash "$ROOT/benchmarks/checksum_cost.sh" "$KVSIM" 1 --quick | grep -qE "^\| tiny \| [0-9]+ / [0-9]+ B \| [0-9.]+ / [0-9.]+ \| [0-9.]+ / [0-9.]+ \|$" &&
-  ok || fail "benchmarks/checksum_cost.sh"
+bash "$ROOT/sim/bench/checksum_cost.sh" "$KVSIM" 1 --quick | grep -qE "^\| tiny \| [0-9]+ / [0-9]+ B \| [0-9.]+ / [0-9.]+ \| [0-9.]+ / [0-9.]+ \|$" &&
+  ok || fail "sim/bench/checksum_cost.sh"
 
 # A full disk: a clear message with the system's reason, no crash, nothing left behind.
 mkdir -p "$FULL"

@@ -3,9 +3,9 @@
 # metadata) on reading and writing traces: each trace is written in both layouts by
 # trace/capture/add_checksums.py (h5py; --without = the layout before checksums), and read
 # whole by `kvsim inspect --check` (every layer of every sequence). Best of REPS runs.
-#   bash benchmarks/checksum_cost.sh KVSIM_BIN [REPS]          the embedded trace and a
+#   bash sim/bench/checksum_cost.sh KVSIM_BIN [REPS]          the embedded trace and a
 #                                                             4096-token synthetic trace
-#   bash benchmarks/checksum_cost.sh KVSIM_BIN 1 --quick       a tiny trace (what the tests run)
+#   bash sim/bench/checksum_cost.sh KVSIM_BIN 1 --quick       a tiny trace (what the tests run)
 # Prints a Markdown table (docs/performance.md, "Checksums").
 set -euo pipefail
 cd "$(dirname "$0")/.."
