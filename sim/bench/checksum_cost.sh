@@ -8,7 +8,7 @@
 #   bash sim/bench/checksum_cost.sh KVSIM_BIN 1 --quick       a tiny trace (what the tests run)
 # Prints a Markdown table (docs/performance.md, "Checksums").
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 KVSIM="$(realpath "$1")"
 REPS="${2:-5}"
 WORK=$(mktemp -d)
