@@ -107,6 +107,18 @@ bool gather_exact_scores(const CacheAttentionTask& task, int group, float* out) 
   return true;
 }
 
+// Whether the cache attends exactly at a measured step: the exact keys and values over the whole
+// exact window (`full`, and eviction before its first eviction). Its outputs, top tokens and
+// log-sum-exps are then the exact ones.
+bool attends_exactly(const CacheAttentionTask& task) {
+  const HeadCache& cache = *task.cache;
+  return task.exact_lse != nullptr && task.keys_exact && task.values_exact &&
+         task.exact_scores != nullptr && task.exact_out != nullptr &&
+         task.exact_top1 != nullptr && cache.size() == task.exact_count &&
+         cache.size() > 0 && cache.positions[0] == task.exact_first &&
+         cache.positions.back() == task.exact_first + static_cast<int64_t>(task.exact_count) - 1;
+}
+
 void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
                          std::vector<float>& qbuf, std::vector<float>& raw_scores) {
   const int group = meta.group_size(), d = meta.head_dim;
@@ -115,58 +127,68 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   const LayerData& raw = *task.layer;
   CacheAttention& out = *task.out;
   const size_t n = cache.size();
+  const bool measured = task.exact_lse != nullptr;
+  if (measured) {
+    out.out_hat.resize(static_cast<size_t>(group) * d);
+    out.kept_mass.resize(group);
+    out.kept_cross.resize(group);
+    out.top1.resize(group);
+  }
+  out.lse_hat.resize(group);
+  if (!task.need_probs && attends_exactly(task)) {
+    // Everything is the exact attention's but the kept mass (~1, summed as below): no scores,
+    // softmax or weighted sum. The probabilities are not asked for.
+    out.scores.clear();
+    out.probs.clear();
+    std::copy_n(task.exact_out, out.out_hat.size(), out.out_hat.begin());
+    for (int j = 0; j < group; ++j) {
+      // The same kernels over the same scores as the exact attention: the same lse, bit for bit.
+      out.lse_hat[j] = task.exact_lse[j];
+      out.kept_mass[j] =
+          exp_sum(task.exact_scores + j * n, n, static_cast<float>(task.exact_lse[j]));
+      out.kept_cross[j] = 0.f;  // raw_i = s_i
+      out.top1[j] = task.exact_top1[j];
+    }
+    return;
+  }
   qbuf.resize(static_cast<size_t>(group) * d);
   gather_queries(raw, task.kv_head, group, task.step, qbuf.data());
   out.scores.resize(group * n);
   out.probs.resize(group * n);
-  out.lse_hat.resize(group);
   // Eviction-only caches: the exact scores of the kept keys, computed once for the unit.
   const bool shared = task.keys_exact && gather_exact_scores(task, group, out.scores.data());
-  if (!shared) score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, out.scores.data());
+  if (!shared) {
+    score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, out.scores.data(),
+               task.key_tiles);
+  }
   std::copy(out.scores.begin(), out.scores.end(), out.probs.begin());
   for (int j = 0; j < group; ++j) out.lse_hat[j] = softmax_inplace(out.probs.data() + j * n, n);
-  if (task.exact_lse == nullptr) return;
+  if (!measured) return;
 
-  out.out_hat.resize(static_cast<size_t>(group) * d);
-  out.kept_mass.resize(group);
-  out.kept_cross.resize(group);
-  out.top1.resize(group);
-  // A cache of the exact keys and values over the whole exact window attends exactly (`full`,
-  // and eviction before its first eviction): its outputs and top tokens are the exact ones.
-  const bool whole_window = shared && task.values_exact && task.exact_out != nullptr &&
-                            task.exact_top1 != nullptr && n == task.exact_count &&
-                            cache.positions[0] == task.exact_first;
+  const bool whole_window = attends_exactly(task);
   if (whole_window) {
     std::copy_n(task.exact_out, out.out_hat.size(), out.out_hat.begin());
   } else {
     weighted_sum(out.probs.data(), group, cache.values.data(), n, d, out.out_hat.data());
   }
-  raw_scores.resize((group + 1) * n);  // + one row of scratch for the KL's cross terms
-  if (task.keys_exact) {
-    // The same kernel over the same key values: the exact scores are the cache's, bit for bit.
-    std::copy(out.scores.begin(), out.scores.end(), raw_scores.begin());
-  } else if (!gather_exact_scores(task, group, raw_scores.data())) {
-    score_gathered(qbuf.data(), group, raw.key(task.kv_head, 0), cache.positions, d, scale,
-                   raw_scores.data());
+  // The exact scores of the cached positions: the cache's own with exact keys (the same kernel
+  // over the same key values, bit for bit), else gathered or scored from the trace's keys.
+  const float* raw_of = out.scores.data();
+  if (!task.keys_exact) {
+    raw_scores.resize(group * n);
+    if (!gather_exact_scores(task, group, raw_scores.data())) {
+      score_gathered(qbuf.data(), group, raw.key(task.kv_head, 0), cache.positions, d, scale,
+                     raw_scores.data());
+    }
+    raw_of = raw_scores.data();
   }
   for (int j = 0; j < group; ++j) {
     // p_i = exp(raw_i - lse) is the exact probability of cached token i; one exp per entry
-    // serves both sums of the KL (see docs/replay.md, "Metrics").
-    const float* rs = raw_scores.data() + j * n;
+    // serves both sums of the KL (see docs/replay.md, "Metrics"), in a fixed order.
+    const float* rs = raw_of + j * n;
     const float* cs = out.scores.data() + j * n;
-    const float lse_f = static_cast<float>(task.exact_lse[j]);
-    // The terms in place (p over the raw scores, the cross terms after the last row),
-    // then sums in a fixed order (lane_sum, sim/base/attention.h).
-    float* mass_terms = raw_scores.data() + j * n;
-    float* cross_terms = raw_scores.data() + static_cast<size_t>(group) * n;
-#pragma omp simd
-    for (size_t i = 0; i < n; ++i) {
-      const float p = fast_expf(rs[i] - lse_f);
-      cross_terms[i] = p * (rs[i] - cs[i]);
-      mass_terms[i] = p;
-    }
-    out.kept_mass[j] = lane_sum(mass_terms, n);
-    out.kept_cross[j] = lane_sum(cross_terms, n);
+    exp_sum_and_cross(rs, cs, n, static_cast<float>(task.exact_lse[j]), &out.kept_mass[j],
+                      &out.kept_cross[j]);
     // The compressed top token: largest score, lowest position among equal scores (checked
     // explicitly: a merging store's positions need not ascend).
     if (whole_window) {
@@ -224,10 +246,10 @@ class CpuBackend final : public AttentionBackend {
           std::copy_n(scores.data(), group * n, ex.scores.data() + offset + h * group * n);
         }
         for (int j = 0; j < group; ++j) {
-          const float* row = scores.data() + j * n;
-          ex.top1[m * Hq + h * group + j] =
-              static_cast<int32_t>(lo + (std::max_element(row, row + n) - row));  // first max
-          ex.lse[m * Hq + h * group + j] = softmax_inplace(scores.data() + j * n, n);
+          float* row = scores.data() + j * n;
+          const size_t top = first_max_index(row, n);  // the lowest position on ties
+          ex.top1[m * Hq + h * group + j] = static_cast<int32_t>(lo + static_cast<int64_t>(top));
+          ex.lse[m * Hq + h * group + j] = softmax_with_max(row, n, row[top]);
         }
         weighted_sum(scores.data(), group, layer.value(h, static_cast<int>(lo)), n, d,
                      ex.out.data() + (m * Hq + h * group) * d);

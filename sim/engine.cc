@@ -124,6 +124,7 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
   std::vector<HeadCache>& caches = driver.caches();
 
   driver.track_row_terms();  // K/V error terms of final rows, kept (sim/kv_row_terms.h)
+  driver.track_key_tiles();  // and their keys as tiles, for caches scored with their own keys
 
   // --- prefill: the prompt arrives at once -----------------------------------
   driver.prefill();
@@ -151,6 +152,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
         keys_exact_of[c] = keys_exact;
         tasks[c] =
             CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c], keys_exact};
+        tasks[c].need_probs = decode_attention;
+        if (!keys_exact) tasks[c].key_tiles = driver.key_tiles(local, h);
         if (is_measured) {
           share_exact_scores(*exact[local], next_measured, h, group, tasks[c]);
           const size_t first_head = next_measured * Hq + h * group;

@@ -199,6 +199,7 @@ void ShardDriver::arrive(int64_t t) {
         sort_unique(removed_);
       }
       if (!removed_.empty()) {
+        if (!tiles_.empty()) drop_tiles_from(local, h, c.find(removed_.front()));
         c.remove(removed_);
         pipe_.store->removed(local, h, c, removed_);
         if (!ledgers_.empty()) ledgers_[local * num_kv_heads_ + h].removed(removed_);
@@ -214,11 +215,37 @@ void ShardDriver::arrive(int64_t t) {
 }
 
 // The rows the store declares final are added to the cache's ledger (when tracked).
+// (And their count is noted for the key tiles, when tracked.)
 void ShardDriver::extend_ledger(int local, int h) {
-  if (ledgers_.empty()) return;
+  if (ledgers_.empty() && tiles_.empty()) return;
   const HeadCache& c = cache(local, h);
-  ledgers_[local * num_kv_heads_ + h].extend(c, pipe_.store->final_rows(local, h, c),
-                                             *layers_[local], h);
+  const size_t final_rows = pipe_.store->final_rows(local, h, c);
+  if (!ledgers_.empty()) {
+    ledgers_[local * num_kv_heads_ + h].extend(c, final_rows, *layers_[local], h);
+  }
+  if (!tiles_.empty()) tiles_[local * num_kv_heads_ + h].final_rows = final_rows;
+}
+
+// Rows from `row` on move (a row before them leaves): their tiles are made again when asked.
+void ShardDriver::drop_tiles_from(int local, int h, int64_t row) {
+  FinalTiles& f = tiles_[local * num_kv_heads_ + h];
+  const size_t keep = std::min<size_t>(f.final_rows, static_cast<size_t>(std::max<int64_t>(row, 0)));
+  f.final_rows = keep;
+  if (f.tiles && f.tiles->num_keys > keep) {
+    f.tiles->truncate(keep / KeyTiles::kTileKeys * KeyTiles::kTileKeys);
+  }
+}
+
+const KeyTiles* ShardDriver::key_tiles(int local, int h) {
+  if (tiles_.empty()) return nullptr;
+  FinalTiles& f = tiles_[local * num_kv_heads_ + h];
+  const HeadCache& c = cache(local, h);
+  if (!f.tiles) f.tiles = std::make_unique<KeyTiles>(c.head_dim);
+  const size_t whole = std::min(f.final_rows, c.size()) / KeyTiles::kTileKeys * KeyTiles::kTileKeys;
+  if (whole > f.tiles->num_keys) {
+    f.tiles->append(c.key_row(f.tiles->num_keys), whole - f.tiles->num_keys);
+  }
+  return f.tiles.get();
 }
 
 void ShardDriver::observe(int local, int h, int64_t t, std::span<const float> probs) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "policies/policy.h"
+#include "sim/base/attention.h"
 #include "sim/base/attention_backend.h"
 #include "sim/kv_row_terms.h"
 
@@ -44,6 +45,16 @@ class ShardDriver {
   const RowTermsLedger& ledger(int local, int kv_head) const {
     return ledgers_[local * num_kv_heads_ + kv_head];
   }
+  // Keep every cache's final rows' keys as tiles too (CacheAttentionTask::key_tiles), so that a
+  // cache whose keys a stage changed (quantized, merged) is not transposed whole at every
+  // measured step; call before prefill(). The tiles are made on the first key_tiles() call.
+  void track_key_tiles() {
+    tiles_.clear();
+    tiles_.resize(caches_.size());
+  }
+  // The cache's final rows' keys as tiles (whole tiles only), brought up to date; null when not
+  // tracked.
+  const KeyTiles* key_tiles(int local, int kv_head);
   // The prompt (positions 0..prompt_len-1) arrives at once, for every layer of the group.
   void prefill();
   // Token `step` arrives at every layer of the group: entries out of a layer's window leave,
@@ -69,6 +80,7 @@ class ShardDriver {
   std::vector<int32_t> run_evicts(ArrivalView& view);
   void prefill_attention(int local, int kv_head, int window, int64_t rows, bool untouched);
   void extend_ledger(int local, int kv_head);
+  void drop_tiles_from(int local, int kv_head, int64_t row);
 
   const TraceMeta& meta_;
   int64_t prompt_len_;
@@ -81,6 +93,11 @@ class ShardDriver {
   bool decode_attention_ = false;
   std::vector<HeadCache> caches_;
   std::vector<RowTermsLedger> ledgers_;  // per cache when track_row_terms(), else empty
+  struct FinalTiles {
+    std::unique_ptr<KeyTiles> tiles;  // made on first use
+    size_t final_rows = 0;            // the store's last final_rows()
+  };
+  std::vector<FinalTiles> tiles_;  // per cache when track_key_tiles(), else empty
   std::vector<Stage*> observers_;    // stages that get attention feedback, pipeline order
   std::vector<int64_t> evicted_by_;  // entries each evict stage dropped
   std::vector<int32_t> candidates_, evict_, removed_;  // reused buffers

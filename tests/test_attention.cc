@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <tuple>
@@ -151,6 +152,80 @@ TEST(AttentionKernels, WeightedSumEqualsRowOrderSumBitwise) {
           << "n " << n << " d " << d << " queries " << queries << " entry " << i;
     }
   }
+}
+
+// Keys tiled ahead of time (a cache's final rows, kept across steps) give score_rows() the
+// same scores as transposing every key, to the bit, wherever the kept tiles end; tiles grown by
+// append() and cut by truncate() equal tiles made at once.
+TEST(AttentionKernels, KnownTilesGiveTheSameScoresBitwise) {
+  for (const auto& [n, d, queries] : {std::tuple{1, 64, 1}, std::tuple{47, 64, 4},
+                                      std::tuple{100, 72, 9}, std::tuple{256, 128, 3}}) {
+    const auto q = randn(static_cast<size_t>(queries) * d, 31 + n, 2.0);
+    const auto k = randn(static_cast<size_t>(n) * d, 32 + n, 3.0);
+    std::vector<float> plain(static_cast<size_t>(queries) * n), known(plain.size());
+    score_rows(q.data(), queries, k.data(), n, d, 0.3f, plain.data());
+    for (const int rows : {0, 16, 32, n / 16 * 16, n}) {
+      if (rows > n) continue;
+      KeyTiles tiles(d);
+      const int whole = rows / 16 * 16;
+      for (int done = 0; done < whole;) {  // grown 16 or 32 rows at a time
+        const int more = std::min(whole - done, done % 32 == 0 ? 32 : 16);
+        tiles.append(k.data() + static_cast<size_t>(done) * d, more);
+        done += more;
+      }
+      if (rows == n && whole >= 16) tiles.truncate(16);  // a row before 16 left: cut back
+      const KeyTiles at_once(k.data(), tiles.num_keys, d);
+      ASSERT_EQ(tiles.data, at_once.data);
+      std::fill(known.begin(), known.end(), -1.f);
+      score_rows(q.data(), queries, k.data(), n, d, 0.3f, known.data(), &tiles);
+      for (size_t i = 0; i < plain.size(); ++i) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(plain[i]), std::bit_cast<uint32_t>(known[i]))
+            << "n " << n << " known rows " << tiles.num_keys << " entry " << i;
+      }
+    }
+  }
+}
+
+// The fused one-pass kernels equal their two-pass definitions to the bit: the softmax (the
+// exponentials stored, then lane_sum()), the kept mass and KL cross terms (terms stored, then
+// lane_sum()), and first_max_index() is std::max_element's first largest entry, ties included.
+TEST(AttentionKernels, FusedPassesEqualTheirDefinitionsBitwise) {
+  for (const size_t n : {1, 5, 16, 31, 100, 1000}) {
+    auto s = randn(n, 41 + n, 4.0);
+    const auto c = randn(n, 42 + n, 4.0);
+    for (size_t i = 0; i + 3 < n; i += 7) s[i + 3] = s[i];  // ties
+    const float mx = *std::max_element(s.begin(), s.end());
+    EXPECT_EQ(first_max_index(s.data(), n),
+              static_cast<size_t>(std::max_element(s.begin(), s.end()) - s.begin()));
+    EXPECT_EQ(max_value(s.data(), n), mx);
+    std::vector<float> want(n), got = s, terms(n), cross(n);
+    for (size_t i = 0; i < n; ++i) want[i] = fast_expf(s[i] - mx);
+    const float sum = lane_sum(want.data(), n);
+    for (auto& w : want) w *= 1.f / sum;
+    const double lse = softmax_inplace(got.data(), n);
+    EXPECT_EQ(lse, mx + std::log(static_cast<double>(sum)));
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i])) << i;
+    }
+    const float shift = mx + 0.5f;
+    for (size_t i = 0; i < n; ++i) {
+      terms[i] = fast_expf(s[i] - shift);
+      cross[i] = terms[i] * (s[i] - c[i]);
+    }
+    float mass = 0, cross_sum = 0;
+    exp_sum_and_cross(s.data(), c.data(), n, shift, &mass, &cross_sum);
+    EXPECT_EQ(std::bit_cast<uint32_t>(mass), std::bit_cast<uint32_t>(lane_sum(terms.data(), n)));
+    EXPECT_EQ(std::bit_cast<uint32_t>(cross_sum),
+              std::bit_cast<uint32_t>(lane_sum(cross.data(), n)));
+    EXPECT_EQ(std::bit_cast<uint32_t>(exp_sum(s.data(), n, shift)),
+              std::bit_cast<uint32_t>(mass));
+  }
+  // All equal: the first; the largest last: the last.
+  const std::vector<float> flat(40, 2.f);
+  EXPECT_EQ(first_max_index(flat.data(), flat.size()), 0u);
+  std::vector<float> rising(37);
+  for (size_t i = 0; i < rising.size(); ++i) rising[i] = static_cast<float>(i);
+  EXPECT_EQ(first_max_index(rising.data(), rising.size()), 36u);
 }
 
 TEST(AttentionKernels, SoftmaxIsStableForLargeScores) {

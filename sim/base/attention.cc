@@ -5,6 +5,8 @@
 #include <limits>
 #include <vector>
 
+#include "sim/base/errors.h"
+
 namespace kvsim {
 
 namespace {
@@ -172,34 +174,62 @@ void transpose_tile(const float* keys, int width, int d, float* tile) {
   }
 }
 
+// Scores of keys [from, to) into rows of stride n (scores[j * n + i] for key first + i), from
+// tiles that hold keys from `tiles_first` (a multiple of kTileKeys).
+void score_tiled_span(const float* q, int num_queries, int d, const float* tiles,
+                      size_t tiles_first, size_t from, size_t to, size_t first, size_t n,
+                      float scale, float* scores) {
+  for (size_t t0 = from / kTileKeys * kTileKeys; t0 < to; t0 += kTileKeys) {
+    score_one_tile(q, num_queries, d, tiles + (t0 - tiles_first) * d, t0, first, n, scale,
+                   scores);
+  }
+}
+
 }  // namespace
 
 void score_rows(const float* q, int num_queries, const float* keys, size_t n, int d, float scale,
-                float* scores) {
+                float* scores, const KeyTiles* known) {
+  size_t done = 0;
+  if (known != nullptr) {
+    KVSIM_CHECK(known->head_dim == d);
+    done = std::min(n, known->num_keys / kTileKeys * kTileKeys);
+    score_tiled_span(q, num_queries, d, known->data.data(), 0, 0, done, 0, n, scale, scores);
+  }
+  // The rest, a tile transposed at a time (a partial tile's lanes stay 0).
   thread_local std::vector<float> tile;
-  tile.assign(static_cast<size_t>(d) * kTileKeys, 0.f);  // a partial tile's lanes stay 0
-  for (size_t i0 = 0; i0 < n; i0 += kTileKeys) {
+  tile.assign(static_cast<size_t>(d) * kTileKeys, 0.f);
+  for (size_t i0 = done; i0 < n; i0 += kTileKeys) {
     const int width = static_cast<int>(std::min<size_t>(kTileKeys, n - i0));
     transpose_tile(keys + i0 * static_cast<size_t>(d), width, d, tile.data());
     score_one_tile(q, num_queries, d, tile.data(), i0, 0, n, scale, scores);
   }
 }
 
-KeyTiles::KeyTiles(const float* keys, size_t n, int d)
-    : head_dim(d), num_keys(n), data((n + kTileKeys - 1) / kTileKeys * kTileKeys * d, 0.f) {
+KeyTiles::KeyTiles(const float* keys, size_t n, int d) : head_dim(d) { append(keys, n); }
+
+void KeyTiles::append(const float* keys, size_t n) {
+  const int d = head_dim;
+  KVSIM_CHECK(num_keys % kTileKeys == 0);  // only the last tile may be partial
+  data.resize((num_keys + n + kTileKeys - 1) / kTileKeys * kTileKeys * d, 0.f);
   for (size_t i0 = 0; i0 < n; i0 += kTileKeys) {
     const int width = static_cast<int>(std::min<size_t>(kTileKeys, n - i0));
-    transpose_tile(keys + i0 * static_cast<size_t>(d), width, d, data.data() + i0 * d);
+    transpose_tile(keys + i0 * static_cast<size_t>(d), width, d,
+                   data.data() + (num_keys + i0) * d);
   }
+  num_keys += n;
+}
+
+void KeyTiles::truncate(size_t n) {
+  KVSIM_CHECK(n % kTileKeys == 0 && n <= num_keys);
+  num_keys = n;
+  data.resize(n * head_dim);
 }
 
 void score_tiles(const float* q, int num_queries, const KeyTiles& tiles, size_t first, size_t n,
                  float scale, float* scores) {
   if (n == 0) return;
-  const int d = tiles.head_dim;
-  for (size_t t0 = first / kTileKeys * kTileKeys; t0 < first + n; t0 += kTileKeys) {
-    score_one_tile(q, num_queries, d, tiles.data.data() + t0 * d, t0, first, n, scale, scores);
-  }
+  score_tiled_span(q, num_queries, tiles.head_dim, tiles.data.data(), 0, first, first + n, first,
+                   n, scale, scores);
 }
 
 void score_gathered(const float* q, int num_queries, const float* keys_base,
@@ -220,19 +250,104 @@ float lane_sum(const float* x, size_t n) {
   return sum;
 }
 
-double softmax_inplace(float* s, size_t n) {
-  if (n == 0) return -std::numeric_limits<double>::infinity();
+float max_value(const float* s, size_t n) {
   float mx = s[0];
 #pragma omp simd reduction(max : mx)
   for (size_t i = 1; i < n; ++i) mx = std::max(mx, s[i]);
-    // Two passes: the exponentials vectorise alone, and lane_sum() fixes the order.
+  return mx;
+}
+
+size_t first_max_index(const float* s, size_t n) {
+  if (n == 0) return 0;
+  // Per lane, the largest value and its first index, then the lanes (the lowest index among
+  // equal maxima), then the tail: what a left-to-right scan keeping the first maximum finds.
+  float best[kSumLanes];
+  int64_t where[kSumLanes];
+  for (int l = 0; l < kSumLanes; ++l) best[l] = -std::numeric_limits<float>::infinity(), where[l] = -1;
+  size_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
 #pragma omp simd
-  for (size_t i = 0; i < n; ++i) s[i] = fast_expf(s[i] - mx);
-  const float sum = lane_sum(s, n);
+    for (int l = 0; l < kSumLanes; ++l) {
+      const bool larger = s[i + l] > best[l];
+      best[l] = select_float(larger, s[i + l], best[l]);
+      where[l] = larger ? static_cast<int64_t>(i) + l : where[l];
+    }
+  }
+  float top = -std::numeric_limits<float>::infinity();
+  int64_t at = -1;
+  for (int l = 0; l < kSumLanes; ++l) {
+    if (where[l] >= 0 && (at < 0 || best[l] > top || (best[l] == top && where[l] < at))) {
+      top = best[l], at = where[l];
+    }
+  }
+  for (; i < n; ++i) {
+    if (at < 0 || s[i] > top) top = s[i], at = static_cast<int64_t>(i);
+  }
+  // Only -inf or NaN scores: the first entry, as std::max_element gives.
+  return at < 0 ? 0 : static_cast<size_t>(at);
+}
+
+double softmax_with_max(float* s, size_t n, float mx) {
+  if (n == 0) return -std::numeric_limits<double>::infinity();
+  // The exponentials and their fixed-order sum (lane_sum()'s order) in one pass.
+  float lanes[kSumLanes] = {};
+  size_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+#pragma omp simd
+    for (int l = 0; l < kSumLanes; ++l) {
+      const float e = fast_expf(s[i + l] - mx);
+      s[i + l] = e;
+      lanes[l] += e;
+    }
+  }
+  float sum = reduce_lanes(lanes);
+  for (; i < n; ++i) {
+    s[i] = fast_expf(s[i] - mx);
+    sum += s[i];
+  }
   const float inv = 1.f / sum;
 #pragma omp simd
-  for (size_t i = 0; i < n; ++i) s[i] *= inv;
+  for (size_t k = 0; k < n; ++k) s[k] *= inv;
   return mx + std::log(static_cast<double>(sum));
+}
+
+double softmax_inplace(float* s, size_t n) {
+  if (n == 0) return -std::numeric_limits<double>::infinity();
+  return softmax_with_max(s, n, max_value(s, n));
+}
+
+float exp_sum(const float* s, size_t n, float shift) {
+  float lanes[kSumLanes] = {};
+  size_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+#pragma omp simd
+    for (int l = 0; l < kSumLanes; ++l) lanes[l] += fast_expf(s[i + l] - shift);
+  }
+  float sum = reduce_lanes(lanes);
+  for (; i < n; ++i) sum += fast_expf(s[i] - shift);
+  return sum;
+}
+
+void exp_sum_and_cross(const float* raw, const float* compressed, size_t n, float shift,
+                       float* mass, float* cross) {
+  float mass_lanes[kSumLanes] = {}, cross_lanes[kSumLanes] = {};
+  size_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+#pragma omp simd
+    for (int l = 0; l < kSumLanes; ++l) {
+      const float p = fast_expf(raw[i + l] - shift);
+      mass_lanes[l] += p;
+      cross_lanes[l] += p * (raw[i + l] - compressed[i + l]);
+    }
+  }
+  float m = reduce_lanes(mass_lanes), c = reduce_lanes(cross_lanes);
+  for (; i < n; ++i) {
+    const float p = fast_expf(raw[i] - shift);
+    m += p;
+    c += p * (raw[i] - compressed[i]);
+  }
+  *mass = m;
+  *cross = c;
 }
 
 namespace {

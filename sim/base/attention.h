@@ -12,21 +12,29 @@
 
 namespace kvsim {
 
-// scores[j * n + i] = scale * q[j] . k[i], for j < num_queries, i < n.
-// q: [num_queries, d]; keys: [n, d] contiguous rows.
-void score_rows(const float* q, int num_queries, const float* keys, size_t n, int d, float scale,
-                float* scores);
-
 // Keys laid out for score_tiles(): tiles of 16 keys, each channel-major (the 16 keys' channel c
 // side by side), the last tile padded with zeros. Made once for keys that many queries score
-// (every prompt row at prefill, every measured step of a layer); score_rows() makes one tile at
-// a time. The scores are score_rows()'s, bit for bit.
+// (every prompt row at prefill, every measured step of a layer); score_rows() makes a few
+// tiles at a time. The scores are score_rows()'s, bit for bit.
 struct KeyTiles {
+  static constexpr size_t kTileKeys = 16;
+  explicit KeyTiles(int d) : head_dim(d) {}
   KeyTiles(const float* keys, size_t n, int d);  // keys: [n, d] contiguous rows
+  // Appends n key rows; num_keys must be a multiple of kTileKeys.
+  void append(const float* keys, size_t n);
+  // Keeps the first n keys, n a multiple of kTileKeys.
+  void truncate(size_t n);
   int head_dim;
-  size_t num_keys;
+  size_t num_keys = 0;
   std::vector<float> data;
 };
+
+// scores[j * n + i] = scale * q[j] . k[i], for j < num_queries, i < n.
+// q: [num_queries, d]; keys: [n, d] contiguous rows. `known`, when given, holds the first keys
+// already tiled (its whole tiles must be bitwise keys' first rows; a cache keeps them for the
+// rows no event changes any more), so only the rest are transposed.
+void score_rows(const float* q, int num_queries, const float* keys, size_t n, int d, float scale,
+                float* scores, const KeyTiles* known = nullptr);
 
 // scores[j * n + i] = scale * q[j] . key (first + i) of `tiles`, for i < n.
 void score_tiles(const float* q, int num_queries, const KeyTiles& tiles, size_t first, size_t n,
@@ -95,6 +103,19 @@ float lane_sum(const float* x, size_t n);
 
 // In-place softmax of s[0..n); returns the log-sum-exp of the input.
 double softmax_inplace(float* s, size_t n);
+// The same, given mx = max_value(s, n) (bit for bit softmax_inplace's result).
+double softmax_with_max(float* s, size_t n, float mx);
+// The largest of s[0..n), n > 0.
+float max_value(const float* s, size_t n);
+// The index of the first largest entry of s[0..n) (std::max_element's), vectorised.
+size_t first_max_index(const float* s, size_t n);
+
+// sum_i e^(s_i - shift) in lane_sum()'s order (fast_expf), without storing the terms.
+float exp_sum(const float* s, size_t n, float shift);
+// mass = sum_i p_i and cross = sum_i p_i (raw_i - compressed_i), p_i = e^(raw_i - shift), both
+// in lane_sum()'s order: the kept mass and the KL's cross terms of a measured step.
+void exp_sum_and_cross(const float* raw, const float* compressed, size_t n, float shift,
+                       float* mass, float* cross);
 
 // out[j] = sum_i probs[j * n + i] * values[i], values: [n, d], out: [num_queries, d].
 void weighted_sum(const float* probs, int num_queries, const float* values, size_t n, int d,

@@ -25,6 +25,8 @@
 
 namespace kvsim {
 
+struct KeyTiles;  // sim/base/attention.h
+
 // (a) Exact attention of one layer at its measured steps, shared by every policy of a unit.
 struct ExactLayer {
   int slot = 0;
@@ -98,6 +100,13 @@ struct CacheAttentionTask {
   const float* exact_out = nullptr;
   const int32_t* exact_top1 = nullptr;
   bool values_exact = false;
+  // Whether the caller reads out->probs (a stage observes the attention). False lets a backend
+  // leave scores and probs unfilled where the measured fields do not need them.
+  bool need_probs = true;
+  // Optionally, the cache's first keys already laid out as tiles (sim/base/attention.h), kept
+  // by the caller for rows no event changes any more: a CPU backend then transposes only the
+  // rest at each step. Bitwise the cache's keys where it has them.
+  const KeyTiles* key_tiles = nullptr;
 };
 
 class AttentionBackend {
