@@ -204,6 +204,10 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   }
 }
 
+// Query rows (steps x query heads of a group) that share each key tile and value row of the
+// exact attention.
+constexpr size_t kBlockQueries = 16;
+
 class CpuBackend final : public AttentionBackend {
  public:
   std::string name() const override { return "cpu"; }
@@ -217,44 +221,72 @@ class CpuBackend final : public AttentionBackend {
     ex.out.assign(measured.size() * Hq * d, 0.f);
     ex.lse.assign(measured.size() * Hq, 0.0);
     ex.top1.assign(measured.size() * Hq, -1);
-    std::vector<float> qbuf(static_cast<size_t>(group) * d), scores;
     std::vector<KeyTiles> keys;  // per kv head, reused by every measured step
     const size_t last = measured.empty() ? 0 : static_cast<size_t>(measured.back()) + 1;
     for (int h = 0; h < Hkv; ++h) keys.emplace_back(layer.key(h, 0), last, d);
-    size_t score_floats = 0;  // ExactLayer::scores: kept when they fit
-    for (const int64_t t : measured) {
-      score_floats += static_cast<size_t>(Hq) * (t - window_start(window, t) + 1);
-    }
-    if (score_floats * sizeof(float) <= ExactLayer::kMaxScoreBytes) {
-      ex.scores.resize(score_floats);
-      ex.score_offset.resize(measured.size());
-      ex.score_first.resize(measured.size());
-    }
-    size_t offset = 0;
+    std::vector<size_t> offset(measured.size());  // of each step's block in ExactLayer::scores
+    size_t score_floats = 0;
     for (size_t m = 0; m < measured.size(); ++m) {
-      const int64_t t = measured[m];
-      const int64_t lo = window_start(window, t);
-      const size_t n = static_cast<size_t>(t - lo + 1);
-      scores.resize(group * n);
-      const bool keep_scores = !ex.scores.empty();
-      if (keep_scores) ex.score_offset[m] = offset, ex.score_first[m] = lo;
-      for (int h = 0; h < Hkv; ++h) {
-        gather_queries(layer, h, group, t, qbuf.data());
-        score_tiles(qbuf.data(), group, keys[h], static_cast<size_t>(lo), n,
-                    static_cast<float>(meta.attn_scale), scores.data());
-        if (keep_scores) {
-          std::copy_n(scores.data(), group * n, ex.scores.data() + offset + h * group * n);
-        }
-        for (int j = 0; j < group; ++j) {
-          float* row = scores.data() + j * n;
-          const size_t top = first_max_index(row, n);  // the lowest position on ties
-          ex.top1[m * Hq + h * group + j] = static_cast<int32_t>(lo + static_cast<int64_t>(top));
-          ex.lse[m * Hq + h * group + j] = softmax_with_max(row, n, row[top]);
-        }
-        weighted_sum(scores.data(), group, layer.value(h, static_cast<int>(lo)), n, d,
-                     ex.out.data() + (m * Hq + h * group) * d);
+      offset[m] = score_floats;
+      score_floats += static_cast<size_t>(Hq) * (measured[m] - window_start(window, measured[m]) + 1);
+    }
+    if (score_floats * sizeof(float) <= ExactLayer::kMaxScoreBytes) {  // kept when they fit
+      ex.scores.resize(score_floats);
+      ex.score_offset = offset;
+      ex.score_first.resize(measured.size());
+      for (size_t m = 0; m < measured.size(); ++m) {
+        ex.score_first[m] = window_start(window, measured[m]);
       }
-      offset += static_cast<size_t>(Hq) * n;
+    }
+    // Blocks of measured steps that start at the same key and lie close together: their queries
+    // (every query head of a kv head's group, at every step of the block) score each key tile
+    // and weigh each value row once per block, not once per step. A query's scores and sums do
+    // not depend on the others', so the results are the step-by-step ones, bit for bit.
+    const size_t steps_per_block = std::max<size_t>(1, kBlockQueries / group);
+    std::vector<float> qbuf, scores, outbuf;
+    std::vector<size_t> lengths;
+    for (size_t m0 = 0; m0 < measured.size();) {
+      const int64_t lo = window_start(window, measured[m0]);
+      const int64_t gap = std::max<int64_t>(16, (measured[m0] - lo + 1) / 8);  // wasted scores
+      size_t m1 = m0 + 1;
+      while (m1 < measured.size() && m1 - m0 < steps_per_block &&
+             window_start(window, measured[m1]) == lo && measured[m1] - measured[m0] <= gap) {
+        ++m1;
+      }
+      const size_t n = static_cast<size_t>(measured[m1 - 1] - lo + 1);  // the block's key span
+      const int rows = static_cast<int>(m1 - m0) * group;
+      qbuf.resize(static_cast<size_t>(rows) * d);
+      scores.resize(static_cast<size_t>(rows) * n);
+      outbuf.resize(static_cast<size_t>(rows) * d);
+      lengths.resize(rows);
+      for (int h = 0; h < Hkv; ++h) {
+        for (size_t m = m0; m < m1; ++m) {
+          gather_queries(layer, h, group, measured[m], qbuf.data() + (m - m0) * group * d);
+        }
+        score_tiles(qbuf.data(), rows, keys[h], static_cast<size_t>(lo), n,
+                    static_cast<float>(meta.attn_scale), scores.data());
+        for (size_t m = m0; m < m1; ++m) {
+          const size_t n_m = static_cast<size_t>(measured[m] - lo + 1);  // this step's window
+          for (int j = 0; j < group; ++j) {
+            const size_t r = (m - m0) * group + j;
+            float* row = scores.data() + r * n;
+            if (!ex.scores.empty()) {
+              std::copy_n(row, n_m, ex.scores.data() + offset[m] + (h * group + j) * n_m);
+            }
+            const size_t top = first_max_index(row, n_m);  // the lowest position on ties
+            ex.top1[m * Hq + h * group + j] = static_cast<int32_t>(lo + static_cast<int64_t>(top));
+            ex.lse[m * Hq + h * group + j] = softmax_with_max(row, n_m, row[top]);
+            lengths[r] = n_m;
+          }
+        }
+        weighted_sum_rows(scores.data(), n, rows, lengths.data(),
+                          layer.value(h, static_cast<int>(lo)), d, outbuf.data());
+        for (size_t m = m0; m < m1; ++m) {
+          std::copy_n(outbuf.data() + (m - m0) * group * d, static_cast<size_t>(group) * d,
+                      ex.out.data() + (m * Hq + h * group) * d);
+        }
+      }
+      m0 = m1;
     }
     return ex;
   }

@@ -228,6 +228,35 @@ TEST(AttentionKernels, FusedPassesEqualTheirDefinitionsBitwise) {
   EXPECT_EQ(first_max_index(rising.data(), rising.size()), 36u);
 }
 
+// weighted_sum_rows (blocks of 8 queries over the rows they share, then each query's own rest)
+// gives every query weighted_sum()'s output over its own rows, to the bit, for ragged lengths
+// as a block of measured steps has them (n, n + 1, ...) and arbitrary ones.
+TEST(AttentionKernels, RaggedWeightedSumEqualsPerQuerySumBitwise) {
+  for (const auto& [queries, d, ragged] : {std::tuple{16, 64, false}, std::tuple{13, 64, true},
+                                           std::tuple{8, 72, true}, std::tuple{5, 128, false},
+                                           std::tuple{20, 8, true}}) {
+    const size_t stride = 300;
+    const auto p = randn(static_cast<size_t>(queries) * stride, 51 + queries);
+    const auto v = randn(stride * d, 52 + queries);
+    std::vector<size_t> lengths(queries);
+    Rng rng(53);
+    for (int j = 0; j < queries; ++j) {
+      lengths[j] = ragged ? 1 + static_cast<size_t>(rng.uniform() * stride)
+                          : stride - 4 + static_cast<size_t>(j / 4);  // steps t, t + 1, ...
+      lengths[j] = std::min(lengths[j], stride);
+    }
+    std::vector<float> got(static_cast<size_t>(queries) * d), want(d);
+    weighted_sum_rows(p.data(), stride, queries, lengths.data(), v.data(), d, got.data());
+    for (int j = 0; j < queries; ++j) {
+      weighted_sum(p.data() + j * stride, 1, v.data(), lengths[j], d, want.data());
+      for (int c = 0; c < d; ++c) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[j * d + c]), std::bit_cast<uint32_t>(want[c]))
+            << "queries " << queries << " d " << d << " query " << j << " channel " << c;
+      }
+    }
+  }
+}
+
 TEST(AttentionKernels, SoftmaxIsStableForLargeScores) {
   std::vector<float> s = {1000.f, 999.f, -1000.f};
   const double lse = softmax_inplace(s.data(), s.size());

@@ -381,7 +381,81 @@ void weighted_queries(const float* probs, size_t n, const float* values, int d, 
   for (; c0 < d; ++c0) weighted_block<NQ, 1>(probs, n, values, d, c0, out);
 }
 
+// weighted_block() over rows [i0, i1) of queries whose probabilities lie `stride` apart,
+// continuing the sums already in `out` (from_zero: starting from 0). Storing a float sum and
+// loading it back is exact, so a row's sum split at any i is its sum in one pass.
+template <int NQ, int W>
+inline void weighted_block_range(const float* probs, size_t stride, size_t i0, size_t i1,
+                                 const float* values, int d, int c0, float* out, bool from_zero) {
+  float acc[NQ][W];
+  for (int j = 0; j < NQ; ++j) {
+    for (int c = 0; c < W; ++c) {
+      acc[j][c] = from_zero ? 0.f : out[static_cast<size_t>(j) * d + c0 + c];
+    }
+  }
+  for (size_t i = i0; i < i1; ++i) {
+    const float* v = values + i * static_cast<size_t>(d) + c0;
+    for (int j = 0; j < NQ; ++j) {
+      const float w = probs[static_cast<size_t>(j) * stride + i];
+#pragma omp simd
+      for (int c = 0; c < W; ++c) acc[j][c] += w * v[c];
+    }
+  }
+  for (int j = 0; j < NQ; ++j) {
+    for (int c = 0; c < W; ++c) out[static_cast<size_t>(j) * d + c0 + c] = acc[j][c];
+  }
+}
+
+// NQ queries over rows [i0, i1), every channel.
+template <int NQ, int kWide>
+void weighted_range_queries(const float* probs, size_t stride, size_t i0, size_t i1,
+                            const float* values, int d, float* out, bool from_zero) {
+  int c0 = 0;
+  for (; c0 + kWide <= d; c0 += kWide) {
+    weighted_block_range<NQ, kWide>(probs, stride, i0, i1, values, d, c0, out, from_zero);
+  }
+  for (; c0 + 16 <= d; c0 += 16) {
+    weighted_block_range<NQ, 16>(probs, stride, i0, i1, values, d, c0, out, from_zero);
+  }
+  for (; c0 < d; ++c0) {
+    weighted_block_range<NQ, 1>(probs, stride, i0, i1, values, d, c0, out, from_zero);
+  }
+}
+
+// A block of NQ queries: the rows they all have together, then each query's own rest.
+template <int NQ, int kWide>
+void weighted_ragged_block(const float* probs, size_t stride, const size_t* lengths,
+                           const float* values, int d, float* out) {
+  const size_t common = *std::min_element(lengths, lengths + NQ);
+  weighted_range_queries<NQ, kWide>(probs, stride, 0, common, values, d, out, true);
+  for (int j = 0; j < NQ; ++j) {
+    if (lengths[j] == common) continue;
+    weighted_range_queries<1, kBlock>(probs + static_cast<size_t>(j) * stride, stride, common,
+                                      lengths[j], values, d, out + static_cast<size_t>(j) * d,
+                                      false);
+  }
+}
+
 }  // namespace
+
+void weighted_sum_rows(const float* probs, size_t stride, int num_queries, const size_t* lengths,
+                       const float* values, int d, float* out) {
+  // 8 queries x 32 channels of sums fill 16 AVX-512 registers: each value row loaded serves 8
+  // queries (a block of measured steps of one kv head), where weighted_sum's 4 x 64 serve 4.
+  int j0 = 0;
+  for (; j0 + 8 <= num_queries; j0 += 8) {
+    weighted_ragged_block<8, 32>(probs + j0 * stride, stride, lengths + j0, values, d,
+                                 out + static_cast<size_t>(j0) * d);
+  }
+  for (; j0 + 4 <= num_queries; j0 += 4) {
+    weighted_ragged_block<4, kBlock>(probs + j0 * stride, stride, lengths + j0, values, d,
+                                     out + static_cast<size_t>(j0) * d);
+  }
+  for (; j0 < num_queries; ++j0) {
+    weighted_ragged_block<1, kBlock>(probs + j0 * stride, stride, lengths + j0, values, d,
+                                     out + static_cast<size_t>(j0) * d);
+  }
+}
 
 void weighted_sum(const float* probs, int num_queries, const float* values, size_t n, int d,
                   float* out) {

@@ -120,6 +120,11 @@ void exp_sum_and_cross(const float* raw, const float* compressed, size_t n, floa
 // out[j] = sum_i probs[j * n + i] * values[i], values: [n, d], out: [num_queries, d].
 void weighted_sum(const float* probs, int num_queries, const float* values, size_t n, int d,
                   float* out);
+// The same for queries of different lengths: out[j] = sum_{i < lengths[j]} probs[j * stride +
+// i] * values[i] (the queries of a block of measured steps share the value rows they have in
+// common). Every output is weighted_sum()'s, bit for bit.
+void weighted_sum_rows(const float* probs, size_t stride, int num_queries, const size_t* lengths,
+                       const float* values, int d, float* out);
 
 namespace cpu_reference {
 // The double-precision attention reference (sim/base/attention_reference.cc), of one
