@@ -39,7 +39,7 @@ void prefill_column_sums_one(const TraceMeta& meta, const PrefillSumsTask& task)
   for (size_t i = 0; i < nc; ++i) column[candidates[i]] = static_cast<int32_t>(i);
   // Rows go in blocks so that every key load serves kRows x group queries; the
   // scores past a row's causal end (or before its window) are masked out.
-  constexpr int64_t kRows = 4;
+  constexpr int64_t kRows = 16;
   std::vector<float> qbuf(static_cast<size_t>(kRows) * group * d), scores;
   const KeyTiles keys(layer.key(kv_head, 0), static_cast<size_t>(prompt_len),
                       d);  // reused by every row
@@ -61,7 +61,9 @@ void prefill_column_sums_one(const TraceMeta& meta, const PrefillSumsTask& task)
       const size_t row_n = static_cast<size_t>(r - lo + 1) - row_lo;
       for (int j = 0; j < group; ++j) {
         float* p = scores.data() + (static_cast<size_t>(r - r0) * group + j) * n + row_lo;
-        softmax_inplace(p, row_n);
+        // softmax_inplace()'s probabilities e_i * (1 / sum), formed as they are added (one pass
+        // over the row fewer).
+        const float inv = 1.f / exp_inplace_sum(p, row_n, max_value(p, row_n));
         const int64_t first_pos = lo + static_cast<int64_t>(row_lo);
         if (contiguous) {
           // Positions [first_pos, first_pos + row_n) that are candidates, added in place.
@@ -69,14 +71,14 @@ void prefill_column_sums_one(const TraceMeta& meta, const PrefillSumsTask& task)
           const int64_t to =
               std::min<int64_t>(first_pos + static_cast<int64_t>(row_n), candidates.back() + 1);
           float* sums = colsum.data() + j * nc - candidates.front();
-          const float* probs = p - first_pos;
+          const float* e = p - first_pos;
 #pragma omp simd
-          for (int64_t pos = from; pos < to; ++pos) sums[pos] += probs[pos];
+          for (int64_t pos = from; pos < to; ++pos) sums[pos] += e[pos] * inv;
           continue;
         }
         for (size_t i = 0; i < row_n; ++i) {
           const int32_t c = column[first_pos + static_cast<int64_t>(i)];
-          if (c >= 0) colsum[j * nc + c] += p[i];
+          if (c >= 0) colsum[j * nc + c] += p[i] * inv;
         }
       }
     }

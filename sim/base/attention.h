@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 #include <vector>
 
@@ -16,6 +17,23 @@ namespace kvsim {
 // side by side), the last tile padded with zeros. Made once for keys that many queries score
 // (every prompt row at prefill, every measured step of a layer); score_rows() makes a few
 // tiles at a time. The scores are score_rows()'s, bit for bit.
+// An allocator of cache-line-aligned blocks: a tile row is one 64-byte vector load, which a
+// 16-byte-aligned block (what malloc gives) would split across two cache lines.
+template <typename T>
+struct CacheLineAllocator {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  CacheLineAllocator() = default;
+  template <typename U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
+  template <typename U>
+  bool operator==(const CacheLineAllocator<U>&) const {
+    return true;
+  }
+};
+
 struct KeyTiles {
   static constexpr size_t kTileKeys = 16;
   explicit KeyTiles(int d) : head_dim(d) {}
@@ -26,7 +44,7 @@ struct KeyTiles {
   void truncate(size_t n);
   int head_dim;
   size_t num_keys = 0;
-  std::vector<float> data;
+  std::vector<float, CacheLineAllocator<float>> data;
 };
 
 // scores[j * n + i] = scale * q[j] . k[i], for j < num_queries, i < n.
@@ -105,6 +123,9 @@ float lane_sum(const float* x, size_t n);
 double softmax_inplace(float* s, size_t n);
 // The same, given mx = max_value(s, n) (bit for bit softmax_inplace's result).
 double softmax_with_max(float* s, size_t n, float mx);
+// The first two passes of softmax_with_max(): s_i <- e^(s_i - mx), and returns their sum (in
+// lane_sum()'s order). softmax_with_max() then multiplies by 1 / sum.
+float exp_inplace_sum(float* s, size_t n, float mx);
 // The largest of s[0..n), n > 0.
 float max_value(const float* s, size_t n);
 // The index of the first largest entry of s[0..n) (std::max_element's), vectorised.
