@@ -44,7 +44,8 @@ namespace {
 
 class L2Norm final : public ScorerStage {
  public:
-  L2Norm(const Params& p, const ShardContext& ctx) : ScorerStage(options(p, ctx), ctx) {
+  L2Norm(const Params& p, const ShardContext& ctx)
+      : ScorerStage(options(p, ctx), ctx), num_kv_heads_(ctx.meta->num_kv_heads) {
     const auto& skip = p.get_int_list("skip");
     for (size_t l = 0; l < ctx.slots.size(); ++l) {
       const int id = ctx.original_layer(static_cast<int>(l));
@@ -65,13 +66,25 @@ class L2Norm final : public ScorerStage {
     return o;
   }
 
-  // -|k|^2: the lowest norms score highest.
+  // -|k|^2: the lowest norms score highest. A position's norm is computed once per (layer, kv
+  // head) and kept: the cap schedule scores every cached token again at every step.
   void score(const ScoreView& view, std::span<double> scores) override {
     const int d = view.raw->head_dim;
+    const size_t slot = static_cast<size_t>(view.local_layer) * num_kv_heads_ + view.kv_head;
+    if (norms_.size() <= slot) norms_.resize(slot + 1);
+    std::vector<double>& norm = norms_[slot];
     for (size_t i = 0; i < view.candidates.size(); ++i) {
-      scores[i] = -evict::squared_norm(view.raw->key(view.kv_head, view.candidates[i]), d);
+      const size_t pos = static_cast<size_t>(view.candidates[i]);
+      while (norm.size() <= pos) {  // positions arrive in order: fill up to pos
+        norm.push_back(-evict::squared_norm(
+            view.raw->key(view.kv_head, static_cast<int>(norm.size())), d));
+      }
+      scores[i] = norm[pos];
     }
   }
+
+  int num_kv_heads_;
+  std::vector<std::vector<double>> norms_;  // [local layer * kv heads + kv head][position]
 };
 
 PolicyInfo l2norm_info() {

@@ -27,8 +27,9 @@ struct Failure {
 // The exit code and message of an exception (kvsim's error types, then any).
 Failure classify(std::exception_ptr error);
 
-// Initialises MPI (funneled: OpenMP threads never call MPI) unless the caller
-// did, and then finalises it.
+// Initialises MPI (funneled: OpenMP threads never call MPI) unless the caller did, and then
+// finalises it. A process that no MPI launcher started runs as the only rank without MPI: then
+// size == 1 and no MPI call may be made (every collective below checks size first).
 class Mpi {
  public:
   Mpi();
@@ -48,6 +49,7 @@ class Mpi {
 
  private:
   bool owner_ = false;
+  bool active_ = false;  // MPI is initialised (and `progress` a communicator)
 };
 
 // All ranks call this with their own outcome of a phase; every rank returns
@@ -75,7 +77,8 @@ int report_failure(const Mpi& mpi, const Failure& f);
 
 // Broadcasts `v` from `root` (the other ranks' copies are resized).
 template <typename T>
-void bcast_vector(std::vector<T>& v, int root) {
+void bcast_vector(const Mpi& mpi, std::vector<T>& v, int root) {
+  if (mpi.size == 1) return;
   uint64_t n = v.size();
   MPI_Bcast(&n, 1, MPI_UINT64_T, root, MPI_COMM_WORLD);
   v.resize(n);

@@ -183,8 +183,8 @@ Failure read_checkpoints(const Mpi& mpi, const Options& opt, const Sweep& sweep,
     }
   });
   if (f.code) return f;
-  bcast_vector(resume.done, 0);
-  MPI_Bcast(&resume.attempt, 1, MPI_INT32_T, 0, MPI_COMM_WORLD);
+  bcast_vector(mpi, resume.done, 0);
+  if (mpi.size > 1) MPI_Bcast(&resume.attempt, 1, MPI_INT32_T, 0, MPI_COMM_WORLD);
   return f;
 }
 
@@ -211,9 +211,9 @@ Failure plan_work(const Mpi& mpi, const Sweep& sweep, const std::vector<uint8_t>
     plan.load = shards.load;
   });
   if (f.code) return f;
-  bcast_vector(plan.todo, 0);
-  bcast_vector(plan.rank_of, 0);
-  bcast_vector(plan.load, 0);
+  bcast_vector(mpi, plan.todo, 0);
+  bcast_vector(mpi, plan.rank_of, 0);
+  bcast_vector(mpi, plan.load, 0);
   return f;
 }
 
@@ -321,8 +321,8 @@ UnitTotals gather_units(const Mpi& mpi, const Sweep& sweep, UnitResults& mine,
     for (const auto& kv : part.kv) local_totals[1] += kv.data_bits + kv.meta_bits;
     local_totals[2] += static_cast<int64_t>(part.steps.size() + part.kv.size());
   }
-  int64_t totals[3] = {0, 0, 0};
-  MPI_Reduce(local_totals, totals, 3, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
+  int64_t totals[3] = {local_totals[0], local_totals[1], local_totals[2]};
+  if (mpi.size > 1) MPI_Reduce(local_totals, totals, 3, MPI_INT64_T, MPI_SUM, 0, MPI_COMM_WORLD);
 
   auto pack = [&](ByteWriter& w) {
     w.put(stats);
