@@ -93,16 +93,22 @@ bool gather_exact_scores(const CacheAttentionTask& task, int group, float* out) 
   const std::span<const int32_t> pos = task.cache->positions;
   const size_t n = pos.size(), count = task.exact_count;
   const int64_t first = task.exact_first;
-  for (const int32_t p : pos) {
-    if (p < first || static_cast<size_t>(p - first) >= count) return false;
+  if (n == 0) return true;
+  int32_t lowest = pos[0], highest = pos[0];
+#pragma omp simd reduction(min : lowest) reduction(max : highest)
+  for (size_t i = 1; i < n; ++i) {
+    lowest = std::min(lowest, pos[i]);
+    highest = std::max(highest, pos[i]);
   }
-  const bool contiguous = n > 0 && static_cast<size_t>(pos[n - 1] - pos[0]) + 1 == n;
+  if (lowest < first || static_cast<size_t>(highest - first) >= count) return false;
+  const bool contiguous = static_cast<size_t>(pos[n - 1] - pos[0]) + 1 == n;
   for (int j = 0; j < group; ++j) {
     const float* row = task.exact_scores + j * count - first;
     float* dst = out + j * n;
     if (contiguous) {
       std::copy_n(row + pos[0], n, dst);
     } else {
+#pragma omp simd
       for (size_t i = 0; i < n; ++i) dst[i] = row[pos[i]];
     }
   }
@@ -163,8 +169,9 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
     score_rows(qbuf.data(), group, cache.keys.data(), n, d, scale, out.scores.data(),
                task.key_tiles);
   }
-  std::copy(out.scores.begin(), out.scores.end(), out.probs.begin());
-  for (int j = 0; j < group; ++j) out.lse_hat[j] = softmax_inplace(out.probs.data() + j * n, n);
+  for (int j = 0; j < group; ++j) {
+    out.lse_hat[j] = softmax_into(out.scores.data() + j * n, out.probs.data() + j * n, n);
+  }
   if (!measured) return;
 
   const bool whole_window = attends_exactly(task);
@@ -184,6 +191,12 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
     }
     raw_of = raw_scores.data();
   }
+  // Rows sorted by position (every store's but a merging one's): the lowest position among equal
+  // largest scores is the first of them.
+  const int32_t* pos = cache.positions.data();
+  bool ascending = true;
+#pragma omp simd reduction(&& : ascending)
+  for (size_t i = 1; i < n; ++i) ascending = ascending && pos[i - 1] < pos[i];
   for (int j = 0; j < group; ++j) {
     // p_i = exp(raw_i - lse) is the exact probability of cached token i; one exp per entry
     // serves both sums of the KL (see docs/replay.md, "Metrics"), in a fixed order.
@@ -197,10 +210,13 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
       out.top1[j] = task.exact_top1[j];
       continue;
     }
-    const int32_t* pos = cache.positions.data();
     size_t top = 0;
-    for (size_t i = 1; i < n; ++i) {
-      if (cs[i] > cs[top] || (cs[i] == cs[top] && pos[i] < pos[top])) top = i;
+    if (ascending) {
+      top = first_max_index(cs, n);
+    } else {
+      for (size_t i = 1; i < n; ++i) {
+        if (cs[i] > cs[top] || (cs[i] == cs[top] && pos[i] < pos[top])) top = i;
+      }
     }
     out.top1[j] = n > 0 ? pos[top] : -1;
   }

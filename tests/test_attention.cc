@@ -202,8 +202,12 @@ TEST(AttentionKernels, FusedPassesEqualTheirDefinitionsBitwise) {
     for (size_t i = 0; i < n; ++i) want[i] = fast_expf(s[i] - mx);
     const float sum = lane_sum(want.data(), n);
     for (auto& w : want) w *= 1.f / sum;
+    std::vector<float> out_of_place(n);
+    EXPECT_EQ(softmax_into(s.data(), out_of_place.data(), n),
+              mx + std::log(static_cast<double>(sum)));
     const double lse = softmax_inplace(got.data(), n);
     EXPECT_EQ(lse, mx + std::log(static_cast<double>(sum)));
+    EXPECT_EQ(out_of_place, got);
     for (size_t i = 0; i < n; ++i) {
       ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i])) << i;
     }

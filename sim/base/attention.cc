@@ -368,6 +368,31 @@ float exp_inplace_sum(float* s, size_t n, float mx) {
   return sum;
 }
 
+double softmax_into(const float* s, float* p, size_t n) {
+  if (n == 0) return -std::numeric_limits<double>::infinity();
+  const float mx = max_value(s, n);
+  // softmax_with_max()'s passes, reading s and writing p.
+  float lanes[kSumLanes] = {};
+  size_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+#pragma omp simd
+    for (int l = 0; l < kSumLanes; ++l) {
+      const float e = fast_expf(s[i + l] - mx);
+      p[i + l] = e;
+      lanes[l] += e;
+    }
+  }
+  float sum = reduce_lanes(lanes);
+  for (; i < n; ++i) {
+    p[i] = fast_expf(s[i] - mx);
+    sum += p[i];
+  }
+  const float inv = 1.f / sum;
+#pragma omp simd
+  for (size_t k = 0; k < n; ++k) p[k] *= inv;
+  return mx + std::log(static_cast<double>(sum));
+}
+
 double softmax_inplace(float* s, size_t n) {
   if (n == 0) return -std::numeric_limits<double>::infinity();
   return softmax_with_max(s, n, max_value(s, n));

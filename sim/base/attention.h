@@ -121,6 +121,8 @@ float lane_sum(const float* x, size_t n);
 
 // In-place softmax of s[0..n); returns the log-sum-exp of the input.
 double softmax_inplace(float* s, size_t n);
+// The same out of place: p = softmax(s) (bit for bit a copy and softmax_inplace()).
+double softmax_into(const float* s, float* p, size_t n);
 // The same, given mx = max_value(s, n) (bit for bit softmax_inplace's result).
 double softmax_with_max(float* s, size_t n, float mx);
 // The first two passes of softmax_with_max(): s_i <- e^(s_i - mx), and returns their sum (in
