@@ -101,15 +101,25 @@ bool gather_exact_scores(const CacheAttentionTask& task, int group, float* out) 
     highest = std::max(highest, pos[i]);
   }
   if (lowest < first || static_cast<size_t>(highest - first) >= count) return false;
-  const bool contiguous = static_cast<size_t>(pos[n - 1] - pos[0]) + 1 == n;
+  // An eviction-only cache keeps runs of consecutive positions (the recent window, the prompt
+  // between evicted tokens): each run is one copy.
+  thread_local std::vector<std::pair<size_t, size_t>> runs;  // (first row, rows)
+  runs.clear();
+  for (size_t i = 0; i < n;) {
+    size_t k = i + 1;
+    while (k < n && pos[k] == pos[k - 1] + 1) ++k;
+    runs.emplace_back(i, k - i);
+    i = k;
+  }
   for (int j = 0; j < group; ++j) {
     const float* row = task.exact_scores + j * count - first;
     float* dst = out + j * n;
-    if (contiguous) {
-      std::copy_n(row + pos[0], n, dst);
-    } else {
-#pragma omp simd
-      for (size_t i = 0; i < n; ++i) dst[i] = row[pos[i]];
+    for (const auto& [i, rows] : runs) {
+      if (rows == 1) {
+        dst[i] = row[pos[i]];
+      } else {
+        std::copy_n(row + pos[i], rows, dst + i);
+      }
     }
   }
   return true;

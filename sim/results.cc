@@ -17,7 +17,7 @@ Stats compute_stats(std::vector<double>& v) {
   Stats s;
   s.count = static_cast<int64_t>(v.size());
   if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
+  if (!std::is_sorted(v.begin(), v.end())) std::sort(v.begin(), v.end());
   double sum = 0;
   for (double x : v) sum += x;
   s.mean = sum / v.size();
@@ -35,6 +35,10 @@ Stats compute_stats(std::vector<double>& v) {
 
 // --- /summary -------------------------------------------------------------------
 namespace {
+
+// The statistics of the columns summarize() has sorted for the run it is summarizing, by the
+// column's "`table/name`" (set only during that call, on its thread).
+thread_local std::map<std::string, Stats>* summary_memo = nullptr;
 
 // A /summary column and how it is computed from a run (and the columns before it).
 struct SummaryRule {
@@ -78,17 +82,26 @@ void add_record_rules(std::vector<SummaryRule>& rules, const std::string& table,
       // The mean of the sorted sample (compute_stats), as the percentile.
       const std::string mean_label = label.empty() ? "" : label + " mean";
       const std::string p95_label = label.empty() ? "" : label + " p95";
+      // Both rules need the column sorted: sorted once per summarize() call.
+      const auto stats_of = [c, records, where](const RunResult& run) {
+        if (summary_memo != nullptr) {
+          const auto it = summary_memo->find(where);
+          if (it != summary_memo->end()) return it->second;
+        }
+        std::vector<double> v = column_values(c, run.*records);
+        const Stats stats = compute_stats(v);
+        if (summary_memo != nullptr) summary_memo->emplace(where, stats);
+        return stats;
+      };
       rules.push_back({{name + "_mean", c.unit, "mean of " + where + " over the run's rows",
                         mean_label, c.precision},
-                       [c, records](const RunResult& run, const RunSummary&) {
-                         std::vector<double> v = column_values(c, run.*records);
-                         return compute_stats(v).mean;
+                       [stats_of](const RunResult& run, const RunSummary&) {
+                         return stats_of(run).mean;
                        }});
       rules.push_back({{name + "_p95", c.unit, "95th percentile (linear interpolation) of " + where,
                         p95_label, c.precision},
-                       [c, records](const RunResult& run, const RunSummary&) {
-                         std::vector<double> v = column_values(c, run.*records);
-                         return compute_stats(v).p95;
+                       [stats_of](const RunResult& run, const RunSummary&) {
+                         return stats_of(run).p95;
                        }});
     }
   }
@@ -163,7 +176,15 @@ double RunSummary::operator[](std::string_view column) const {
 
 RunSummary summarize(const RunResult& run) {
   RunSummary s;
-  for (const auto& rule : summary_rules()) s.values.push_back(rule.value(run, s));
+  std::map<std::string, Stats> memo;
+  summary_memo = &memo;
+  try {
+    for (const auto& rule : summary_rules()) s.values.push_back(rule.value(run, s));
+  } catch (...) {
+    summary_memo = nullptr;
+    throw;
+  }
+  summary_memo = nullptr;
   return s;
 }
 
@@ -218,24 +239,51 @@ void add_aggregate(std::vector<AggregateRow>& rows, const char* metric, const ch
   rows.push_back({metric, scope, layer, head, s.count, s.mean, s.p50, s.p95, s.max});
 }
 
+// The sorted union of sorted samples (pairwise merges: O(n log k), where sorting the union again
+// would be O(n log n); a results file of many runs spent most of its writing time sorting).
+std::vector<double> merge_sorted(std::vector<std::vector<double>> parts) {
+  if (parts.empty()) return {};
+  while (parts.size() > 1) {
+    std::vector<std::vector<double>> next;
+    for (size_t i = 0; i + 1 < parts.size(); i += 2) {
+      std::vector<double> merged(parts[i].size() + parts[i + 1].size());
+      std::merge(parts[i].begin(), parts[i].end(), parts[i + 1].begin(), parts[i + 1].end(),
+                 merged.begin());
+      next.push_back(std::move(merged));
+    }
+    if (parts.size() % 2 == 1) next.push_back(std::move(parts.back()));
+    parts = std::move(next);
+  }
+  return std::move(parts[0]);
+}
+
 // Overall, per-layer and per-(layer, head) rows of every aggregated column of a record table.
+// Each (layer, head) sample is sorted once; a layer's and the overall sample are merged from
+// them (compute_stats sorts again: a sorted vector takes it no time).
 template <typename Record>
 void aggregate_records(std::vector<AggregateRow>& rows, Columns<Record> columns,
                        const std::vector<Record>& records, int32_t Record::*head) {
   for (const Column<Record>& c : columns) {
     if (!aggregated(c.summary)) continue;
-    std::vector<double> all;
-    std::map<int, std::vector<double>> per_layer;
     std::map<std::pair<int, int>, std::vector<double>> per_head;
-    for (const Record& r : records) {
-      const double x = numeric_cell(c, r);
-      all.push_back(x);
-      per_layer[r.layer].push_back(x);
-      per_head[{r.layer, r.*head}].push_back(x);
+    for (const Record& r : records) per_head[{r.layer, r.*head}].push_back(numeric_cell(c, r));
+    std::map<int, std::vector<std::vector<double>>> heads_of_layer;
+    std::vector<AggregateRow> head_rows;
+    for (auto& [lh, v] : per_head) {
+      add_aggregate(head_rows, c.name, "head", lh.first, lh.second, v);  // sorts v
+      heads_of_layer[lh.first].push_back(v);
     }
+    std::vector<AggregateRow> layer_rows;
+    std::vector<std::vector<double>> layers;
+    for (auto& [l, parts] : heads_of_layer) {
+      std::vector<double> v = merge_sorted(std::move(parts));
+      add_aggregate(layer_rows, c.name, "layer", l, -1, v);
+      layers.push_back(std::move(v));
+    }
+    std::vector<double> all = merge_sorted(std::move(layers));
     add_aggregate(rows, c.name, "overall", -1, -1, all);
-    for (auto& [l, v] : per_layer) add_aggregate(rows, c.name, "layer", l, -1, v);
-    for (auto& [lh, v] : per_head) add_aggregate(rows, c.name, "head", lh.first, lh.second, v);
+    rows.insert(rows.end(), layer_rows.begin(), layer_rows.end());
+    rows.insert(rows.end(), head_rows.begin(), head_rows.end());
   }
 }
 
