@@ -174,9 +174,11 @@ double RunSummary::operator[](std::string_view column) const {
   throw std::out_of_range("no /summary column '" + std::string(column) + "'");
 }
 
-RunSummary summarize(const RunResult& run) {
+RunSummary summarize(const RunResult& run) { return summarize(run, {}); }
+
+RunSummary summarize(const RunResult& run, std::map<std::string, Stats> known) {
   RunSummary s;
-  std::map<std::string, Stats> memo;
+  std::map<std::string, Stats>& memo = known;
   summary_memo = &memo;
   try {
     for (const auto& rule : summary_rules()) s.values.push_back(rule.value(run, s));
@@ -262,25 +264,41 @@ std::vector<double> merge_sorted(std::vector<std::vector<double>> parts) {
 // them (compute_stats sorts again: a sorted vector takes it no time).
 template <typename Record>
 void aggregate_records(std::vector<AggregateRow>& rows, Columns<Record> columns,
-                       const std::vector<Record>& records, int32_t Record::*head) {
+                       const std::vector<Record>& records, int32_t Record::*head,
+                       const std::string& table, std::map<std::string, Stats>& overall) {
+  // The (layer, head) of every record, numbered in (layer, head) order, once for all columns.
+  std::map<std::pair<int, int>, int> group_ids;
+  for (const Record& r : records) group_ids.emplace(std::make_pair(r.layer, r.*head), 0);
+  std::vector<std::pair<int, int>> groups;
+  for (auto& [lh, id] : group_ids) id = static_cast<int>(groups.size()), groups.push_back(lh);
+  std::vector<int> group_of(records.size());
+  std::vector<size_t> group_size(groups.size(), 0);
+  for (size_t i = 0; i < records.size(); ++i) {
+    group_of[i] = group_ids.at({records[i].layer, records[i].*head});
+    ++group_size[group_of[i]];
+  }
   for (const Column<Record>& c : columns) {
     if (!aggregated(c.summary)) continue;
-    std::map<std::pair<int, int>, std::vector<double>> per_head;
-    for (const Record& r : records) per_head[{r.layer, r.*head}].push_back(numeric_cell(c, r));
-    std::map<int, std::vector<std::vector<double>>> heads_of_layer;
-    std::vector<AggregateRow> head_rows;
-    for (auto& [lh, v] : per_head) {
-      add_aggregate(head_rows, c.name, "head", lh.first, lh.second, v);  // sorts v
-      heads_of_layer[lh.first].push_back(v);
+    std::vector<std::vector<double>> per_head(groups.size());
+    for (size_t g = 0; g < groups.size(); ++g) per_head[g].reserve(group_size[g]);
+    for (size_t i = 0; i < records.size(); ++i) {
+      per_head[group_of[i]].push_back(numeric_cell(c, records[i]));
     }
-    std::vector<AggregateRow> layer_rows;
-    std::vector<std::vector<double>> layers;
-    for (auto& [l, parts] : heads_of_layer) {
-      std::vector<double> v = merge_sorted(std::move(parts));
-      add_aggregate(layer_rows, c.name, "layer", l, -1, v);
-      layers.push_back(std::move(v));
+    std::vector<AggregateRow> head_rows, layer_rows;
+    std::vector<std::vector<double>> layers, heads_of_layer;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      add_aggregate(head_rows, c.name, "head", groups[g].first, groups[g].second,
+                    per_head[g]);  // sorts it
+      heads_of_layer.push_back(std::move(per_head[g]));
+      if (g + 1 == groups.size() || groups[g + 1].first != groups[g].first) {
+        std::vector<double> v = merge_sorted(std::move(heads_of_layer));
+        heads_of_layer.clear();
+        add_aggregate(layer_rows, c.name, "layer", groups[g].first, -1, v);
+        layers.push_back(std::move(v));
+      }
     }
     std::vector<double> all = merge_sorted(std::move(layers));
+    overall["`" + table + "/" + c.name + "`"] = compute_stats(all);  // as /summary names it
     add_aggregate(rows, c.name, "overall", -1, -1, all);
     rows.insert(rows.end(), layer_rows.begin(), layer_rows.end());
     rows.insert(rows.end(), head_rows.begin(), head_rows.end());
@@ -293,7 +311,9 @@ std::string run_name(size_t i) {
   return buf;
 }
 
-void write_run(hid_t parent, size_t index, const RunResult& run) {
+// Also returns the overall statistics of every aggregated column, for the run's /summary.
+std::map<std::string, Stats> write_run(hid_t parent, size_t index, const RunResult& run) {
+  std::map<std::string, Stats> overall;
   h5::Handle group = h5::create_group(parent, run_name(index));
   h5::write_attr(group.get(), "spec", run.spec);
   h5::write_attr(group.get(), "resolved", run.resolved);
@@ -318,11 +338,13 @@ void write_run(hid_t parent, size_t index, const RunResult& run) {
   }
   {
     std::vector<AggregateRow> rows;
-    aggregate_records<StepRecord>(rows, kStepColumns, run.steps, &StepRecord::q_head);
-    aggregate_records<KvRecord>(rows, kKvColumns, run.kv, &KvRecord::kv_head);
+    aggregate_records<StepRecord>(rows, kStepColumns, run.steps, &StepRecord::q_head, "steps",
+                                  overall);
+    aggregate_records<KvRecord>(rows, kKvColumns, run.kv, &KvRecord::kv_head, "kv", overall);
     h5::Handle aggregates = h5::create_group(group.get(), "aggregates");
     write_columns<AggregateRow>(aggregates.get(), rows, kAggregateColumns);
   }
+  return overall;
 }
 
 // Throws FormatError at the first NaN or infinity of a record column: the engine's metrics are
@@ -381,9 +403,9 @@ void write_results(const std::string& path, const TraceMeta& meta, const Results
     std::vector<SummaryKeys> keys;
     std::vector<std::vector<double>> columns(summary_columns().size());
     for (size_t i = 0; i < runs.size(); ++i) {
-      write_run(runs_group.get(), i, runs[i]);
+      std::map<std::string, Stats> overall = write_run(runs_group.get(), i, runs[i]);
       keys.push_back({static_cast<int32_t>(i), runs[i].spec, runs[i].resolved});
-      const RunSummary s = summarize(runs[i]);
+      const RunSummary s = summarize(runs[i], std::move(overall));
       for (size_t c = 0; c < columns.size(); ++c) columns[c].push_back(s.values[c]);
     }
     h5::Handle summary = h5::create_group(root, "summary");

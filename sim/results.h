@@ -5,6 +5,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,6 +45,9 @@ struct RunSummary {
   double operator[](std::string_view column) const;
 };
 RunSummary summarize(const RunResult& run);
+// The same, given the statistics of some record columns already computed from the same
+// samples, keyed "`table/column`" (the results file's aggregates: no column sorted twice).
+RunSummary summarize(const RunResult& run, std::map<std::string, Stats> known);
 
 // A row of /sequences. `trace_index` is written only by a sweep over several traces.
 struct SequenceRow {
