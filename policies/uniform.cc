@@ -7,6 +7,8 @@
 // Memory: b bits per quantized element plus 32 bits (fp16 scale + min) per
 // group; fp16 for tokens still waiting. Evicted tokens free their codes, and a
 // group's metadata is freed with its last token.
+#include <algorithm>
+
 #include "policies/quantizer.h"
 #include "sim/base/errors.h"
 
@@ -65,6 +67,15 @@ class UniformStore final : public StoreStage {
     return {k.data + v.data, k.meta + v.meta};
   }
   bool acted() const override { return acted_; }
+  // A per-token row is quantized once, when it arrives; a per-channel one when its group of
+  // tokens fills up, and the pending rows are the newest. Every older row is final.
+  size_t final_rows(int layer, int head, const HeadCache& cache) const override {
+    const Head& s = heads_[layer * num_kv_heads_ + head];
+    const size_t key_pending = key_axis_ == QuantAxis::kToken ? 0 : s.key_channels.pending();
+    const size_t value_pending =
+        value_axis_ == QuantAxis::kToken ? 0 : s.value_channels.pending();
+    return cache.size() - std::min(cache.size(), std::max(key_pending, value_pending));
+  }
 
  private:
   struct Head {
