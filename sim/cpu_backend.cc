@@ -249,9 +249,7 @@ class CpuBackend final : public AttentionBackend {
     ex.out.assign(measured.size() * Hq * d, 0.f);
     ex.lse.assign(measured.size() * Hq, 0.0);
     ex.top1.assign(measured.size() * Hq, -1);
-    std::vector<KeyTiles> keys;  // per kv head, reused by every measured step
     const size_t last = measured.empty() ? 0 : static_cast<size_t>(measured.back()) + 1;
-    for (int h = 0; h < Hkv; ++h) keys.emplace_back(layer.key(h, 0), last, d);
     std::vector<size_t> offset(measured.size());  // of each step's block in ExactLayer::scores
     size_t score_floats = 0;
     for (size_t m = 0; m < measured.size(); ++m) {
@@ -271,8 +269,11 @@ class CpuBackend final : public AttentionBackend {
     // and weigh each value row once per block, not once per step. A query's scores and sums do
     // not depend on the others', so the results are the step-by-step ones, bit for bit.
     const size_t steps_per_block = std::max<size_t>(1, kBlockQueries / group);
-    std::vector<float> qbuf, scores, outbuf;
-    std::vector<size_t> lengths;
+    struct Block {
+      size_t m0, m1;  // measured steps [m0, m1)
+      int64_t lo;     // their first key
+    };
+    std::vector<Block> blocks;
     for (size_t m0 = 0; m0 < measured.size();) {
       const int64_t lo = window_start(window, measured[m0]);
       const int64_t gap = std::max<int64_t>(16, (measured[m0] - lo + 1) / 8);  // wasted scores
@@ -281,17 +282,30 @@ class CpuBackend final : public AttentionBackend {
              window_start(window, measured[m1]) == lo && measured[m1] - measured[m0] <= gap) {
         ++m1;
       }
-      const size_t n = static_cast<size_t>(measured[m1 - 1] - lo + 1);  // the block's key span
-      const int rows = static_cast<int>(m1 - m0) * group;
-      qbuf.resize(static_cast<size_t>(rows) * d);
-      scores.resize(static_cast<size_t>(rows) * n);
-      outbuf.resize(static_cast<size_t>(rows) * d);
-      lengths.resize(rows);
-      for (int h = 0; h < Hkv; ++h) {
+      blocks.push_back({m0, m1, lo});
+      m0 = m1;
+    }
+    // Kv head by kv head, so that one head's keys (tiled) and values stay in cache while every
+    // block passes over them.
+    std::vector<float> qbuf, scores, outbuf;
+    std::vector<size_t> lengths;
+    KeyTiles keys(d);
+    for (int h = 0; h < Hkv; ++h) {
+      keys.truncate(0);
+      keys.append(layer.key(h, 0), last);
+      for (const Block& block : blocks) {
+        const size_t m0 = block.m0, m1 = block.m1;
+        const int64_t lo = block.lo;
+        const size_t n = static_cast<size_t>(measured[m1 - 1] - lo + 1);  // the block's key span
+        const int rows = static_cast<int>(m1 - m0) * group;
+        qbuf.resize(static_cast<size_t>(rows) * d);
+        scores.resize(static_cast<size_t>(rows) * n);
+        outbuf.resize(static_cast<size_t>(rows) * d);
+        lengths.resize(rows);
         for (size_t m = m0; m < m1; ++m) {
           gather_queries(layer, h, group, measured[m], qbuf.data() + (m - m0) * group * d);
         }
-        score_tiles(qbuf.data(), rows, keys[h], static_cast<size_t>(lo), n,
+        score_tiles(qbuf.data(), rows, keys, static_cast<size_t>(lo), n,
                     static_cast<float>(meta.attn_scale), scores.data());
         for (size_t m = m0; m < m1; ++m) {
           const size_t n_m = static_cast<size_t>(measured[m] - lo + 1);  // this step's window
@@ -314,7 +328,6 @@ class CpuBackend final : public AttentionBackend {
                       ex.out.data() + (m * Hq + h * group) * d);
         }
       }
-      m0 = m1;
     }
     return ex;
   }

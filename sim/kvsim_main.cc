@@ -1,6 +1,4 @@
 // The `kvsim` command line: replay, synth, inspect, policies.
-#include <malloc.h>
-
 #include <boost/program_options.hpp>
 #include <charconv>
 #include <cstdio>
@@ -14,6 +12,7 @@
 #include "policies/policy.h"
 #include "policies/skvq_calibration.h"
 #include "sim/base/errors.h"
+#include "sim/base/heap.h"
 #include "sim/calibration.h"
 #include "sim/engine.h"
 #include "sim/inspect.h"
@@ -402,24 +401,8 @@ int run(int argc, char** argv) {
 }  // namespace
 }  // namespace kvsim
 
-namespace {
-
-// A replay allocates and frees layer-sized buffers per unit (trace layers, exact scores, caches).
-// By default glibc maps each large one afresh, returns it to the kernel when freed, and the
-// kernel faults it in again page by page: a third of a small replay's time went to page
-// faults. Large blocks now come from the heap and stay there when freed (the peak is
-// unchanged). Transparent huge pages (madvise) would cut the remaining first-touch faults 512
-// times, but on this VM zeroing fresh huge pages sometimes took 0.2-0.3 s of a 0.15 s replay
-// (docs/performance.md): not used.
-void tune_malloc() {
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  tune_malloc();
+  kvsim::keep_freed_memory();  // sim/base/heap.h
   try {
     return kvsim::run(argc, argv);
   } catch (const std::bad_alloc&) {

@@ -208,7 +208,17 @@ void score_one_tile(const float* q, int num_queries, int d, const float* tile, s
 }
 
 // Copies keys [0, width) (rows of d) into a channel-major tile; lanes past width keep zeros.
+// Channel by channel: each tile row is one contiguous store, and the 16 key rows read stay in
+// L1 (key by key, every store would touch another cache line).
 void transpose_tile(const float* keys, int width, int d, float* tile) {
+  if (width == kTileKeys) {
+    for (int c = 0; c < d; ++c) {
+      float* row = tile + c * kTileKeys;
+#pragma omp simd
+      for (int kk = 0; kk < kTileKeys; ++kk) row[kk] = keys[static_cast<size_t>(kk) * d + c];
+    }
+    return;
+  }
   for (int kk = 0; kk < width; ++kk) {
     const float* key = keys + static_cast<size_t>(kk) * d;
     for (int c = 0; c < d; ++c) tile[c * kTileKeys + kk] = key[c];

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "sim/base/attention.h"
+#include "sim/base/heap.h"
 #include "sim/base/rng.h"
 #include "sim/cpu_backend.h"
 #include "sim/engine.h"
@@ -28,6 +29,9 @@ std::vector<float> random_vector(size_t n, uint64_t seed) {
   for (auto& x : v) x = static_cast<float>(rng.normal());
   return v;
 }
+
+// The allocator as the kvsim executable sets it (freed blocks stay in the heap).
+const bool kHeapTuned = (keep_freed_memory(), true);
 
 // The machine is shared: with --benchmark_repetitions, the least disturbed repetition ("min")
 // is reported next to the median.
@@ -218,6 +222,63 @@ void BM_MeasuredStepAttention(benchmark::State& state) {
 BENCHMARK(BM_MeasuredStepAttention)
     ->Arg(1024)
     ->Arg(4080)
+    ->UseRealTime()
+    ->ComputeStatistics("min", min_of);
+
+// The weighted sums of the exact attention: 16 query rows (4 measured steps x a group of 4)
+// over n value rows of d = 128, as one ragged block (weighted_sum_rows, arg 1) or step by step
+// in groups of 4 (weighted_sum, arg 0). FLOP/s: 2 d per (query, value row).
+void BM_WeightedSums(benchmark::State& state) {
+  constexpr int kRows = 16, kDim = 128;
+  constexpr size_t n = 4080;
+  const auto probs = random_vector(kRows * n, 4);
+  const auto values = random_vector(n * kDim, 5);
+  std::vector<float> out(kRows * kDim);
+  std::vector<size_t> lengths(kRows);
+  for (int r = 0; r < kRows; ++r) lengths[r] = n - 3 + r / 4;  // steps t .. t + 3
+  for (auto _ : state) {
+    if (state.range(0) == 1) {
+      weighted_sum_rows(probs.data(), n, kRows, lengths.data(), values.data(), kDim, out.data());
+    } else {
+      for (int r = 0; r < kRows; r += 4) {
+        weighted_sum(probs.data() + r * n, 4, values.data(), lengths[r], kDim,
+                     out.data() + r * kDim);
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * kDim * kRows * n * state.iterations(),
+                                                benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_WeightedSums)->Arg(0)->Arg(1)->UseRealTime()->ComputeStatistics("min", min_of);
+
+// The exact attention of one layer at its 16 measured steps (the `bench` shape: 32 query heads
+// over 8 kv heads, d = 128, ~4080 keys), as the replay computes it once per unit: blocks of
+// measured steps (16 query rows per kv head) score each key tile and weigh each value row
+// once per block. FLOP/s counts 2 d per (query, key) for the scores and 2 d for the weighted
+// sum; bytes K and V once per block (4 steps of a kv head's group), what a blocked pass must
+// stream when the keys are out of cache. Compare with BM_PeakFma (FLOP) and BM_StreamRead.
+void BM_ExactAttentionBlocked(benchmark::State& state) {
+  const ReplayFixture& f = fixture();
+  const int d = f.meta.head_dim;
+  double flop = 0, bytes = 0;
+  for (const int64_t t : f.measured) {
+    flop += 4.0 * d * f.meta.num_q_heads * static_cast<double>(t + 1);
+  }
+  const double blocks = std::ceil(static_cast<double>(f.measured.size()) /
+                                  std::max(1, 16 / f.meta.group_size()));
+  bytes = blocks * f.meta.num_kv_heads * 2.0 * static_cast<double>(f.measured.back() + 1) * d *
+          sizeof(float);
+  for (auto _ : state) {
+    ExactLayer ex = cpu_backend().exact_attention(f.meta, f.layers[0], f.measured);
+    benchmark::DoNotOptimize(ex.out.data());
+  }
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["FLOP/s"] = benchmark::Counter(flop * iterations, benchmark::Counter::kIsRate);
+  state.SetBytesProcessed(static_cast<int64_t>(bytes * iterations));
+}
+BENCHMARK(BM_ExactAttentionBlocked)
+    ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->ComputeStatistics("min", min_of);
 
