@@ -358,18 +358,49 @@ double softmax_with_max(float* s, size_t n, float mx) {
   return mx + std::log(static_cast<double>(sum));
 }
 
-float exp_inplace_sum(float* s, size_t n, float mx) {
-  // The exponentials and their fixed-order sum (lane_sum()'s order) in one pass.
-  float lanes[kSumLanes] = {};
+namespace {
+
+// e_i = fast_expf(in_i - shift) over the whole blocks of kSumLanes, each added to its lane in
+// block order (lane_sum()'s order) and, with kStore, written to out; returns where the whole
+// blocks end. kExpBlocks blocks at a time: one block's polynomial is a chain of ~20 dependent
+// operations, and independent blocks let the core overlap them (3x faster here), while the
+// lanes still take the blocks in order.
+constexpr int kExpBlocks = 4;
+
+template <bool kStore>
+size_t exp_blocks(const float* in, float* out, size_t n, float shift, float (&lanes)[kSumLanes]) {
   size_t i = 0;
+  for (; i + kExpBlocks * kSumLanes <= n; i += kExpBlocks * kSumLanes) {
+    float e[kExpBlocks][kSumLanes];
+    for (int b = 0; b < kExpBlocks; ++b) {
+#pragma omp simd
+      for (int l = 0; l < kSumLanes; ++l) e[b][l] = fast_expf(in[i + b * kSumLanes + l] - shift);
+    }
+    for (int b = 0; b < kExpBlocks; ++b) {
+#pragma omp simd
+      for (int l = 0; l < kSumLanes; ++l) {
+        lanes[l] += e[b][l];
+        if constexpr (kStore) out[i + b * kSumLanes + l] = e[b][l];
+      }
+    }
+  }
   for (; i + kSumLanes <= n; i += kSumLanes) {
 #pragma omp simd
     for (int l = 0; l < kSumLanes; ++l) {
-      const float e = fast_expf(s[i + l] - mx);
-      s[i + l] = e;
+      const float e = fast_expf(in[i + l] - shift);
+      if constexpr (kStore) out[i + l] = e;
       lanes[l] += e;
     }
   }
+  return i;
+}
+
+}  // namespace
+
+float exp_inplace_sum(float* s, size_t n, float mx) {
+  // The exponentials and their fixed-order sum (lane_sum()'s order) in one pass.
+  float lanes[kSumLanes] = {};
+  size_t i = exp_blocks<true>(s, s, n, mx, lanes);
   float sum = reduce_lanes(lanes);
   for (; i < n; ++i) {
     s[i] = fast_expf(s[i] - mx);
@@ -383,15 +414,7 @@ double softmax_into(const float* s, float* p, size_t n) {
   const float mx = max_value(s, n);
   // softmax_with_max()'s passes, reading s and writing p.
   float lanes[kSumLanes] = {};
-  size_t i = 0;
-  for (; i + kSumLanes <= n; i += kSumLanes) {
-#pragma omp simd
-    for (int l = 0; l < kSumLanes; ++l) {
-      const float e = fast_expf(s[i + l] - mx);
-      p[i + l] = e;
-      lanes[l] += e;
-    }
-  }
+  size_t i = exp_blocks<true>(s, p, n, mx, lanes);
   float sum = reduce_lanes(lanes);
   for (; i < n; ++i) {
     p[i] = fast_expf(s[i] - mx);
@@ -410,11 +433,7 @@ double softmax_inplace(float* s, size_t n) {
 
 float exp_sum(const float* s, size_t n, float shift) {
   float lanes[kSumLanes] = {};
-  size_t i = 0;
-  for (; i + kSumLanes <= n; i += kSumLanes) {
-#pragma omp simd
-    for (int l = 0; l < kSumLanes; ++l) lanes[l] += fast_expf(s[i + l] - shift);
-  }
+  size_t i = exp_blocks<false>(s, nullptr, n, shift, lanes);
   float sum = reduce_lanes(lanes);
   for (; i < n; ++i) sum += fast_expf(s[i] - shift);
   return sum;
