@@ -254,9 +254,9 @@ BENCHMARK(BM_WeightedSums)->Arg(0)->Arg(1)->UseRealTime()->ComputeStatistics("mi
 
 // The exact attention of one layer at its 16 measured steps (the `bench` shape: 32 query heads
 // over 8 kv heads, d = 128, ~4080 keys), as the replay computes it once per unit: blocks of
-// measured steps (16 query rows per kv head) score each key tile and weigh each value row
+// measured steps (32 query rows per kv head) score each key tile and weigh each value row
 // once per block. FLOP/s counts 2 d per (query, key) for the scores and 2 d for the weighted
-// sum; bytes K and V once per block (4 steps of a kv head's group), what a blocked pass must
+// sum; bytes K and V once per block (8 steps of a kv head's group), what a blocked pass must
 // stream when the keys are out of cache. Compare with BM_PeakFma (FLOP) and BM_StreamRead.
 void BM_ExactAttentionBlocked(benchmark::State& state) {
   const ReplayFixture& f = fixture();
@@ -266,7 +266,7 @@ void BM_ExactAttentionBlocked(benchmark::State& state) {
     flop += 4.0 * d * f.meta.num_q_heads * static_cast<double>(t + 1);
   }
   const double blocks = std::ceil(static_cast<double>(f.measured.size()) /
-                                  std::max(1, 16 / f.meta.group_size()));
+                                  std::max(1, 32 / f.meta.group_size()));
   bytes = blocks * f.meta.num_kv_heads * 2.0 * static_cast<double>(f.measured.back() + 1) * d *
           sizeof(float);
   for (auto _ : state) {
