@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 
 #include "record_testing.h"
@@ -54,6 +55,45 @@ TEST(Engine, ExactAttentionUsesGqaScaleAndWindow) {
         EXPECT_NEAR(ex.lse[m * meta.num_q_heads + qh], lse, 1e-4);
         for (int ch = 0; ch < meta.head_dim; ++ch) {
           EXPECT_NEAR(ex.out[(m * meta.num_q_heads + qh) * meta.head_dim + ch], ref[ch], 1e-4);
+        }
+      }
+    }
+  }
+}
+
+// The exact attention runs measured steps in blocks (their queries share each key tile and
+// value row): every output, log-sum-exp, top token and kept score equals the one of the step
+// computed alone, to the bit, for consecutive, strided and scattered steps, with and without a
+// sliding window (whose steps start at different keys and are not blocked together).
+TEST(Engine, ExactAttentionInBlocksEqualsStepByStepBitwise) {
+  SynthConfig c = synth_preset("tiny");
+  c.sliding_window = 20;
+  c.sliding_every = 2;  // layer 0 local, layer 1 global
+  const TraceMeta meta = synth_meta(c);
+  const auto layers = synth_sequence(c, 0);
+  const int64_t P = c.prompt_len, T = c.tokens;
+  const std::vector<std::vector<int64_t>> rules = {
+      MeasureRule::parse("all").steps(P, T), MeasureRule::parse("stride=3").steps(P, T),
+      {P, P + 1, P + 7, T - 1}};
+  const auto bits = [](float x) { return std::bit_cast<uint32_t>(x); };
+  for (int slot : {0, 1}) {
+    for (const auto& measured : rules) {
+      const ExactLayer all = cpu_backend().exact_attention(meta, layers[slot], measured);
+      const int Hq = meta.num_q_heads, d = meta.head_dim;
+      for (size_t m = 0; m < measured.size(); ++m) {
+        const std::vector<int64_t> one = {measured[m]};
+        const ExactLayer alone = cpu_backend().exact_attention(meta, layers[slot], one);
+        for (int qh = 0; qh < Hq; ++qh) {
+          ASSERT_EQ(all.lse[m * Hq + qh], alone.lse[qh]) << "slot " << slot << " step " << m;
+          ASSERT_EQ(all.top1[m * Hq + qh], alone.top1[qh]);
+          for (int ch = 0; ch < d; ++ch) {
+            ASSERT_EQ(bits(all.out[(m * Hq + qh) * d + ch]), bits(alone.out[qh * d + ch]));
+          }
+        }
+        ASSERT_EQ(all.score_first[m], alone.score_first[0]);
+        const size_t count = static_cast<size_t>(Hq) * (measured[m] - alone.score_first[0] + 1);
+        for (size_t i = 0; i < count; ++i) {
+          ASSERT_EQ(bits(all.scores[all.score_offset[m] + i]), bits(alone.scores[i]));
         }
       }
     }
