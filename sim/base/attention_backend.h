@@ -16,8 +16,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sim/base/head_cache.h"
@@ -26,6 +29,28 @@
 namespace kvsim {
 
 struct KeyTiles;  // sim/base/attention.h
+
+// An allocator whose resize() leaves new floats uninitialised: for buffers that are written
+// whole before they are read (zeroing ExactLayer::scores, layers of up to 256 MiB, was a pass
+// over memory of its own).
+template <typename T>
+struct UninitializedAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = UninitializedAllocator<U>;
+  };
+  UninitializedAllocator() = default;
+  template <typename U>
+  UninitializedAllocator(const UninitializedAllocator<U>&) {}
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;  // default-initialised: no value for a float
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
 
 // (a) Exact attention of one layer at its measured steps, shared by every policy of a unit.
 struct ExactLayer {
@@ -39,7 +64,7 @@ struct ExactLayer {
   // Empty when a backend does not keep them (or they would not fit in kMaxScoreBytes). The
   // scores of an eviction-only policy's cache are a subset of them (shared scoring).
   static constexpr size_t kMaxScoreBytes = size_t{256} << 20;
-  std::vector<float> scores;
+  std::vector<float, UninitializedAllocator<float>> scores;  // written whole by the backend
   std::vector<size_t> score_offset;  // [measured]
   std::vector<int64_t> score_first;  // [measured]
 };
