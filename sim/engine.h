@@ -57,9 +57,10 @@ struct ReplayOptions {
   // Where attention is computed (sim/base/attention_backend.h); null = the CPU backend.
   const AttentionBackend* backend = nullptr;
   // Read and check every value of the trace (every sequence, as
-  // TraceReader::validate_all_values) before any unit starts. The layers of the units to
-  // replay are kept from that read, up to `keep_checked_bytes` of float32, so that each is
-  // read from the file once.
+  // TraceReader::validate_all_values) before any unit starts. When the trace is deflated
+  // (TraceReader::deflated), the layers of the units to replay are kept from that read, up to
+  // `keep_checked_bytes` of float32, so that each is decompressed once; an uncompressed layer
+  // is read again by its unit (cheaper than keeping the whole trace in memory).
   bool check_values = false;
   size_t keep_checked_bytes = size_t{1} << 30;
 };

@@ -216,6 +216,19 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
         throw FormatError(os.str());
       }
       check_dataset_type(dset.get(), meta_.dtype, sctx + " dataset '" + dname + "'");
+      {
+        h5::Handle create = h5::checked<FormatError>(H5Dget_create_plist(dset.get()),
+                                                     "H5Dget_create_plist");
+        const int filters = H5Pget_nfilters(create.get());
+        for (int f = 0; f < filters; ++f) {
+          unsigned flags = 0;
+          size_t values = 0;
+          if (H5Pget_filter2(create.get(), static_cast<unsigned>(f), &flags, &values, nullptr, 0,
+                             nullptr, nullptr) == H5Z_FILTER_DEFLATE) {
+            deflated_ = true;
+          }
+        }
+      }
       if (heads * T * D > kMaxLayerElements) {
         throw FormatError(sctx + ": dataset '" + dname + "' has " + std::to_string(heads * T * D) +
                           " values per layer (at most " + std::to_string(kMaxLayerElements) + ")");

@@ -33,6 +33,9 @@ class TraceReader {
   void validate_all_values() const;
 
   int version() const { return version_; }  // format version of the file (1 or 2)
+  // Whether some layer dataset is deflate-compressed: reading a layer then costs a
+  // decompression, not only a copy (the replay keeps such layers rather than read them twice).
+  bool deflated() const { return deflated_; }
 
  private:
   void read_rope_v2(hid_t root, const std::string& ctx);
@@ -43,6 +46,7 @@ class TraceReader {
   h5::Handle file_;
   TraceMeta meta_;
   int version_ = kTraceFormatVersion;
+  bool deflated_ = false;
   std::vector<SequenceInfo> sequences_;
 };
 
