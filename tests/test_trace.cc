@@ -95,6 +95,20 @@ TEST(Trace, OneLayerHeadIsOneChunk) {
   EXPECT_EQ(chunk[3], static_cast<hsize_t>(c.head_dim));
 }
 
+// The replay keeps a deflated trace's checked layers and reads an uncompressed one's again
+// (sim/engine.cc): the reader says which it is, and both read the same values.
+TEST(Trace, KnowsWhetherItsLayersAreDeflated) {
+  TempDir dir;
+  SynthConfig c = synth_preset("tiny");
+  write_synth_trace(dir.file("plain.h5"), c);
+  c.gzip_level = 4;
+  write_synth_trace(dir.file("deflated.h5"), c);
+  const TraceReader plain(dir.file("plain.h5")), deflated(dir.file("deflated.h5"));
+  EXPECT_FALSE(plain.deflated());
+  EXPECT_TRUE(deflated.deflated());
+  EXPECT_EQ(plain.read_layer(0, 1).k, deflated.read_layer(0, 1).k);
+}
+
 TEST(Trace, LayerSubsetKeepsOriginalIndices) {
   TempDir dir;
   SynthConfig c = synth_preset("tiny");
