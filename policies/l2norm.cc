@@ -76,8 +76,8 @@ class L2Norm final : public ScorerStage {
     for (size_t i = 0; i < view.candidates.size(); ++i) {
       const size_t pos = static_cast<size_t>(view.candidates[i]);
       while (norm.size() <= pos) {  // positions arrive in order: fill up to pos
-        norm.push_back(-evict::squared_norm(
-            view.raw->key(view.kv_head, static_cast<int>(norm.size())), d));
+        norm.push_back(
+            -evict::squared_norm(view.raw->key(view.kv_head, static_cast<int>(norm.size())), d));
       }
       scores[i] = norm[pos];
     }

@@ -72,8 +72,7 @@ class UniformStore final : public StoreStage {
   size_t final_rows(int layer, int head, const HeadCache& cache) const override {
     const Head& s = heads_[layer * num_kv_heads_ + head];
     const size_t key_pending = key_axis_ == QuantAxis::kToken ? 0 : s.key_channels.pending();
-    const size_t value_pending =
-        value_axis_ == QuantAxis::kToken ? 0 : s.value_channels.pending();
+    const size_t value_pending = value_axis_ == QuantAxis::kToken ? 0 : s.value_channels.pending();
     return cache.size() - std::min(cache.size(), std::max(key_pending, value_pending));
   }
 

@@ -131,9 +131,9 @@ bool gather_exact_scores(const CacheAttentionTask& task, int group, float* out) 
 bool attends_exactly(const CacheAttentionTask& task) {
   const HeadCache& cache = *task.cache;
   return task.exact_lse != nullptr && task.keys_exact && task.values_exact &&
-         task.exact_scores != nullptr && task.exact_out != nullptr &&
-         task.exact_top1 != nullptr && cache.size() == task.exact_count &&
-         cache.size() > 0 && cache.positions[0] == task.exact_first &&
+         task.exact_scores != nullptr && task.exact_out != nullptr && task.exact_top1 != nullptr &&
+         cache.size() == task.exact_count && cache.size() > 0 &&
+         cache.positions[0] == task.exact_first &&
          cache.positions.back() == task.exact_first + static_cast<int64_t>(task.exact_count) - 1;
 }
 
@@ -254,7 +254,8 @@ class CpuBackend final : public AttentionBackend {
     size_t score_floats = 0;
     for (size_t m = 0; m < measured.size(); ++m) {
       offset[m] = score_floats;
-      score_floats += static_cast<size_t>(Hq) * (measured[m] - window_start(window, measured[m]) + 1);
+      score_floats +=
+          static_cast<size_t>(Hq) * (measured[m] - window_start(window, measured[m]) + 1);
     }
     if (score_floats * sizeof(float) <= ExactLayer::kMaxScoreBytes) {  // kept when they fit
       ex.scores.resize(score_floats);

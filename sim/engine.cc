@@ -18,8 +18,8 @@
 #include "sim/base/union_find.h"
 #include "sim/calibration.h"
 #include "sim/cpu_backend.h"
-#include "sim/shard_driver.h"
 #include "sim/kv_row_terms.h"
+#include "sim/shard_driver.h"
 
 namespace kvsim {
 
@@ -148,7 +148,8 @@ RunResult replay_shard(const TraceMeta& meta, int sequence, int64_t prompt_len,
             is_measured ? exact[local]->lse.data() + next_measured * Hq + h * group : nullptr;
         // When every kept key is bitwise the exact key (no stage changed a kept key), the
         // exact scores of the kept tokens are the cache's scores.
-        const bool keys_exact = is_measured && driver.ledger(local, h).keys_exact(caches[c], *layers[local], h);
+        const bool keys_exact =
+            is_measured && driver.ledger(local, h).keys_exact(caches[c], *layers[local], h);
         keys_exact_of[c] = keys_exact;
         tasks[c] =
             CacheAttentionTask{layers[local], h, t, &caches[c], lse, &attended[c], keys_exact};

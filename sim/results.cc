@@ -93,16 +93,14 @@ void add_record_rules(std::vector<SummaryRule>& rules, const std::string& table,
         if (summary_memo != nullptr) summary_memo->emplace(where, stats);
         return stats;
       };
-      rules.push_back({{name + "_mean", c.unit, "mean of " + where + " over the run's rows",
-                        mean_label, c.precision},
-                       [stats_of](const RunResult& run, const RunSummary&) {
-                         return stats_of(run).mean;
-                       }});
-      rules.push_back({{name + "_p95", c.unit, "95th percentile (linear interpolation) of " + where,
-                        p95_label, c.precision},
-                       [stats_of](const RunResult& run, const RunSummary&) {
-                         return stats_of(run).p95;
-                       }});
+      rules.push_back(
+          {{name + "_mean", c.unit, "mean of " + where + " over the run's rows", mean_label,
+            c.precision},
+           [stats_of](const RunResult& run, const RunSummary&) { return stats_of(run).mean; }});
+      rules.push_back(
+          {{name + "_p95", c.unit, "95th percentile (linear interpolation) of " + where, p95_label,
+            c.precision},
+           [stats_of](const RunResult& run, const RunSummary&) { return stats_of(run).p95; }});
     }
   }
 }

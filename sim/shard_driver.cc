@@ -58,11 +58,10 @@ ShardDriver::ShardDriver(const TraceMeta& meta, int sequence, int64_t prompt_len
       prefill_cache_(prefill_cache),
       backend_(backend),
       num_kv_heads_(meta.num_kv_heads),
-      pipe_(Pipeline::create(
-          policy,
-          shard_context(meta, sequence, prompt_len, num_tokens, slots, layers, seed,
-                        prefill_cache ? &prefill_cache->rows : nullptr),
-          prepared)) {
+      pipe_(Pipeline::create(policy,
+                             shard_context(meta, sequence, prompt_len, num_tokens, slots, layers,
+                                           seed, prefill_cache ? &prefill_cache->rows : nullptr),
+                             prepared)) {
   KVSIM_CHECK(slots.size() == layers.size() && !slots.empty());
   decode_attention_ = pipe_.needs_decode_attention();
   caches_.resize(layers.size() * static_cast<size_t>(num_kv_heads_));
@@ -229,7 +228,8 @@ void ShardDriver::extend_ledger(int local, int h) {
 // Rows from `row` on move (a row before them leaves): their tiles are made again when asked.
 void ShardDriver::drop_tiles_from(int local, int h, int64_t row) {
   FinalTiles& f = tiles_[local * num_kv_heads_ + h];
-  const size_t keep = std::min<size_t>(f.final_rows, static_cast<size_t>(std::max<int64_t>(row, 0)));
+  const size_t keep =
+      std::min<size_t>(f.final_rows, static_cast<size_t>(std::max<int64_t>(row, 0)));
   f.final_rows = keep;
   if (f.tiles && f.tiles->num_keys > keep) {
     f.tiles->truncate(keep / KeyTiles::kTileKeys * KeyTiles::kTileKeys);

@@ -97,7 +97,7 @@ class ShardDriver {
     std::unique_ptr<KeyTiles> tiles;  // made on first use
     size_t final_rows = 0;            // the store's last final_rows()
   };
-  std::vector<FinalTiles> tiles_;  // per cache when track_key_tiles(), else empty
+  std::vector<FinalTiles> tiles_;    // per cache when track_key_tiles(), else empty
   std::vector<Stage*> observers_;    // stages that get attention feedback, pipeline order
   std::vector<int64_t> evicted_by_;  // entries each evict stage dropped
   std::vector<int32_t> candidates_, evict_, removed_;  // reused buffers

@@ -221,8 +221,7 @@ TEST(AttentionKernels, FusedPassesEqualTheirDefinitionsBitwise) {
     EXPECT_EQ(std::bit_cast<uint32_t>(mass), std::bit_cast<uint32_t>(lane_sum(terms.data(), n)));
     EXPECT_EQ(std::bit_cast<uint32_t>(cross_sum),
               std::bit_cast<uint32_t>(lane_sum(cross.data(), n)));
-    EXPECT_EQ(std::bit_cast<uint32_t>(exp_sum(s.data(), n, shift)),
-              std::bit_cast<uint32_t>(mass));
+    EXPECT_EQ(std::bit_cast<uint32_t>(exp_sum(s.data(), n, shift)), std::bit_cast<uint32_t>(mass));
   }
   // All equal: the first; the largest last: the last.
   const std::vector<float> flat(40, 2.f);
@@ -236,9 +235,9 @@ TEST(AttentionKernels, FusedPassesEqualTheirDefinitionsBitwise) {
 // gives every query weighted_sum()'s output over its own rows, to the bit, for ragged lengths
 // as a block of measured steps has them (n, n + 1, ...) and arbitrary ones.
 TEST(AttentionKernels, RaggedWeightedSumEqualsPerQuerySumBitwise) {
-  for (const auto& [queries, d, ragged] : {std::tuple{16, 64, false}, std::tuple{13, 64, true},
-                                           std::tuple{8, 72, true}, std::tuple{5, 128, false},
-                                           std::tuple{20, 8, true}}) {
+  for (const auto& [queries, d, ragged] :
+       {std::tuple{16, 64, false}, std::tuple{13, 64, true}, std::tuple{8, 72, true},
+        std::tuple{5, 128, false}, std::tuple{20, 8, true}}) {
     const size_t stride = 300;
     const auto p = randn(static_cast<size_t>(queries) * stride, 51 + queries);
     const auto v = randn(stride * d, 52 + queries);

@@ -72,9 +72,9 @@ TEST(Engine, ExactAttentionInBlocksEqualsStepByStepBitwise) {
   const TraceMeta meta = synth_meta(c);
   const auto layers = synth_sequence(c, 0);
   const int64_t P = c.prompt_len, T = c.tokens;
-  const std::vector<std::vector<int64_t>> rules = {
-      MeasureRule::parse("all").steps(P, T), MeasureRule::parse("stride=3").steps(P, T),
-      {P, P + 1, P + 7, T - 1}};
+  const std::vector<std::vector<int64_t>> rules = {MeasureRule::parse("all").steps(P, T),
+                                                   MeasureRule::parse("stride=3").steps(P, T),
+                                                   {P, P + 1, P + 7, T - 1}};
   const auto bits = [](float x) { return std::bit_cast<uint32_t>(x); };
   for (int slot : {0, 1}) {
     for (const auto& measured : rules) {

@@ -217,8 +217,8 @@ TraceReader::TraceReader(const std::string& path) : path_(path) {
       }
       check_dataset_type(dset.get(), meta_.dtype, sctx + " dataset '" + dname + "'");
       {
-        h5::Handle create = h5::checked<FormatError>(H5Dget_create_plist(dset.get()),
-                                                     "H5Dget_create_plist");
+        h5::Handle create =
+            h5::checked<FormatError>(H5Dget_create_plist(dset.get()), "H5Dget_create_plist");
         const int filters = H5Pget_nfilters(create.get());
         for (int f = 0; f < filters; ++f) {
           unsigned flags = 0;

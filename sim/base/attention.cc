@@ -231,8 +231,7 @@ void score_tiled_span(const float* q, int num_queries, int d, const float* tiles
                       size_t tiles_first, size_t from, size_t to, size_t first, size_t n,
                       float scale, float* scores) {
   for (size_t t0 = from / kTileKeys * kTileKeys; t0 < to; t0 += kTileKeys) {
-    score_one_tile(q, num_queries, d, tiles + (t0 - tiles_first) * d, t0, first, n, scale,
-                   scores);
+    score_one_tile(q, num_queries, d, tiles + (t0 - tiles_first) * d, t0, first, n, scale, scores);
   }
 }
 
@@ -264,8 +263,7 @@ void KeyTiles::append(const float* keys, size_t n) {
   data.resize((num_keys + n + kTileKeys - 1) / kTileKeys * kTileKeys * d, 0.f);
   for (size_t i0 = 0; i0 < n; i0 += kTileKeys) {
     const int width = static_cast<int>(std::min<size_t>(kTileKeys, n - i0));
-    transpose_tile(keys + i0 * static_cast<size_t>(d), width, d,
-                   data.data() + (num_keys + i0) * d);
+    transpose_tile(keys + i0 * static_cast<size_t>(d), width, d, data.data() + (num_keys + i0) * d);
   }
   num_keys += n;
 }
@@ -279,8 +277,8 @@ void KeyTiles::truncate(size_t n) {
 void score_tiles(const float* q, int num_queries, const KeyTiles& tiles, size_t first, size_t n,
                  float scale, float* scores) {
   if (n == 0) return;
-  score_tiled_span(q, num_queries, tiles.head_dim, tiles.data.data(), 0, first, first + n, first,
-                   n, scale, scores);
+  score_tiled_span(q, num_queries, tiles.head_dim, tiles.data.data(), 0, first, first + n, first, n,
+                   scale, scores);
 }
 
 void score_gathered(const float* q, int num_queries, const float* keys_base,
@@ -325,7 +323,8 @@ size_t first_max_index(const float* s, size_t n) {
   // equal maxima), then the tail: what a left-to-right scan keeping the first maximum finds.
   float best[kSumLanes];
   int64_t where[kSumLanes];
-  for (int l = 0; l < kSumLanes; ++l) best[l] = -std::numeric_limits<float>::infinity(), where[l] = -1;
+  for (int l = 0; l < kSumLanes; ++l)
+    best[l] = -std::numeric_limits<float>::infinity(), where[l] = -1;
   size_t i = 0;
   for (; i + kSumLanes <= n; i += kSumLanes) {
 #pragma omp simd

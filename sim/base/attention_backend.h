@@ -65,8 +65,8 @@ struct ExactLayer {
   // scores of an eviction-only policy's cache are a subset of them (shared scoring).
   static constexpr size_t kMaxScoreBytes = size_t{256} << 20;
   std::vector<float, UninitializedAllocator<float>> scores;  // written whole by the backend
-  std::vector<size_t> score_offset;  // [measured]
-  std::vector<int64_t> score_first;  // [measured]
+  std::vector<size_t> score_offset;                          // [measured]
+  std::vector<int64_t> score_first;                          // [measured]
 };
 
 // (b) One request for prefill column sums: for each query head j of the kv head's group and

@@ -247,8 +247,8 @@ void BM_WeightedSums(benchmark::State& state) {
     }
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * kDim * kRows * n * state.iterations(),
-                                                benchmark::Counter::kIsRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * kDim * kRows * n * state.iterations(), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_WeightedSums)->Arg(0)->Arg(1)->UseRealTime()->ComputeStatistics("min", min_of);
 
@@ -265,8 +265,8 @@ void BM_ExactAttentionBlocked(benchmark::State& state) {
   for (const int64_t t : f.measured) {
     flop += 4.0 * d * f.meta.num_q_heads * static_cast<double>(t + 1);
   }
-  const double blocks = std::ceil(static_cast<double>(f.measured.size()) /
-                                  std::max(1, 32 / f.meta.group_size()));
+  const double blocks =
+      std::ceil(static_cast<double>(f.measured.size()) / std::max(1, 32 / f.meta.group_size()));
   bytes = blocks * f.meta.num_kv_heads * 2.0 * static_cast<double>(f.measured.back() + 1) * d *
           sizeof(float);
   for (auto _ : state) {
