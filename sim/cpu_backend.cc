@@ -153,7 +153,8 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
     out.top1.resize(group);
   }
   out.lse_hat.resize(group);
-  if (!task.need_probs && attends_exactly(task)) {
+  const bool whole_window = attends_exactly(task);
+  if (whole_window && !task.need_probs) {
     // Everything is the exact attention's but the kept mass (~1, summed as below): no scores,
     // softmax or weighted sum. The probabilities are not asked for.
     out.scores.clear();
@@ -184,7 +185,6 @@ void cache_attention_one(const TraceMeta& meta, const CacheAttentionTask& task,
   }
   if (!measured) return;
 
-  const bool whole_window = attends_exactly(task);
   if (whole_window) {
     std::copy_n(task.exact_out, out.out_hat.size(), out.out_hat.begin());
   } else {

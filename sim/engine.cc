@@ -355,15 +355,15 @@ std::vector<RunResult> replay(const TraceReader& trace, const std::vector<Policy
   // faults and 0.16 s kept, 9 200 and 0.15 s read again; docs/performance.md).
   std::map<std::pair<int, int>, LayerData> checked_layers;
   if (options.check_values) {
-    std::vector<bool> replayed(trace.num_sequences(), false);
-    for (int s : sequences) replayed[s] = trace.deflated();
+    std::vector<bool> keep(trace.num_sequences(), false);  // the replayed ones, when deflated
+    for (int s : sequences) keep[s] = trace.deflated();
     size_t kept_bytes = 0;
     for (int s = 0; s < trace.num_sequences(); ++s) {
       (void)trace.read_token_ids(s);
       for (int slot = 0; slot < meta.num_layers(); ++slot) {
         LayerData layer = trace.read_layer(s, slot);
         const size_t bytes = sizeof(float) * (layer.q.size() + layer.k.size() + layer.v.size());
-        if (!replayed[s] || kept_bytes + bytes > options.keep_checked_bytes) continue;
+        if (!keep[s] || kept_bytes + bytes > options.keep_checked_bytes) continue;
         kept_bytes += bytes;
         checked_layers.emplace(std::make_pair(s, slot), std::move(layer));
       }

@@ -348,26 +348,17 @@ size_t first_max_index(const float* s, size_t n) {
   return at < 0 ? 0 : static_cast<size_t>(at);
 }
 
-double softmax_with_max(float* s, size_t n, float mx) {
-  if (n == 0) return -std::numeric_limits<double>::infinity();
-  const float sum = exp_inplace_sum(s, n, mx);
-  const float inv = 1.f / sum;
-#pragma omp simd
-  for (size_t k = 0; k < n; ++k) s[k] *= inv;
-  return mx + std::log(static_cast<double>(sum));
-}
-
 namespace {
 
-// e_i = fast_expf(in_i - shift) over the whole blocks of kSumLanes, each added to its lane in
-// block order (lane_sum()'s order) and, with kStore, written to out; returns where the whole
-// blocks end. kExpBlocks blocks at a time: one block's polynomial is a chain of ~20 dependent
-// operations, and independent blocks let the core overlap them (3x faster here), while the
-// lanes still take the blocks in order.
+// sum_i e_i, e_i = fast_expf(in_i - shift), in lane_sum()'s order; with kStore each e_i is
+// also written to out (which may be `in`). The whole blocks of kSumLanes go kExpBlocks at a
+// time: a block's polynomial is a long chain of dependent operations, independent blocks let
+// the core overlap them, and the lanes still take the blocks in order.
 constexpr int kExpBlocks = 4;
 
 template <bool kStore>
-size_t exp_blocks(const float* in, float* out, size_t n, float shift, float (&lanes)[kSumLanes]) {
+float exp_and_sum(const float* in, float* out, size_t n, float shift) {
+  float lanes[kSumLanes] = {};
   size_t i = 0;
   for (; i + kExpBlocks * kSumLanes <= n; i += kExpBlocks * kSumLanes) {
     float e[kExpBlocks][kSumLanes];
@@ -391,38 +382,36 @@ size_t exp_blocks(const float* in, float* out, size_t n, float shift, float (&la
       lanes[l] += e;
     }
   }
-  return i;
-}
-
-}  // namespace
-
-float exp_inplace_sum(float* s, size_t n, float mx) {
-  // The exponentials and their fixed-order sum (lane_sum()'s order) in one pass.
-  float lanes[kSumLanes] = {};
-  size_t i = exp_blocks<true>(s, s, n, mx, lanes);
   float sum = reduce_lanes(lanes);
   for (; i < n; ++i) {
-    s[i] = fast_expf(s[i] - mx);
-    sum += s[i];
+    const float e = fast_expf(in[i] - shift);
+    if constexpr (kStore) out[i] = e;
+    sum += e;
   }
   return sum;
 }
 
-double softmax_into(const float* s, float* p, size_t n) {
-  if (n == 0) return -std::numeric_limits<double>::infinity();
-  const float mx = max_value(s, n);
-  // softmax_with_max()'s passes, reading s and writing p.
-  float lanes[kSumLanes] = {};
-  size_t i = exp_blocks<true>(s, p, n, mx, lanes);
-  float sum = reduce_lanes(lanes);
-  for (; i < n; ++i) {
-    p[i] = fast_expf(s[i] - mx);
-    sum += p[i];
-  }
+// p_i = e_i / sum in place (e_i from exp_and_sum); returns the log-sum-exp mx + log(sum).
+double normalise(float* p, size_t n, float mx, float sum) {
   const float inv = 1.f / sum;
 #pragma omp simd
   for (size_t k = 0; k < n; ++k) p[k] *= inv;
   return mx + std::log(static_cast<double>(sum));
+}
+
+}  // namespace
+
+double softmax_with_max(float* s, size_t n, float mx) {
+  if (n == 0) return -std::numeric_limits<double>::infinity();
+  return normalise(s, n, mx, exp_and_sum<true>(s, s, n, mx));
+}
+
+float exp_inplace_sum(float* s, size_t n, float mx) { return exp_and_sum<true>(s, s, n, mx); }
+
+double softmax_into(const float* s, float* p, size_t n) {
+  if (n == 0) return -std::numeric_limits<double>::infinity();
+  const float mx = max_value(s, n);
+  return normalise(p, n, mx, exp_and_sum<true>(s, p, n, mx));
 }
 
 double softmax_inplace(float* s, size_t n) {
@@ -431,11 +420,7 @@ double softmax_inplace(float* s, size_t n) {
 }
 
 float exp_sum(const float* s, size_t n, float shift) {
-  float lanes[kSumLanes] = {};
-  size_t i = exp_blocks<false>(s, nullptr, n, shift, lanes);
-  float sum = reduce_lanes(lanes);
-  for (; i < n; ++i) sum += fast_expf(s[i] - shift);
-  return sum;
+  return exp_and_sum<false>(s, nullptr, n, shift);
 }
 
 void exp_sum_and_cross(const float* raw, const float* compressed, size_t n, float shift,
@@ -462,38 +447,13 @@ void exp_sum_and_cross(const float* raw, const float* compressed, size_t n, floa
 
 namespace {
 
-// out[j, c0 + c] = sum_i probs[j, i] v[i, c0 + c] for NQ queries and kBlock channels, summed
-// over i in order from 0 (as a plain loop would), with the NQ x kBlock sums in registers.
+// Channels per register block of weighted_sum()'s 4 queries (4 x 64 sums: 16 AVX-512 registers).
 constexpr int kBlock = 64;
 
-template <int NQ, int W>
-inline void weighted_block(const float* probs, size_t n, const float* values, int d, int c0,
-                           float* out) {
-  float acc[NQ][W] = {};
-  for (size_t i = 0; i < n; ++i) {
-    const float* v = values + i * static_cast<size_t>(d) + c0;
-    for (int j = 0; j < NQ; ++j) {
-      const float w = probs[static_cast<size_t>(j) * n + i];
-#pragma omp simd
-      for (int c = 0; c < W; ++c) acc[j][c] += w * v[c];
-    }
-  }
-  for (int j = 0; j < NQ; ++j) {
-    for (int c = 0; c < W; ++c) out[static_cast<size_t>(j) * d + c0 + c] = acc[j][c];
-  }
-}
-
-template <int NQ>
-void weighted_queries(const float* probs, size_t n, const float* values, int d, float* out) {
-  int c0 = 0;
-  for (; c0 + kBlock <= d; c0 += kBlock) weighted_block<NQ, kBlock>(probs, n, values, d, c0, out);
-  for (; c0 + 16 <= d; c0 += 16) weighted_block<NQ, 16>(probs, n, values, d, c0, out);
-  for (; c0 < d; ++c0) weighted_block<NQ, 1>(probs, n, values, d, c0, out);
-}
-
-// weighted_block() over rows [i0, i1) of queries whose probabilities lie `stride` apart,
-// continuing the sums already in `out` (from_zero: starting from 0). Storing a float sum and
-// loading it back is exact, so a row's sum split at any i is its sum in one pass.
+// out[j, c0 + c] = sum_i probs[j * stride + i] v[i, c0 + c] for NQ queries and W channels, over
+// rows [i0, i1) in order, with the NQ x W sums in registers, continuing the sums already in
+// `out` (from_zero: starting from 0). Storing a float sum and loading it back is exact, so a
+// row's sum split at any i is its sum in one pass.
 template <int NQ, int W>
 inline void weighted_block_range(const float* probs, size_t stride, size_t i0, size_t i1,
                                  const float* values, int d, int c0, float* out, bool from_zero) {
@@ -573,12 +533,12 @@ void weighted_sum(const float* probs, int num_queries, const float* values, size
   // queries and channels keep their sums in registers while the value rows stream by.
   int j0 = 0;
   for (; j0 + 4 <= num_queries; j0 += 4) {
-    weighted_queries<4>(probs + static_cast<size_t>(j0) * n, n, values, d,
-                        out + static_cast<size_t>(j0) * d);
+    weighted_range_queries<4, kBlock>(probs + static_cast<size_t>(j0) * n, n, 0, n, values, d,
+                                      out + static_cast<size_t>(j0) * d, true);
   }
   for (; j0 < num_queries; ++j0) {
-    weighted_queries<1>(probs + static_cast<size_t>(j0) * n, n, values, d,
-                        out + static_cast<size_t>(j0) * d);
+    weighted_range_queries<1, kBlock>(probs + static_cast<size_t>(j0) * n, n, 0, n, values, d,
+                                      out + static_cast<size_t>(j0) * d, true);
   }
 }
 
