@@ -27,11 +27,11 @@ class Fp8Store final : public StoreStage {
         d_(ctx.meta->head_dim),
         hkv_(ctx.meta->num_kv_heads),
         prompt_len_(ctx.prompt_len),
-        heads_(ctx.slots.size() * ctx.meta->num_kv_heads) {}
+        heads_(ctx) {}
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
               const LayerData& raw, bool prefill) override {
-    Head& s = heads_[layer * hkv_ + head];
+    Head& s = heads_(layer, head);
     if (prefill) {
       s.k_scale = scale(raw, head, true);
       s.v_scale = scale(raw, head, false);
@@ -51,13 +51,13 @@ class Fp8Store final : public StoreStage {
   }
 
   void removed(int layer, int head, HeadCache&, std::span<const int32_t> positions) override {
-    heads_[layer * hkv_ + head].tokens -= static_cast<int64_t>(positions.size());
+    heads_(layer, head).tokens -= static_cast<int64_t>(positions.size());
   }
 
   MemoryBits memory(int layer, int head) const override {
     const int64_t scales =
         scale_mode_ == "head" ? 64 : (scale_mode_ == "tensor" && head == 0 ? 64 : 0);
-    return {heads_[layer * hkv_ + head].tokens * 2 * d_ * 8, scales};
+    return {heads_(layer, head).tokens * 2 * d_ * 8, scales};
   }
   bool acted() const override { return acted_; }
 
@@ -86,7 +86,7 @@ class Fp8Store final : public StoreStage {
   std::string scale_mode_;
   int d_, hkv_;
   int64_t prompt_len_;
-  std::vector<Head> heads_;  // [local layer * kv heads]
+  PerHead<Head> heads_;
   bool acted_ = false;
 };
 

@@ -177,11 +177,11 @@ class GearStore final : public StoreStage {
         d_(ctx.meta->head_dim),
         hkv_(ctx.meta->num_kv_heads),
         seed_(ctx.seed),
-        heads_(ctx.slots.size() * ctx.meta->num_kv_heads) {}
+        heads_(ctx) {}
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
               const LayerData& raw, bool prefill) override {
-    Head& s = heads_[layer * hkv_ + head];
+    Head& s = heads_(layer, head);
     if (!prefill && s.buffer.size() >= static_cast<size_t>(opt_.buffer)) {
       compress(s, cache, layer, head, s.buffer.size(), opt_.rank);  // after last step's attention
     }
@@ -196,7 +196,7 @@ class GearStore final : public StoreStage {
   }
 
   void removed(int layer, int head, HeadCache&, std::span<const int32_t> positions) override {
-    Head& s = heads_[layer * hkv_ + head];
+    Head& s = heads_(layer, head);
     for (int32_t pos : positions) {
       auto b = std::find(s.buffer.begin(), s.buffer.end(), pos);
       if (b != s.buffer.end()) {
@@ -216,7 +216,7 @@ class GearStore final : public StoreStage {
   }
 
   MemoryBits memory(int layer, int head) const override {
-    const Head& s = heads_[layer * hkv_ + head];
+    const Head& s = heads_(layer, head);
     MemoryBits m;
     m.data = static_cast<int64_t>(s.buffer.size()) * 2 * d_ * 16;
     const int64_t value_groups = opt_.kcvt ? 1 : d_ / opt_.group;
@@ -296,7 +296,7 @@ class GearStore final : public StoreStage {
   StoredDType dtype_;
   int d_, hkv_;
   uint64_t seed_;
-  std::vector<Head> heads_;  // [local layer * kv heads]
+  PerHead<Head> heads_;
   int64_t elements_ = 0, outliers_ = 0;
   bool acted_ = false;
 };

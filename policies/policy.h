@@ -61,6 +61,27 @@ struct ShardContext {
   int original_layer(int local) const { return meta->layer_ids[slots[local]]; }
 };
 
+// A stage's state per (local layer, kv head) of its shard, [local layer][kv head].
+template <typename T>
+class PerHead {
+ public:
+  PerHead() = default;
+  // `initial` copied into every (local layer, kv head).
+  explicit PerHead(const ShardContext& ctx, const T& initial = T())
+      : num_kv_heads_(ctx.meta->num_kv_heads),
+        items_(ctx.slots.size() * static_cast<size_t>(num_kv_heads_), initial) {}
+  T& operator()(int local_layer, int kv_head) {
+    return items_[static_cast<size_t>(local_layer) * num_kv_heads_ + kv_head];
+  }
+  const T& operator()(int local_layer, int kv_head) const {
+    return items_[static_cast<size_t>(local_layer) * num_kv_heads_ + kv_head];
+  }
+
+ private:
+  int num_kv_heads_ = 0;
+  std::vector<T> items_;
+};
+
 // The most entries an evict stage leaves in any (layer, kv head) cache of its
 // shard after it selected at step t: `tokens`, plus the decode tokens
 // appended since the prompt (t + 1 - P) when `plus_decode` (a stage that

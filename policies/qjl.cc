@@ -67,7 +67,6 @@ class QjlStore final : public StoreStage {
   QjlStore(const Params& p, const ShardContext& ctx)
       : dtype_(ctx.meta->dtype),
         d_(ctx.meta->head_dim),
-        hkv_(ctx.meta->num_kv_heads),
         n_o_(static_cast<int>(p.get_int("n_o"))),
         group_(static_cast<size_t>(p.get_int("group"))),
         buffer_(static_cast<size_t>(p.get_int("buffer"))) {
@@ -81,13 +80,13 @@ class QjlStore final : public StoreStage {
       L.s = make_projection(std::max(L.m, L.m_o), d_, p.get_bool("orthogonal"),
                             derive_seed(static_cast<uint64_t>(p.get_int("seed")), early ? 0 : 1));
       layers_.push_back(std::move(L));
-      for (int h = 0; h < hkv_; ++h) heads_.emplace_back(TokenwiseSide(d_, v_bits, v_group));
     }
+    heads_ = PerHead<Head>(ctx, Head(TokenwiseSide(d_, v_bits, v_group)));
   }
 
   void insert(int layer, int head, HeadCache& cache, std::span<const int32_t> positions,
               const LayerData& raw, bool prefill) override {
-    Head& s = heads_[layer * hkv_ + head];
+    Head& s = heads_(layer, head);
     if (!prefill) flush_values(s, cache);  // the oldest of R+1, after last step's attention
     for (int32_t pos : positions) {
       append_16bit_row(cache, raw, head, pos, dtype_);
@@ -100,7 +99,7 @@ class QjlStore final : public StoreStage {
   }
 
   void removed(int layer, int head, HeadCache&, std::span<const int32_t> positions) override {
-    Head& s = heads_[layer * hkv_ + head];
+    Head& s = heads_(layer, head);
     for (int32_t pos : positions) {
       if (auto it = std::find(s.key_buffer.begin(), s.key_buffer.end(), pos);
           it != s.key_buffer.end()) {
@@ -121,7 +120,7 @@ class QjlStore final : public StoreStage {
   }
 
   MemoryBits memory(int layer, int head) const override {
-    const Head& s = heads_[layer * hkv_ + head];
+    const Head& s = heads_(layer, head);
     const Layer& L = layers_[layer];
     const MemoryBits v = s.values.memory();
     const auto fp16_rows = static_cast<int64_t>(s.key_buffer.size() + s.value_buffer.size());
@@ -205,10 +204,10 @@ class QjlStore final : public StoreStage {
   }
 
   StoredDType dtype_;
-  int d_, hkv_, n_o_;
+  int d_, n_o_;
   size_t group_, buffer_;
   std::vector<Layer> layers_;  // [local layer]
-  std::vector<Head> heads_;    // [local layer * kv heads]
+  PerHead<Head> heads_;
   bool acted_ = false;
 };
 
